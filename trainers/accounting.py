@@ -1,0 +1,160 @@
+"""Portfolio accounting and risk rules: the one implementation shared by the training
+environment, the backtest, the deployer's gate and the simulated broker.
+
+A portfolio is described by its value ``V`` (quote currency, e.g. USD) and its weights
+``w`` (fraction of ``V`` held in each asset; cash is ``1 - sum(w)``). Long only,
+``w >= 0`` and ``sum(w) <= 1``. Every function is vectorised over a leading axis of
+``n`` portfolios (``n = 1`` for a single account); shapes are given as
+``(n, n_assets)``.
+
+Timing of one bar step (decision made at the close of bar ``t`` with bars ``<= t``):
+
+1. weights drift from ``close[t]`` to ``open[t+1]``;
+2. the portfolio rebalances to the target weights at ``open[t+1]``, paying
+   ``(fee + slippage) * turnover * V`` where ``turnover = sum |target - w|``
+   (one-way traded notional over value, each side charged);
+3. weights drift from ``open[t+1]`` to ``close[t+1]``, where the value is marked.
+
+The fee is charged on the pre-trade value, a first-order approximation of the exact
+cost-adjusted rebalance (Jiang, Xu & Liang 2017, "A Deep Reinforcement Learning
+Framework for the Financial Portfolio Management Problem", eq. 14) whose error is
+``O(fee^2)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_FEE = 0.0025  # per side, fraction of traded notional
+DEFAULT_MIN_CASH = 0.05  # minimum cash reserve, fraction of value
+DEFAULT_TRAILING_STOP = 0.10  # fraction below the high-water mark since entry
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Trading frictions and risk limits (all fractions, not percent).
+
+    Attributes:
+        fee: commission per side on traded notional (default 0.25%).
+        slippage: adverse fill price deviation per side (default 0 in training).
+        min_cash: minimum cash reserve; target weights sum to at most ``1 - min_cash``.
+        max_weight: maximum weight of any single asset.
+        trailing_stop: exit an asset when its close falls this far below its high-water
+            mark since entry; ``0`` disables the stop.
+    """
+
+    fee: float = DEFAULT_FEE
+    slippage: float = 0.0
+    min_cash: float = DEFAULT_MIN_CASH
+    max_weight: float = 1.0
+    trailing_stop: float = DEFAULT_TRAILING_STOP
+
+    def __post_init__(self) -> None:
+        for name in ("fee", "slippage", "min_cash", "trailing_stop"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if not 0.0 < self.max_weight <= 1.0:
+            raise ValueError(f"max_weight must be in (0, 1], got {self.max_weight}")
+
+
+def action_to_weights(action: np.ndarray, costs: Costs) -> np.ndarray:
+    """Map per-asset scores in [-1, 1] to long-only target weights.
+
+    A score ``<= 0`` means no position. Positive scores ``s`` become
+    ``w = s * (1 - min_cash) / max(1, sum(s))``, then each weight is capped at
+    ``max_weight``; hence ``0 <= w <= max_weight`` and ``sum(w) <= 1 - min_cash``.
+
+    Args:
+        action: ``(n, n_assets)`` scores; values outside [-1, 1] are clipped, NaN -> 0.
+
+    Returns:
+        ``(n, n_assets)`` float64 target weights.
+    """
+    s = np.clip(np.nan_to_num(np.asarray(action, dtype=np.float64)), 0.0, 1.0)
+    total = s.sum(axis=-1, keepdims=True)
+    w = s * ((1.0 - costs.min_cash) / np.maximum(total, 1.0))
+    return np.minimum(w, costs.max_weight)
+
+
+def enforce_limits(target: np.ndarray, costs: Costs) -> np.ndarray:
+    """Clamp arbitrary target weights ``(n, n_assets)`` into the risk limits: long only,
+    each ``<= max_weight``, total ``<= 1 - min_cash`` (scaled down proportionally)."""
+    w = np.minimum(np.clip(np.nan_to_num(target), 0.0, None), costs.max_weight)
+    total = w.sum(axis=-1, keepdims=True)
+    cap = 1.0 - costs.min_cash
+    return w * np.where(total > cap, cap / np.maximum(total, 1e-300), 1.0)
+
+
+def apply_trailing_stop(
+    target: np.ndarray, weights: np.ndarray, hwm: np.ndarray, close: np.ndarray, stop: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Force the target of every stopped position to 0.
+
+    A position is stopped when it is held (``weights > 0``) and
+    ``close <= hwm * (1 - stop)``.
+
+    Args:
+        target, weights, hwm: ``(n, n_assets)``; hwm is the high-water mark of the close
+            since entry (0 when flat).
+        close: ``(n, n_assets)`` or ``(n_assets,)`` close of the decision bar.
+        stop: trailing-stop fraction; 0 disables.
+
+    Returns:
+        ``(target with stopped assets at 0, stopped mask (n, n_assets) bool)``.
+    """
+    if stop <= 0.0:
+        return target, np.zeros(target.shape, dtype=bool)
+    stopped = (weights > 0.0) & (close <= hwm * (1.0 - stop))
+    return np.where(stopped, 0.0, target), stopped
+
+
+def update_hwm(hwm: np.ndarray, weights: np.ndarray, close: np.ndarray) -> np.ndarray:
+    """High-water mark of the close since entry, after a bar: ``max(hwm, close)`` while
+    held (a new entry starts from the close), 0 when flat. Shapes ``(n, n_assets)``."""
+    return np.where(weights > 0.0, np.maximum(hwm, close), 0.0)
+
+
+def rebalance_step(
+    value: np.ndarray,
+    weights: np.ndarray,
+    target: np.ndarray,
+    close_t: np.ndarray,
+    open_next: np.ndarray,
+    close_next: np.ndarray,
+    costs: Costs,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Advance portfolios by one bar (see the module docstring for the timing).
+
+    Args:
+        value: ``(n,)`` portfolio value at ``close[t]``.
+        weights: ``(n, n_assets)`` weights at ``close[t]``.
+        target: ``(n, n_assets)`` target weights, already within the limits.
+        close_t, open_next, close_next: ``(n, n_assets)`` or ``(n_assets,)`` prices.
+
+    Returns:
+        ``(value at close[t+1] (n,), weights at close[t+1] (n, n_assets),
+        cost paid (n,) in quote currency, turnover (n,) as a fraction of value)``.
+    """
+    g1 = open_next / close_t
+    held = weights * g1
+    growth1 = 1.0 - weights.sum(axis=-1) + held.sum(axis=-1)
+    value_open = value * growth1
+    w_open = held / growth1[:, None]
+    turnover = np.abs(target - w_open).sum(axis=-1)
+    cost = value_open * (costs.fee + costs.slippage) * turnover
+    g2 = close_next / open_next
+    held2 = target * g2
+    growth2 = 1.0 - target.sum(axis=-1) + held2.sum(axis=-1)
+    new_value = (value_open - cost) * growth2
+    new_weights = held2 / growth2[:, None]
+    return new_value, new_weights, cost, turnover
+
+
+def drifted_weights(weights: np.ndarray, close_t: np.ndarray, open_next: np.ndarray) -> np.ndarray:
+    """Weights ``(n, n_assets)`` after drifting from ``close[t]`` to ``open[t+1]`` with no
+    trade (the target that means "hold")."""
+    held = weights * (open_next / close_t)
+    return held / (1.0 - weights.sum(axis=-1) + held.sum(axis=-1))[:, None]

@@ -1,0 +1,294 @@
+"""Model bundles: what a trial leaves behind (DESIGN.md section 4).
+
+A bundle is a directory with
+
+* ``actor.pth``: the actor's plain ``state_dict`` (tensors only; loads with
+  ``torch.load(..., weights_only=True)``), see :class:`trainers.actor.Actor`;
+* ``model.json``: schema version, algorithm, architecture, observation spec, action spec,
+  hyperparameters, study, trial number and id, metrics, data fingerprint, creation time,
+  VIN, grade, objective value and the sha256 of ``actor.pth``.
+
+Loading checks the hash and the observation spec against the consumer's pipeline; a
+mismatch raises :class:`BundleError` naming both specs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainers.actor import Actor
+from trainers.features import FEATURE_NAMES, FEATURE_PIPELINE_VERSION, NormStats
+from trainers.observation import observation_dim
+
+SCHEMA_VERSION = 1
+ACTOR_FILE = "actor.pth"
+META_FILE = "model.json"
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message names the bundle and the problem."""
+
+
+@dataclass(frozen=True)
+class ObservationSpec:
+    """What a model observes (see :mod:`trainers.observation` for the layout)."""
+
+    symbols: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    lookback: int
+    feature_pipeline_version: str
+    norm: NormStats = field(compare=False)
+
+    @property
+    def obs_dim(self) -> int:
+        return observation_dim(self.lookback, len(self.symbols), len(self.feature_names))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "symbols": list(self.symbols),
+            "feature_names": list(self.feature_names),
+            "lookback": self.lookback,
+            "feature_pipeline_version": self.feature_pipeline_version,
+            "layout": "window(lookback, n_assets, n_features) + weights(n_assets) + cash(1)",
+            "obs_dim": self.obs_dim,
+            "normalisation": self.norm.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ObservationSpec:
+        return cls(
+            symbols=tuple(data["symbols"]),
+            feature_names=tuple(data["feature_names"]),
+            lookback=int(data["lookback"]),
+            feature_pipeline_version=str(data["feature_pipeline_version"]),
+            norm=NormStats.from_json(data["normalisation"]),
+        )
+
+    def describe(self) -> str:
+        return (
+            f"symbols={list(self.symbols)} features={len(self.feature_names)} "
+            f"pipeline=v{self.feature_pipeline_version} lookback={self.lookback}"
+        )
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What a consumer (the paper trader, the deployer) can feed a model."""
+
+    symbols: tuple[str, ...]
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+    feature_pipeline_version: str = FEATURE_PIPELINE_VERSION
+    max_lookback: int = 256
+
+    def describe(self) -> str:
+        return (
+            f"symbols={list(self.symbols)} features={len(self.feature_names)} "
+            f"pipeline=v{self.feature_pipeline_version} lookback<={self.max_lookback}"
+        )
+
+    def check(self, spec: ObservationSpec, where: str) -> None:
+        """Raise :class:`BundleError` naming both specs unless ``spec`` can be fed."""
+        ok = (
+            spec.symbols == self.symbols
+            and spec.feature_names == self.feature_names
+            and spec.feature_pipeline_version == self.feature_pipeline_version
+            and 1 <= spec.lookback <= self.max_lookback
+            and spec.norm.mean.shape == (len(self.symbols), len(self.feature_names))
+        )
+        if not ok:
+            raise BundleError(
+                f"{where}: observation spec [{spec.describe()}] cannot be fed by this "
+                f"pipeline [{self.describe()}]"
+            )
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle."""
+
+    path: Path
+    meta: dict[str, Any]
+    spec: ObservationSpec
+    actor: Actor
+    state: dict[str, torch.Tensor]
+
+    @property
+    def sha256(self) -> str:
+        return str(self.meta["actor_sha256"])
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file atomically: temp file in the same folder, fsync, ``os.replace``,
+    fsync the folder. Readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    """:func:`atomic_write_bytes` of pretty-printed JSON."""
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_bundle(directory: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """Write ``actor.pth`` and ``model.json`` into ``directory``; returns the sha256.
+
+    ``meta`` must hold ``architecture`` and ``observation_spec``; ``schema_version`` and
+    ``actor_sha256`` are filled in here.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buf)
+    atomic_write_bytes(directory / ACTOR_FILE, buf.getvalue())
+    digest = hashlib.sha256(buf.getvalue()).hexdigest()
+    atomic_write_json(
+        directory / META_FILE, {**meta, "schema_version": SCHEMA_VERSION, "actor_sha256": digest}
+    )
+    return digest
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """Parse ``model.json`` of a bundle.
+
+    Raises:
+        BundleError: missing or unreadable ``model.json``, or another schema version.
+    """
+    path = Path(directory) / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{path}: schema_version must be {SCHEMA_VERSION}")
+    return meta
+
+
+def load_bundle(
+    directory: str | Path, pipeline: PipelineSpec | None = None, expect_sha256: str | None = None
+) -> Bundle:
+    """Load and verify a bundle.
+
+    Args:
+        directory: the bundle folder.
+        pipeline: the consumer's pipeline; when given, the observation spec must match it.
+        expect_sha256: when given (from a manifest or trial attributes), the actor hash
+            must equal it as well as ``model.json``'s.
+
+    Raises:
+        BundleError: missing file, hash mismatch, spec mismatch, non-finite weights, or
+            weights that do not fit the declared architecture.
+    """
+    directory = Path(directory)
+    meta = read_meta(directory)
+    actor_path = directory / ACTOR_FILE
+    if not actor_path.is_file():
+        raise BundleError(f"{actor_path}: missing")
+    digest = sha256_file(actor_path)
+    for name, expected in (("model.json", meta.get("actor_sha256")), ("expected", expect_sha256)):
+        if expected is not None and digest != expected:
+            raise BundleError(
+                f"{actor_path}: sha256 {digest[:12]}… does not match {name} {str(expected)[:12]}…"
+            )
+    try:
+        spec = ObservationSpec.from_json(meta["observation_spec"])
+        arch = meta["architecture"]
+        actor = Actor(
+            spec.obs_dim,
+            len(spec.symbols),
+            int(arch["width"]),
+            int(arch["depth"]),
+            arch["activation"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(
+            f"{directory / META_FILE}: bad observation spec or architecture ({exc})"
+        ) from None
+    if pipeline is not None:
+        pipeline.check(spec, str(directory))
+    try:
+        state = torch.load(actor_path, map_location="cpu", weights_only=True)
+        actor.load_state_dict(state)
+    except Exception as exc:  # torch raises many types for corrupt or mismatched files
+        raise BundleError(
+            f"{actor_path}: weights do not load into the declared actor ({exc})"
+        ) from None
+    if not all(torch.isfinite(v).all() for v in state.values()):
+        raise BundleError(f"{actor_path}: weights contain NaN or inf")
+    actor.eval()
+    return Bundle(directory, meta, spec, actor, state)
+
+
+def pack_bundle(directory: str | Path) -> bytes:
+    """The bundle as an uncompressed tar (``actor.pth``, ``model.json``) for the artifact store."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in (ACTOR_FILE, META_FILE):
+            tar.add(Path(directory) / name, arcname=name)
+    return buf.getvalue()
+
+
+def unpack_bundle(archive: str | Path, directory: str | Path) -> Path:
+    """Extract a :func:`pack_bundle` tar into ``directory`` (only the two bundle files).
+
+    Raises:
+        BundleError: the archive is unreadable or lacks a bundle file.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive, mode="r") as tar:
+            for name in (ACTOR_FILE, META_FILE):
+                member = tar.getmember(name)
+                src = tar.extractfile(member)
+                if src is None:
+                    raise KeyError(name)
+                (directory / name).write_bytes(src.read())
+    except (tarfile.TarError, KeyError, OSError) as exc:
+        raise BundleError(f"{archive}: not a bundle archive ({exc})") from None
+    return directory
+
+
+def to_numpy_policy(actor: Actor) -> Any:
+    """Wrap an actor as a backtest policy ``(n, obs_dim) float32 -> (n, n_assets)``."""
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return actor.act(torch.from_numpy(obs)).numpy()
+
+    return policy

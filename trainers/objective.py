@@ -1,0 +1,385 @@
+"""The Optuna objective: walk-forward PPO training and evaluation of one trial.
+
+For each walk-forward fold: fit feature normalisation on the fold's train slice, train PPO
+on :class:`~trainers.env.PortfolioVecEnv` over that slice for ``budget_steps`` env steps,
+backtest the deterministic actor on the fold's test slice, and report the excess Sharpe
+ratio (agent minus equal-weight buy-and-hold, both annualised with 8,760 bars/year) to
+the pruner. The trial's value is
+
+    value = mean(excess_sharpe over folds) - 0.1 * std(excess_sharpe over folds)
+
+(population std), which prefers agents that beat the benchmark consistently over ones that
+beat it once by a lot. The bundle of the most recent fold's model goes to Optuna's
+artifact store; the trial's user attributes carry VIN, grade, per-fold metrics, artifact
+id, actor sha256, data fingerprint and feature-pipeline version.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+
+from trainers.accounting import DEFAULT_FEE, DEFAULT_MIN_CASH, Costs
+from trainers.actor import Actor, actor_state_from_sb3
+from trainers.backtest import backtest
+from trainers.bundle import ObservationSpec, pack_bundle, save_bundle, to_numpy_policy
+from trainers.data import (
+    DEFAULT_HOLDOUT_CUT,
+    DEFAULT_MAX_FILL_BARS,
+    Panel,
+    load_panel,
+    split_holdout,
+)
+from trainers.env import DEFAULT_EPISODE_BARS, PortfolioVecEnv
+from trainers.features import (
+    FEATURE_NAMES,
+    FEATURE_PIPELINE_VERSION,
+    WARMUP_BARS,
+    NormStats,
+    compute_features,
+)
+from trainers.naming import grade_for, vin_for
+from trainers.search_space import ACTIVATIONS, PPOParams, suggest_params
+from trainers.splits import DEFAULT_EMBARGO, Fold, Mode, walk_forward_folds
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUDGET_STEPS = 30_000  # env steps per fold; such agents are reported not to learn below
+STD_PENALTY = 0.1
+
+
+class TrialFailed(RuntimeError):
+    """A trial that cannot produce a value (NaN, stop request); the reason is recorded."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Settings of a study's training (not searched).
+
+    Attributes:
+        mode: walk-forward mode, ``quick`` or ``full``.
+        budget_steps: env steps trained per fold (>= 30,000 outside tests).
+        n_envs: parallel portfolios in the vectorised env.
+        embargo: bars between each fold's train and test slices.
+        episode_bars: bars per training episode.
+        fee, min_cash: trading frictions and cash reserve (fractions).
+        holdout_cut: first bar the study never sees (UTC).
+        max_fill_bars: longest gap forward-filled by the loader.
+        device: torch device for PPO (``cpu`` or ``cuda``).
+        seed: base seed (trial number is added); None = random.
+        grade_thresholds: objective value per grade (None = defaults).
+    """
+
+    mode: Mode = "quick"
+    budget_steps: int = DEFAULT_BUDGET_STEPS
+    n_envs: int = 8
+    embargo: int = DEFAULT_EMBARGO
+    episode_bars: int = DEFAULT_EPISODE_BARS
+    fee: float = DEFAULT_FEE
+    min_cash: float = DEFAULT_MIN_CASH
+    holdout_cut: str = DEFAULT_HOLDOUT_CUT
+    max_fill_bars: int = DEFAULT_MAX_FILL_BARS
+    device: str = "cpu"
+    seed: int | None = 0
+    grade_thresholds: dict[str, float] | None = field(default=None)
+
+    def costs(self, trailing_stop: float) -> Costs:
+        return Costs(fee=self.fee, min_cash=self.min_cash, trailing_stop=trailing_stop)
+
+
+@dataclass
+class StudyData:
+    """The study's bars (before the hold-out cut), their raw features and folds."""
+
+    panel: Panel
+    features: np.ndarray
+    folds: list[Fold]
+    fingerprint: str
+
+    @classmethod
+    def load(cls, data_dir: str | Path | None, config: TrainingConfig) -> StudyData:
+        """Load, validate and split the dataset (``None`` = embedded dataset).
+
+        Raises:
+            trainers.data.DataError: invalid data or a cut outside it.
+            ValueError: too few study bars for the mode.
+        """
+        panel, _ = split_holdout(load_panel(data_dir, config.max_fill_bars), config.holdout_cut)
+        folds = walk_forward_folds(len(panel), config.mode, config.embargo, first_bar=WARMUP_BARS)
+        first = min(f.train_start for f in folds)
+        fingerprint = panel.fingerprint(first, len(panel))
+        return cls(panel, compute_features(panel.prices), folds, fingerprint)
+
+
+class _StopCallback(BaseCallback):
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def _on_step(self) -> bool:
+        return not self.stop.is_set()
+
+
+def ppo_kwargs(params: PPOParams, config: TrainingConfig, seed: int | None) -> dict[str, Any]:
+    """Keyword arguments of SB3 ``PPO`` for a point of the search space."""
+    arch = [params.net_width] * params.net_depth
+    return {
+        "learning_rate": params.learning_rate,
+        "n_steps": params.n_steps,
+        "batch_size": params.batch_size,
+        "n_epochs": params.n_epochs,
+        "gamma": params.gamma,
+        "gae_lambda": params.gae_lambda,
+        "clip_range": params.clip_range,
+        "ent_coef": params.ent_coef,
+        "policy_kwargs": {
+            "net_arch": {"pi": arch, "vf": arch},
+            "activation_fn": ACTIVATIONS[params.activation],
+        },
+        "device": config.device,
+        "seed": seed,
+        "verbose": 0,
+    }
+
+
+@dataclass
+class FoldResult:
+    """Outcome of one fold: metrics and the trained actor."""
+
+    metrics: dict[str, float]
+    state: dict[str, Any]
+    norm: NormStats
+
+
+def train_fold(
+    data: StudyData,
+    fold: Fold,
+    params: PPOParams,
+    config: TrainingConfig,
+    seed: int | None,
+    stop: threading.Event | None = None,
+) -> FoldResult:
+    """Train PPO on a fold's train slice and backtest it on its test slice.
+
+    Raises:
+        TrialFailed: NaN in weights or metrics, or training stopped by ``stop``.
+    """
+    t0 = time.perf_counter()
+    norm = NormStats.fit(data.features[fold.train_start : fold.train_stop])
+    features = norm.apply(data.features)
+    costs = config.costs(params.trailing_stop)
+    env = PortfolioVecEnv(
+        features,
+        data.panel.prices,
+        fold.train_start,
+        fold.train_stop,
+        params.lookback,
+        config.n_envs,
+        costs,
+        config.episode_bars,
+        seed,
+    )
+    model = PPO("MlpPolicy", env, **ppo_kwargs(params, config, seed))
+    callback = _StopCallback(stop) if stop is not None else None
+    model.learn(total_timesteps=config.budget_steps, callback=callback)
+    if stop is not None and stop.is_set():
+        raise TrialFailed(f"stopped during fold {fold.index} training")
+    state = actor_state_from_sb3(model.policy)
+    if not all(np.isfinite(v.numpy()).all() for v in state.values()):
+        raise TrialFailed(f"fold {fold.index}: trained weights contain NaN or inf")
+    actor = Actor(
+        env.core.obs_dim, data.panel.n_assets, params.net_width, params.net_depth, params.activation
+    )
+    actor.load_state_dict(state)
+    train_seconds = time.perf_counter() - t0
+    try:
+        result = backtest(
+            to_numpy_policy(actor),
+            features,
+            data.panel.prices,
+            fold.test_start,
+            fold.test_stop,
+            params.lookback,
+            costs,
+        )
+    except FloatingPointError as exc:
+        raise TrialFailed(f"fold {fold.index}: {exc}") from None
+    metrics = {
+        "fold": fold.index,
+        "excess_sharpe": result.excess_sharpe,
+        "sharpe": result.metrics.sharpe,
+        "benchmark_sharpe": result.benchmark.sharpe,
+        "total_return": result.metrics.total_return,
+        "benchmark_return": result.benchmark.total_return,
+        "max_drawdown": result.metrics.max_drawdown,
+        "turnover": result.metrics.turnover,
+        "train_steps": int(model.num_timesteps),
+        "train_seconds": round(train_seconds, 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    bad = [k for k, v in metrics.items() if not math.isfinite(float(v))]
+    if bad:
+        raise TrialFailed(f"fold {fold.index}: {', '.join(bad)} is NaN or inf")
+    return FoldResult(metrics, state, norm)
+
+
+def objective_value(excess: list[float]) -> float:
+    """``mean(excess) - 0.1 * std(excess)`` (population std) of per-fold excess Sharpe."""
+    arr = np.asarray(excess, dtype=np.float64)
+    return float(arr.mean() - STD_PENALTY * arr.std())
+
+
+class Objective:
+    """Callable objective for ``study.optimize``.
+
+    Args:
+        data: the study's bars, features and folds.
+        config: training settings.
+        root: runtime root (bundles go to ``root/trials/<study>/<trial>/`` and
+            ``root/artifacts/``).
+        stop: set by the worker's SIGTERM handler; a trial stops between steps unless it
+            is in its last fold (nearly done), and then ends as FAIL.
+    """
+
+    def __init__(
+        self,
+        data: StudyData,
+        config: TrainingConfig,
+        root: str | Path,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.data = data
+        self.config = config
+        self.root = Path(root)
+        self.stop = stop or threading.Event()
+        self.artifact_store = FileSystemArtifactStore(str(self._mkdir(self.root / "artifacts")))
+
+    @staticmethod
+    def _mkdir(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
+        params = suggest_params(trial)
+        trial.set_user_attr("mode", self.config.mode)
+        trial.set_user_attr("budget_steps", self.config.budget_steps)
+        trial.set_user_attr("data_fingerprint", self.data.fingerprint)
+        trial.set_user_attr("feature_pipeline_version", FEATURE_PIPELINE_VERSION)
+        for stale in ("fail_reason", "vin", "grade", "artifact_id", "actor_sha256"):
+            if stale in trial.user_attrs:  # a retried trial inherits its predecessor's attrs
+                trial.set_user_attr(stale, None)
+        seed = None if self.config.seed is None else self.config.seed + trial.number
+        results: list[dict[str, float]] = []
+        last: FoldResult | None = None
+        folds = self.data.folds
+        for fold in folds:
+            if self.stop.is_set():
+                raise TrialFailed(f"worker stopping before fold {fold.index}")
+            # the last fold finishes even on a stop request: the trial is nearly done
+            fold_stop = self.stop if fold.index < len(folds) - 1 else None
+            last = train_fold(self.data, fold, params, self.config, seed, fold_stop)
+            results.append(last.metrics)
+            trial.set_user_attr("fold_metrics", results)
+            trial.report(last.metrics["excess_sharpe"], fold.index)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after fold {fold.index}")
+        assert last is not None
+        value = objective_value([r["excess_sharpe"] for r in results])
+        if not math.isfinite(value):
+            raise TrialFailed("objective value is NaN or inf")
+        self._save_bundle(trial, params, folds[-1], last, value, results)
+        return value
+
+    def _save_bundle(
+        self,
+        trial: optuna.Trial,
+        params: PPOParams,
+        fold: Fold,
+        result: FoldResult,
+        value: float,
+        fold_metrics: list[dict[str, float]],
+    ) -> None:
+        created = datetime.now(UTC)
+        grade = grade_for(value, self.config.grade_thresholds)
+        vin = vin_for(params.as_dict(), value, created, thresholds=self.config.grade_thresholds)
+        spec = ObservationSpec(
+            self.data.panel.symbols,
+            FEATURE_NAMES,
+            params.lookback,
+            FEATURE_PIPELINE_VERSION,
+            result.norm,
+        )
+        meta = {
+            "algorithm": "PPO",
+            "architecture": {
+                "type": "mlp",
+                "obs_dim": spec.obs_dim,
+                "n_assets": self.data.panel.n_assets,
+                "width": params.net_width,
+                "depth": params.net_depth,
+                "activation": params.activation,
+            },
+            "observation_spec": spec.to_json(),
+            "action_spec": {
+                "shape": [self.data.panel.n_assets],
+                "low": -1.0,
+                "high": 1.0,
+                "meaning": "per-asset scores; <=0 no position; see trainers.accounting.action_to_weights",
+                "fee": self.config.fee,
+                "min_cash": self.config.min_cash,
+                "trailing_stop": params.trailing_stop,
+            },
+            "hyperparameters": params.as_dict(),
+            "training": {k: v for k, v in asdict(self.config).items() if k != "grade_thresholds"},
+            "study": trial.study.study_name,
+            "trial_number": trial.number,
+            "trial_id": trial._trial_id,
+            "value": value,
+            "vin": vin,
+            "grade": grade,
+            "metrics": {"fold": fold_metrics[-1], "folds": fold_metrics},
+            "fold": fold.as_dict(),
+            "data_fingerprint": self.data.panel.fingerprint(fold.train_start, fold.train_stop),
+            "created_at": created.isoformat(),
+        }
+        directory = self.root / "trials" / trial.study.study_name / str(trial.number) / "bundle"
+        digest = save_bundle(directory, result.state, meta)
+        with tempfile.NamedTemporaryFile(suffix=".tar", dir=directory.parent) as tmp:
+            tmp.write(pack_bundle(directory))
+            tmp.flush()
+            artifact_id = upload_artifact(
+                artifact_store=self.artifact_store,
+                file_path=tmp.name,
+                study_or_trial=trial,
+                mimetype="application/x-tar",
+            )
+        for key, val in (
+            ("vin", vin),
+            ("grade", grade),
+            ("artifact_id", artifact_id),
+            ("actor_sha256", digest),
+            ("bundle_path", str(directory.relative_to(self.root))),
+        ):
+            trial.set_user_attr(key, val)

@@ -1,0 +1,83 @@
+"""The PPO hyperparameter search space and its mapping onto what is trained.
+
+Every parameter sampled here changes the trained model (``tests/trainers`` proves it for
+each one): PPO's optimiser and rollout settings, the actor/critic network shape, the
+observation lookback and the trailing stop that the environment (and later the paper
+trader) applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import optuna
+import torch.nn as nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+N_STEPS_CHOICES = (128, 256, 512, 1024)
+BATCH_SIZE_CHOICES = (256, 512, 1024, 2048)
+WIDTH_CHOICES = (64, 128, 256, 512)
+LOOKBACK_CHOICES = (5, 10, 20, 30)
+
+
+@dataclass(frozen=True)
+class PPOParams:
+    """One point of the search space.
+
+    Attributes:
+        learning_rate: Adam step size.
+        n_steps: rollout length per env (rollout size = ``n_steps * n_envs``).
+        batch_size: minibatch size in samples.
+        n_epochs: passes over each rollout.
+        gamma: discount factor per bar.
+        gae_lambda: GAE lambda (Schulman et al. 2016).
+        clip_range: PPO clip epsilon (Schulman et al. 2017).
+        ent_coef: entropy bonus coefficient.
+        net_width, net_depth: hidden units per layer and hidden layers of both the actor
+            and the critic MLP.
+        activation: hidden activation, one of :data:`ACTIVATIONS`.
+        lookback: bars in the observation window.
+        trailing_stop: trailing-stop fraction below the high-water mark since entry.
+    """
+
+    learning_rate: float = 3e-4
+    n_steps: int = 256
+    batch_size: int = 512
+    n_epochs: int = 5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 1e-4
+    net_width: int = 128
+    net_depth: int = 2
+    activation: str = "tanh"
+    lookback: int = 10
+    trailing_stop: float = 0.10
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PPOParams:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def suggest_params(trial: optuna.Trial) -> PPOParams:
+    """Sample :class:`PPOParams` from a trial (the search space of the study)."""
+    return PPOParams(
+        learning_rate=trial.suggest_float("learning_rate", 1e-5, 1e-3, log=True),
+        n_steps=trial.suggest_categorical("n_steps", list(N_STEPS_CHOICES)),
+        batch_size=trial.suggest_categorical("batch_size", list(BATCH_SIZE_CHOICES)),
+        n_epochs=trial.suggest_int("n_epochs", 2, 10),
+        gamma=trial.suggest_float("gamma", 0.9, 0.999),
+        gae_lambda=trial.suggest_float("gae_lambda", 0.8, 1.0),
+        clip_range=trial.suggest_float("clip_range", 0.1, 0.4),
+        ent_coef=trial.suggest_float("ent_coef", 1e-6, 1e-2, log=True),
+        net_width=trial.suggest_categorical("net_width", list(WIDTH_CHOICES)),
+        net_depth=trial.suggest_int("net_depth", 1, 3),
+        activation=trial.suggest_categorical("activation", list(ACTIVATIONS)),
+        lookback=trial.suggest_categorical("lookback", list(LOOKBACK_CHOICES)),
+        trailing_stop=trial.suggest_float("trailing_stop", 0.02, 0.30, step=0.01),
+    )

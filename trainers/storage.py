@@ -1,0 +1,86 @@
+"""Optuna storage for workers: SQLite made safe for concurrent workers, or PostgreSQL.
+
+SQLite: the database is switched to WAL journal mode (readers never block the writer),
+and every connection waits up to ``busy_timeout`` seconds for a lock. Python's sqlite3
+driver opens a write transaction only at its first write statement, so a writer never
+holds a stale read snapshot and always waits in the busy handler instead of failing with
+"database is locked". PostgreSQL URLs get ``pool_pre_ping`` so a worker survives a server
+restart or an idle connection dropped by a firewall.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import make_url
+
+DEFAULT_HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
+DEFAULT_GRACE_PERIOD = 120  # seconds without a heartbeat before a trial is stale
+DEFAULT_BUSY_TIMEOUT = 120.0  # seconds a SQLite connection waits for a lock
+MAX_RETRY = 1
+
+
+def default_storage_url(root: str | Path) -> str:
+    """``sqlite:///<root>/optuna.db`` (relative roots stay relative)."""
+    return f"sqlite:///{Path(root) / 'optuna.db'}"
+
+
+def prepare_sqlite(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+    """Create the SQLite file's folder and switch the database to WAL mode (persistent)."""
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(database, timeout=busy_timeout)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+def make_storage(
+    url: str,
+    heartbeat_interval: int | None = DEFAULT_HEARTBEAT_INTERVAL,
+    grace_period: int | None = DEFAULT_GRACE_PERIOD,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    max_retry: int = MAX_RETRY,
+) -> RDBStorage:
+    """An ``RDBStorage`` with heartbeats and Optuna's stale-trial retry callback.
+
+    A trial whose worker stops sending heartbeats for ``grace_period`` seconds is set to
+    FAIL by the next worker that starts a trial, and re-queued (same parameters) at most
+    ``max_retry`` times.
+
+    Raises:
+        ValueError: an unsupported URL scheme.
+    """
+    backend = make_url(url).get_backend_name()
+    engine_kwargs: dict[str, Any]
+    if backend == "sqlite":
+        prepare_sqlite(url, busy_timeout)
+        engine_kwargs = {"connect_args": {"timeout": busy_timeout}}
+    elif backend in ("postgresql", "mysql"):
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
+    else:
+        raise ValueError(f"storage URL {url!r}: use sqlite:/// or postgresql://")
+    kwargs: dict[str, Any] = {}
+    if heartbeat_interval:
+        kwargs = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        }
+    return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+
+
+def retry_failed_trial(study: optuna.Study, trial_number: int, max_retry: int = MAX_RETRY) -> None:
+    """Re-queue a trial that this worker failed itself (e.g. on SIGTERM) with Optuna's own
+    :class:`RetryHeartbeatStaleTrialCallback`, so the retry limit is shared with stale trials."""
+    trial = study._storage.get_trial(
+        study._storage.get_trial_id_from_study_id_trial_number(study._study_id, trial_number)
+    )
+    RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, trial)

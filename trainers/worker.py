@@ -1,0 +1,221 @@
+"""Training worker: ``python -m trainers.worker --storage URL --study NAME ...``.
+
+Runs ``study.optimize`` with a multivariate TPE sampler and a median pruner against an
+Optuna RDB storage with heartbeats and a stale-trial retry callback (see
+:mod:`trainers.storage`). Stops when the study has ``--n-trials`` finished (complete or
+pruned) trials, or after ``--max-trials-per-process`` trials of its own (the supervisor
+starts it afresh, which bounds memory growth). SIGTERM/SIGINT: the current trial stops at
+its next step and ends as FAIL (re-queued once), unless it is in its last fold, which
+finishes; the process then exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import optuna
+import structlog
+import torch
+import typer
+from optuna.trial import FrozenTrial, TrialState
+
+from trainers.data import DEFAULT_HOLDOUT_CUT, DataError
+from trainers.objective import DEFAULT_BUDGET_STEPS, Objective, StudyData, TrainingConfig
+from trainers.splits import Mode
+from trainers.storage import (
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    default_storage_url,
+    make_storage,
+    retry_failed_trial,
+)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Everything a worker process needs (from its command line)."""
+
+    study: str
+    storage: str | None = None
+    n_trials: int = 100
+    data: Path | None = None
+    mode: Mode = "quick"
+    max_trials_per_process: int = 20
+    device: str = "cpu"
+    root: Path = Path("train_results")
+    budget_steps: int = DEFAULT_BUDGET_STEPS
+    n_envs: int = 8
+    holdout_cut: str = DEFAULT_HOLDOUT_CUT
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL
+    grace_period: int = DEFAULT_GRACE_PERIOD
+    torch_threads: int = 1
+    seed: int | None = None
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or default_storage_url(self.root)
+
+
+def create_study(
+    storage: optuna.storages.BaseStorage | str, name: str, seed: int | None = None
+) -> optuna.Study:
+    """Load or create a maximising study with multivariate TPE and a median pruner."""
+    sampler = optuna.samplers.TPESampler(
+        multivariate=True, constant_liar=True, n_startup_trials=10, seed=seed
+    )
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    return optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+
+
+def finished_trials(study: optuna.Study) -> int:
+    """Number of COMPLETE or PRUNED trials."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def run_worker(opts: WorkerOptions) -> int:
+    """Run trials until a limit or a stop signal; returns the process exit code.
+
+    Raises:
+        DataError: the dataset is invalid.
+        ValueError: bad options (budget, device, storage URL).
+    """
+    if opts.device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {opts.device!r}")
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    if opts.budget_steps < 1 or opts.n_trials < 1 or opts.max_trials_per_process < 1:
+        raise ValueError("--budget-steps, --n-trials and --max-trials-per-process must be >= 1")
+    torch.set_num_threads(opts.torch_threads)
+    log = structlog.get_logger("trainers.worker").bind(
+        component="worker", study=opts.study, pid=os.getpid()
+    )
+    if opts.budget_steps < DEFAULT_BUDGET_STEPS:
+        log.warning("budget_below_default", budget_steps=opts.budget_steps, note="for tests only")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stop_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    config = TrainingConfig(
+        mode=opts.mode,
+        budget_steps=opts.budget_steps,
+        n_envs=opts.n_envs,
+        holdout_cut=opts.holdout_cut,
+        device=opts.device,
+        seed=opts.seed,
+    )
+    data = StudyData.load(opts.data, config)
+    storage = make_storage(opts.storage_url, opts.heartbeat_interval, opts.grace_period)
+    study = create_study(storage, opts.study)
+    remaining = opts.n_trials - finished_trials(study)
+    if remaining <= 0:
+        log.info("study_complete", finished=opts.n_trials)
+        return 0
+    objective = Objective(data, config, opts.root, stop)
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        log.info(
+            "trial_finished",
+            trial=trial.number,
+            state=trial.state.name,
+            value=trial.value,
+            vin=trial.user_attrs.get("vin"),
+            reason=trial.user_attrs.get("fail_reason"),
+        )
+        if trial.state == TrialState.FAIL and stop.is_set():
+            retry_failed_trial(study, trial.number)
+        if stop.is_set() or finished_trials(study) >= opts.n_trials:
+            study.stop()
+
+    log.info(
+        "worker_started", storage=_redact(opts.storage_url), mode=opts.mode, folds=len(data.folds)
+    )
+    study.optimize(
+        objective,
+        n_trials=min(remaining, opts.max_trials_per_process),
+        callbacks=[after_trial],
+        catch=(Exception,),
+        gc_after_trial=True,
+    )
+    log.info("worker_exiting", stopped=stop.is_set())
+    return 0
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+app = typer.Typer(add_completion=False, help="Run training trials of one Optuna study.")
+
+
+@app.command()
+def main(
+    study: str = typer.Option(..., help="Study name."),
+    storage: str = typer.Option(None, help="Storage URL (default sqlite:///<root>/optuna.db)."),
+    n_trials: int = typer.Option(100, help="Stop when the study has this many finished trials."),
+    data: Path = typer.Option(None, help="Dataset folder (default: the embedded dataset)."),
+    mode: str = typer.Option("quick", help="Walk-forward mode: quick or full."),
+    max_trials_per_process: int = typer.Option(20, help="Exit after this many trials."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    root: Path = typer.Option(
+        Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root."
+    ),
+    budget_steps: int = typer.Option(DEFAULT_BUDGET_STEPS, help="Env steps per fold."),
+    n_envs: int = typer.Option(8, help="Parallel envs in the vectorised env."),
+    holdout_cut: str = typer.Option(DEFAULT_HOLDOUT_CUT, help="First hold-out bar (UTC)."),
+    heartbeat_interval: int = typer.Option(DEFAULT_HEARTBEAT_INTERVAL, help="Seconds."),
+    grace_period: int = typer.Option(DEFAULT_GRACE_PERIOD, help="Seconds."),
+    torch_threads: int = typer.Option(1, help="Torch intra-op threads."),
+    seed: int = typer.Option(None, help="Base seed (trial number is added)."),
+) -> None:
+    """Run a training worker."""
+    if mode not in ("quick", "full"):
+        raise typer.BadParameter(f"use quick or full, not {mode!r}", param_hint="--mode")
+    opts = WorkerOptions(
+        study=study,
+        storage=storage,
+        n_trials=n_trials,
+        data=data,
+        mode=mode,  # type: ignore[arg-type]
+        max_trials_per_process=max_trials_per_process,
+        device=device,
+        root=root,
+        budget_steps=budget_steps,
+        n_envs=n_envs,
+        holdout_cut=holdout_cut,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        torch_threads=torch_threads,
+        seed=seed,
+    )
+    try:
+        code = run_worker(opts)
+    except (DataError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(app())
