@@ -18,9 +18,9 @@ def _root() -> None:
     """cappuccino: Optuna PPO studies, a paper-trading ensemble and their supervisor."""
 
 
-app.command(
-    "train", help="Run a training worker in the foreground (same options as trainers.worker)."
-)(worker.main)
+app.command("train", help="Run a training worker in the foreground (same options as trainers.worker).")(
+    worker.main
+)
 
 
 def main() -> None:

@@ -22,9 +22,7 @@ class Actor(nn.Module):
         ValueError: unknown activation or non-positive sizes.
     """
 
-    def __init__(
-        self, obs_dim: int, n_assets: int, width: int, depth: int, activation: str
-    ) -> None:
+    def __init__(self, obs_dim: int, n_assets: int, width: int, depth: int, activation: str) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")

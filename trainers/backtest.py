@@ -95,9 +95,7 @@ def summarize(equity: np.ndarray, turnover: float, bars_per_year: int = BARS_PER
     )
 
 
-def buy_and_hold(
-    prices: np.ndarray, start: int, stop: int, costs: Costs
-) -> tuple[np.ndarray, float]:
+def buy_and_hold(prices: np.ndarray, start: int, stop: int, costs: Costs) -> tuple[np.ndarray, float]:
     """Equal-weight buy-and-hold over bars ``[start, stop)``: buy ``1/n_assets`` of each
     asset at ``open[start + 1]`` (paying the fee), then hold. Returns ``(equity, turnover)``."""
     n_assets = prices.shape[1]

@@ -237,18 +237,14 @@ def load_bundle(
             arch["activation"],
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(
-            f"{directory / META_FILE}: bad observation spec or architecture ({exc})"
-        ) from None
+        raise BundleError(f"{directory / META_FILE}: bad observation spec or architecture ({exc})") from None
     if pipeline is not None:
         pipeline.check(spec, str(directory))
     try:
         state = torch.load(actor_path, map_location="cpu", weights_only=True)
         actor.load_state_dict(state)
     except Exception as exc:  # torch raises many types for corrupt or mismatched files
-        raise BundleError(
-            f"{actor_path}: weights do not load into the declared actor ({exc})"
-        ) from None
+        raise BundleError(f"{actor_path}: weights do not load into the declared actor ({exc})") from None
     if not all(torch.isfinite(v).all() for v in state.values()):
         raise BundleError(f"{actor_path}: weights contain NaN or inf")
     actor.eval()

@@ -82,9 +82,7 @@ class Panel:
     def slice(self, start: int, stop: int) -> Panel:
         """Bars ``[start, stop)`` as a new panel (gaps outside the range are dropped)."""
         ts = self.timestamps[start:stop]
-        gaps = tuple(
-            g for g in self.gaps if len(ts) and ts[0] <= _as_datetime64(g.first_missing) <= ts[-1]
-        )
+        gaps = tuple(g for g in self.gaps if len(ts) and ts[0] <= _as_datetime64(g.first_missing) <= ts[-1])
         return Panel(self.symbols, ts, self.prices[start:stop], gaps, self.n_filled)
 
     def fingerprint(self, start: int = 0, stop: int | None = None) -> str:
@@ -168,9 +166,7 @@ def load_symbol(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         bad = ~np.isfinite(col)
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(
-                f"{path}: row {i + 2}: {name} {frame[name].iloc[i]!r} is not a finite number"
-            )
+            raise DataError(f"{path}: row {i + 2}: {name} {frame[name].iloc[i]!r} is not a finite number")
         values[:, j] = col
 
     o, h, low, c, v = values.T
@@ -214,9 +210,7 @@ def load_symbol(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 def _dataset_files(data_dir: Path) -> list[Path]:
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder does not exist")
-    files = sorted(
-        p for p in data_dir.iterdir() if p.name.endswith(".csv") or p.name.endswith(".csv.gz")
-    )
+    files = sorted(p for p in data_dir.iterdir() if p.name.endswith(".csv") or p.name.endswith(".csv.gz"))
     if not files:
         raise DataError(f"{data_dir}: no .csv or .csv.gz files (one file per symbol expected)")
     return files
@@ -289,9 +283,7 @@ def load_panel(
     return Panel(tuple(wanted), grid[keep], prices[keep], tuple(gaps), n_filled)
 
 
-def split_holdout(
-    panel: Panel, cut: str | pd.Timestamp = DEFAULT_HOLDOUT_CUT
-) -> tuple[Panel, Panel]:
+def split_holdout(panel: Panel, cut: str | pd.Timestamp = DEFAULT_HOLDOUT_CUT) -> tuple[Panel, Panel]:
     """Split at the hold-out cut: ``(study bars < cut, hold-out bars >= cut)``.
 
     The study never sees the hold-out bars; they serve the deployer's gate and the paper

@@ -70,9 +70,7 @@ class PortfolioCore:
         self.first = max(int(start), self.lookback - 1)
         self.last = int(stop) - 2  # last decision bar: it needs bar t+1
         if self.last < self.first:
-            raise ValueError(
-                f"slice [{start}, {stop}) is too short for lookback {lookback} and one step"
-            )
+            raise ValueError(f"slice [{start}, {stop}) is too short for lookback {lookback} and one step")
         self.n = int(n)
         self.costs = costs
         self.episode_bars = max(1, min(int(episode_bars), self.last - self.first + 1))
@@ -109,9 +107,7 @@ class PortfolioCore:
         t = self.t
         close_t, open_next, close_next = self.close[t], self.open[t + 1], self.close[t + 1]
         target = action_to_weights(action, self.costs)
-        target, _ = apply_trailing_stop(
-            target, self.weights, self.hwm, close_t, self.costs.trailing_stop
-        )
+        target, _ = apply_trailing_stop(target, self.weights, self.hwm, close_t, self.costs.trailing_stop)
         value, weights, _, turnover = rebalance_step(
             self.value, self.weights, target, close_t, open_next, close_next, self.costs
         )
@@ -195,13 +191,9 @@ class PortfolioVecEnv(VecEnv):
     def env_method(
         self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **kwargs: Any
     ) -> list[Any]:
-        return [
-            getattr(self, method_name)(*method_args, **kwargs) for _ in self._get_indices(indices)
-        ]
+        return [getattr(self, method_name)(*method_args, **kwargs) for _ in self._get_indices(indices)]
 
-    def env_is_wrapped(
-        self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
-    ) -> list[bool]:
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
         return [False for _ in self._get_indices(indices)]
 
     def get_images(self) -> Sequence[np.ndarray | None]:

@@ -118,9 +118,7 @@ def parse_vin(text: str) -> Vin:
     """
     match = _VIN_RE.match(text.strip())
     if match is None:
-        raise VinError(
-            f"{text!r} is not a VIN (expected e.g. PPO-A-N1024B4K-L2E6G98-LB5TD20-20260214)"
-        )
+        raise VinError(f"{text!r} is not a VIN (expected e.g. PPO-A-N1024B4K-L2E6G98-LB5TD20-20260214)")
     g = match.groupdict()
     try:
         created = datetime.strptime(g["date"], "%Y%m%d").date()

@@ -15,9 +15,7 @@ def observation_dim(lookback: int, n_assets: int, n_features: int) -> int:
     return lookback * n_assets * n_features + n_assets + 1
 
 
-def build_observations(
-    features: np.ndarray, t: np.ndarray, lookback: int, weights: np.ndarray
-) -> np.ndarray:
+def build_observations(features: np.ndarray, t: np.ndarray, lookback: int, weights: np.ndarray) -> np.ndarray:
     """Observations of ``n`` portfolios deciding at bars ``t``.
 
     Args:

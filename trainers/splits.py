@@ -69,17 +69,14 @@ def walk_forward_folds(
         room = (n_bars - lo) - (train + embargo + test)
         if room < 0:
             raise ValueError(
-                f"quick mode needs {train + embargo + test} bars after bar {first_bar}, "
-                f"have {n_bars - lo}"
+                f"quick mode needs {train + embargo + test} bars after bar {first_bar}, have {n_bars - lo}"
             )
         step = room // (n_folds - 1)
         folds = []
         for k in range(n_folds):
             test_stop = n_bars - (n_folds - 1 - k) * step
             test_start = test_stop - test
-            folds.append(
-                Fold(k, test_start - embargo - train, test_start - embargo, test_start, test_stop)
-            )
+            folds.append(Fold(k, test_start - embargo - train, test_start - embargo, test_start, test_stop))
         return folds
     if mode == "full":
         first_train, test = 120 * d, 21 * d

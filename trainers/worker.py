@@ -101,9 +101,7 @@ def run_worker(opts: WorkerOptions) -> int:
     if opts.budget_steps < 1 or opts.n_trials < 1 or opts.max_trials_per_process < 1:
         raise ValueError("--budget-steps, --n-trials and --max-trials-per-process must be >= 1")
     torch.set_num_threads(opts.torch_threads)
-    log = structlog.get_logger("trainers.worker").bind(
-        component="worker", study=opts.study, pid=os.getpid()
-    )
+    log = structlog.get_logger("trainers.worker").bind(component="worker", study=opts.study, pid=os.getpid())
     if opts.budget_steps < DEFAULT_BUDGET_STEPS:
         log.warning("budget_below_default", budget_steps=opts.budget_steps, note="for tests only")
     stop = threading.Event()
@@ -146,9 +144,7 @@ def run_worker(opts: WorkerOptions) -> int:
         if stop.is_set() or finished_trials(study) >= opts.n_trials:
             study.stop()
 
-    log.info(
-        "worker_started", storage=_redact(opts.storage_url), mode=opts.mode, folds=len(data.folds)
-    )
+    log.info("worker_started", storage=_redact(opts.storage_url), mode=opts.mode, folds=len(data.folds))
     study.optimize(
         objective,
         n_trials=min(remaining, opts.max_trials_per_process),
@@ -178,9 +174,7 @@ def main(
     mode: str = typer.Option("quick", help="Walk-forward mode: quick or full."),
     max_trials_per_process: int = typer.Option(20, help="Exit after this many trials."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    root: Path = typer.Option(
-        Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root."
-    ),
+    root: Path = typer.Option(Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root."),
     budget_steps: int = typer.Option(DEFAULT_BUDGET_STEPS, help="Env steps per fold."),
     n_envs: int = typer.Option(8, help="Parallel envs in the vectorised env."),
     holdout_cut: str = typer.Option(DEFAULT_HOLDOUT_CUT, help="First hold-out bar (UTC)."),
