@@ -10,7 +10,8 @@ A portfolio is described by its value ``V`` (quote currency, e.g. USD) and its w
 Timing of one bar step (decision made at the close of bar ``t`` with bars ``<= t``):
 
 1. weights drift from ``close[t]`` to ``open[t+1]``;
-2. the portfolio rebalances to the target weights at ``open[t+1]``, paying
+2. the portfolio rebalances to the target weights at ``open[t+1]`` (an asset whose
+   weight would change by less than ``min_trade`` is not traded), paying
    ``(fee + slippage) * turnover * V`` where ``turnover = sum |target - w|``
    (one-way traded notional over value, each side charged);
 3. weights drift from ``open[t+1]`` to ``close[t+1]``, where the value is marked.
@@ -30,6 +31,7 @@ import numpy as np
 DEFAULT_FEE = 0.0025  # per side, fraction of traded notional
 DEFAULT_MIN_CASH = 0.05  # minimum cash reserve, fraction of value
 DEFAULT_TRAILING_STOP = 0.10  # fraction below the high-water mark since entry
+DEFAULT_MIN_TRADE = 0.01  # smallest trade per asset, fraction of value (a no-trade band)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class Costs:
         max_weight: maximum weight of any single asset.
         trailing_stop: exit an asset when its close falls this far below its high-water
             mark since entry; ``0`` disables the stop.
+        min_trade: smallest trade per asset as a fraction of value; a smaller change of
+            weight is not traded (the asset keeps its drifted weight). The paper trader's
+            minimum order notional maps onto it as ``min_notional / value``.
     """
 
     fee: float = DEFAULT_FEE
@@ -50,9 +55,10 @@ class Costs:
     min_cash: float = DEFAULT_MIN_CASH
     max_weight: float = 1.0
     trailing_stop: float = DEFAULT_TRAILING_STOP
+    min_trade: float = DEFAULT_MIN_TRADE
 
     def __post_init__(self) -> None:
-        for name in ("fee", "slippage", "min_cash", "trailing_stop"):
+        for name in ("fee", "slippage", "min_cash", "trailing_stop", "min_trade"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
@@ -131,18 +137,22 @@ def rebalance_step(
     Args:
         value: ``(n,)`` portfolio value at ``close[t]``.
         weights: ``(n, n_assets)`` weights at ``close[t]``.
-        target: ``(n, n_assets)`` target weights, already within the limits.
+        target: ``(n, n_assets)`` target weights, already within the limits; changes
+            smaller than ``costs.min_trade`` are not traded.
         close_t, open_next, close_next: ``(n, n_assets)`` or ``(n_assets,)`` prices.
 
     Returns:
         ``(value at close[t+1] (n,), weights at close[t+1] (n, n_assets),
         cost paid (n,) in quote currency, turnover (n,) as a fraction of value)``.
+        Callers that need the executed target (after the ``min_trade`` band) use
+        :func:`executed_target`.
     """
-    g1 = open_next / close_t
-    held = weights * g1
+    held = weights * (open_next / close_t)
     growth1 = 1.0 - weights.sum(axis=-1) + held.sum(axis=-1)
     value_open = value * growth1
     w_open = held / growth1[:, None]
+    if costs.min_trade > 0.0:
+        target = np.where(np.abs(target - w_open) < costs.min_trade, w_open, target)
     turnover = np.abs(target - w_open).sum(axis=-1)
     cost = value_open * (costs.fee + costs.slippage) * turnover
     g2 = close_next / open_next
@@ -151,6 +161,17 @@ def rebalance_step(
     new_value = (value_open - cost) * growth2
     new_weights = held2 / growth2[:, None]
     return new_value, new_weights, cost, turnover
+
+
+def executed_target(
+    target: np.ndarray, weights: np.ndarray, close_t: np.ndarray, open_next: np.ndarray, costs: Costs
+) -> np.ndarray:
+    """The weights actually traded to at ``open[t+1]``: ``target`` except where the change
+    from the drifted weights is below ``costs.min_trade``. Shapes ``(n, n_assets)``."""
+    w_open = drifted_weights(weights, close_t, open_next)
+    if costs.min_trade <= 0.0:
+        return target
+    return np.where(np.abs(target - w_open) < costs.min_trade, w_open, target)
 
 
 def drifted_weights(weights: np.ndarray, close_t: np.ndarray, open_next: np.ndarray) -> np.ndarray:
