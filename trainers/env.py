@@ -209,6 +209,7 @@ class PortfolioEnv(gym.Env):
     """
 
     metadata = {"render_modes": []}  # noqa: RUF012
+    render_mode = None
 
     def __init__(
         self,

@@ -1,0 +1,54 @@
+"""PPO learn steps per second with ``PortfolioVecEnv`` vs SB3 ``DummyVecEnv`` of ``PortfolioEnv``.
+
+Same data, same hyperparameters (the search space's default point, ``PPOParams()``), same
+seed, one core and one torch thread; the whole ``PPO.learn`` is timed (rollouts and
+gradient updates). Target (issue 2): >= 2x.
+
+    python bench/ppo_throughput.py [--steps 32768] [--n-envs 8 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import pin_one_core, training_slice
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from trainers.env import PortfolioEnv, PortfolioVecEnv
+from trainers.objective import TrainingConfig, ppo_kwargs
+from trainers.search_space import PPOParams
+
+
+def learn_rate(env, params: PPOParams, steps: int) -> float:
+    model = PPO("MlpPolicy", env, **ppo_kwargs(params, TrainingConfig(), seed=0))
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    return model.num_timesteps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=32_768, help="env steps per run")
+    parser.add_argument("--n-envs", type=int, nargs="+", default=[8, 32])
+    args = parser.parse_args()
+    print(f"machine: {pin_one_core()}")
+    features, prices, start, stop = training_slice()
+    params = PPOParams()
+    print(f"hyperparameters: {params.as_dict()}")
+    print(f"{'n_envs':>7} {'PortfolioVecEnv':>17} {'DummyVecEnv':>13} {'ratio':>7}   (learn steps/s)")
+    ratios = []
+    for n in args.n_envs:
+        lb = params.lookback
+        vec = PortfolioVecEnv(features, prices, start, stop, lb, n, seed=0)
+        dummy = DummyVecEnv([lambda i=i: PortfolioEnv(features, prices, start, stop, lb, seed=i) for i in range(n)])
+        fast = learn_rate(vec, params, args.steps)
+        slow = learn_rate(dummy, params, args.steps)
+        ratios.append(fast / slow)
+        print(f"{n:>7} {fast:>17,.0f} {slow:>13,.0f} {fast / slow:>6.2f}x")
+    print(f"target >= 2x: {'MET' if min(ratios) >= 2 else 'NOT MET'} (lowest ratio {min(ratios):.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
