@@ -14,8 +14,9 @@ import time
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from _common import pin_one_core, training_slice
 from trainers.env import PortfolioEnv, PortfolioVecEnv
+
+from _common import pin_one_core, training_slice
 
 LOOKBACK = 10
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import pin_one_core, training_slice
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from trainers.env import PortfolioEnv, PortfolioVecEnv
 from trainers.objective import TrainingConfig, ppo_kwargs
 from trainers.search_space import PPOParams
+
+from _common import pin_one_core, training_slice
 
 
 def learn_rate(env, params: PPOParams, steps: int) -> float:
@@ -42,7 +43,9 @@ def main() -> None:
     for n in args.n_envs:
         lb = params.lookback
         vec = PortfolioVecEnv(features, prices, start, stop, lb, n, seed=0)
-        dummy = DummyVecEnv([lambda i=i: PortfolioEnv(features, prices, start, stop, lb, seed=i) for i in range(n)])
+        dummy = DummyVecEnv(
+            [lambda i=i: PortfolioEnv(features, prices, start, stop, lb, seed=i) for i in range(n)]  # noqa: B023
+        )
         fast = learn_rate(vec, params, args.steps)
         slow = learn_rate(dummy, params, args.steps)
         ratios.append(fast / slow)

@@ -41,9 +41,8 @@ def main() -> None:
     t0 = time.time()
     for i in range(args.workers):
         log = open(root / f"worker{i}.log", "w")  # noqa: SIM115
-        procs.append(
-            subprocess.Popen(cmd + ["--seed", str(1000 * i)], stdout=log, stderr=log, env=env, start_new_session=True)
-        )
+        argv = [*cmd, "--seed", str(1000 * i)]
+        procs.append(subprocess.Popen(argv, stdout=log, stderr=log, env=env, start_new_session=True))
         time.sleep(2)  # let the first worker create the study
     try:
         time.sleep(args.minutes * 60 - (time.time() - t0))
