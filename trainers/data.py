@@ -259,27 +259,35 @@ def load_panel(
     n_filled = 0
     for j, s in enumerate(wanted):
         ts, ohlcv = loaded[s]
+        # a symbol missing at the grid start is filled from its last bar before the start
+        n_before = int(np.searchsorted(ts, start, side="left"))
+        seed_close = ohlcv[n_before - 1, 3] if n_before else np.nan
+        missing_before = int((start - ts[n_before - 1]) // step) - 1 if n_before else 0
         inside = (ts >= start) & (ts <= stop)
         ts, ohlcv = ts[inside], ohlcv[inside]
         pos = ((ts - start) // step).astype(np.int64)
         present = np.zeros(len(grid), dtype=bool)
         present[pos] = True
-        # index of the last present bar at or before each grid bar (grid[0] is present)
+        # index of the last present bar at or before each grid bar (0 before the first one)
         last = np.maximum.accumulate(np.where(present, np.arange(len(grid)), 0))
         prices[:, j, :] = 0.0
         prices[pos, j, :] = ohlcv
         filled = ~present
         prev_close = prices[last, j, 3]
+        if not present[0]:
+            prev_close[: int(np.argmax(present)) if present.any() else len(grid)] = seed_close
         prices[filled, j, 0:4] = prev_close[filled, None]
         prices[filled, j, 4] = 0.0
         n_filled += int(filled.sum())
         # runs of missing bars
         edges = np.flatnonzero(np.diff(np.r_[0, filled.astype(np.int8), 0]))
         for a, b in zip(edges[::2], edges[1::2], strict=True):
-            if b - a > max_fill_bars:
+            run = int(b - a) + (missing_before if a == 0 else 0)
+            if run > max_fill_bars:
                 keep[a:b] = False
                 n_filled -= int(b - a)
-                gaps.append(Gap(s, pd.Timestamp(grid[a], tz="UTC"), int(b - a)))
+                first = grid[a] - (missing_before if a == 0 else 0) * step
+                gaps.append(Gap(s, pd.Timestamp(first, tz="UTC"), run))
     return Panel(tuple(wanted), grid[keep], prices[keep], tuple(gaps), n_filled)
 
 

@@ -85,7 +85,7 @@ class TrainingConfig:
 
     mode: Mode = "quick"
     budget_steps: int = DEFAULT_BUDGET_STEPS
-    n_envs: int = 8
+    n_envs: int = 16
     embargo: int = DEFAULT_EMBARGO
     episode_bars: int = DEFAULT_EPISODE_BARS
     fee: float = DEFAULT_FEE

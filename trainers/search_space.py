@@ -15,10 +15,10 @@ import optuna
 import torch.nn as nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
-N_STEPS_CHOICES = (128, 256, 512, 1024)
+N_STEPS_CHOICES = (64, 128, 256, 512)
 BATCH_SIZE_CHOICES = (256, 512, 1024, 2048)
 WIDTH_CHOICES = (64, 128, 256, 512)
-LOOKBACK_CHOICES = (5, 10, 20, 30)
+LOOKBACK_CHOICES = (5, 10, 20)
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class PPOParams:
     """
 
     learning_rate: float = 3e-4
-    n_steps: int = 256
+    n_steps: int = 128
     batch_size: int = 512
     n_epochs: int = 5
     gamma: float = 0.99
@@ -70,13 +70,13 @@ def suggest_params(trial: optuna.Trial) -> PPOParams:
         learning_rate=trial.suggest_float("learning_rate", 1e-5, 1e-3, log=True),
         n_steps=trial.suggest_categorical("n_steps", list(N_STEPS_CHOICES)),
         batch_size=trial.suggest_categorical("batch_size", list(BATCH_SIZE_CHOICES)),
-        n_epochs=trial.suggest_int("n_epochs", 2, 10),
+        n_epochs=trial.suggest_int("n_epochs", 2, 8),
         gamma=trial.suggest_float("gamma", 0.9, 0.999),
         gae_lambda=trial.suggest_float("gae_lambda", 0.8, 1.0),
         clip_range=trial.suggest_float("clip_range", 0.1, 0.4),
         ent_coef=trial.suggest_float("ent_coef", 1e-6, 1e-2, log=True),
         net_width=trial.suggest_categorical("net_width", list(WIDTH_CHOICES)),
-        net_depth=trial.suggest_int("net_depth", 1, 3),
+        net_depth=trial.suggest_int("net_depth", 1, 2),
         activation=trial.suggest_categorical("activation", list(ACTIVATIONS)),
         lookback=trial.suggest_categorical("lookback", list(LOOKBACK_CHOICES)),
         trailing_stop=trial.suggest_float("trailing_stop", 0.02, 0.30, step=0.01),

@@ -52,7 +52,7 @@ class WorkerOptions:
     device: str = "cpu"
     root: Path = Path("train_results")
     budget_steps: int = DEFAULT_BUDGET_STEPS
-    n_envs: int = 8
+    n_envs: int = 16
     holdout_cut: str = DEFAULT_HOLDOUT_CUT
     heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL
     grace_period: int = DEFAULT_GRACE_PERIOD
@@ -176,7 +176,7 @@ def main(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     root: Path = typer.Option(Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root."),
     budget_steps: int = typer.Option(DEFAULT_BUDGET_STEPS, help="Env steps per fold."),
-    n_envs: int = typer.Option(8, help="Parallel envs in the vectorised env."),
+    n_envs: int = typer.Option(16, help="Parallel envs in the vectorised env."),
     holdout_cut: str = typer.Option(DEFAULT_HOLDOUT_CUT, help="First hold-out bar (UTC)."),
     heartbeat_interval: int = typer.Option(DEFAULT_HEARTBEAT_INTERVAL, help="Seconds."),
     grace_period: int = typer.Option(DEFAULT_GRACE_PERIOD, help="Seconds."),
