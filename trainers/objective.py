@@ -51,6 +51,7 @@ from trainers.features import (
     NormStats,
     compute_features,
 )
+from trainers.heartbeat import Heartbeat
 from trainers.naming import grade_for, vin_for
 from trainers.search_space import ACTIVATIONS, PPOParams, suggest_params
 from trainers.splits import DEFAULT_EMBARGO, Fold, Mode, walk_forward_folds
@@ -124,13 +125,20 @@ class StudyData:
         return cls(panel, compute_features(panel.prices), folds, fingerprint)
 
 
-class _StopCallback(BaseCallback):
-    def __init__(self, stop: threading.Event) -> None:
+class _TrainingCallback(BaseCallback):
+    """Stops PPO when ``stop`` is set; beats the heartbeat after every rollout."""
+
+    def __init__(self, stop: threading.Event | None, heartbeat: Heartbeat | None) -> None:
         super().__init__()
         self.stop = stop
+        self.heartbeat = heartbeat
 
     def _on_step(self) -> bool:
-        return not self.stop.is_set()
+        return self.stop is None or not self.stop.is_set()
+
+    def _on_rollout_end(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat(state="training", steps=int(self.num_timesteps))
 
 
 def ppo_kwargs(params: PPOParams, config: TrainingConfig, seed: int | None) -> dict[str, Any]:
@@ -171,6 +179,7 @@ def train_fold(
     config: TrainingConfig,
     seed: int | None,
     stop: threading.Event | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> FoldResult:
     """Train PPO on a fold's train slice and backtest it on its test slice.
 
@@ -193,8 +202,7 @@ def train_fold(
         seed,
     )
     model = PPO("MlpPolicy", env, **ppo_kwargs(params, config, seed))
-    callback = _StopCallback(stop) if stop is not None else None
-    model.learn(total_timesteps=config.budget_steps, callback=callback)
+    model.learn(total_timesteps=config.budget_steps, callback=_TrainingCallback(stop, heartbeat))
     if stop is not None and stop.is_set():
         raise TrialFailed(f"stopped during fold {fold.index} training")
     state = actor_state_from_sb3(model.policy)
@@ -252,6 +260,7 @@ class Objective:
             ``root/artifacts/``).
         stop: set by the worker's SIGTERM handler; a trial stops between steps unless it
             is in its last fold (nearly done), and then ends as FAIL.
+        heartbeat: beaten after every PPO rollout and every fold.
     """
 
     def __init__(
@@ -260,7 +269,9 @@ class Objective:
         config: TrainingConfig,
         root: str | Path,
         stop: threading.Event | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
+        self.heartbeat = heartbeat
         self.data = data
         self.config = config
         self.root = Path(root)
@@ -299,7 +310,9 @@ class Objective:
                 raise TrialFailed(f"worker stopping before fold {fold.index}")
             # the last fold finishes even on a stop request: the trial is nearly done
             fold_stop = self.stop if fold.index < len(folds) - 1 else None
-            last = train_fold(self.data, fold, params, self.config, seed, fold_stop)
+            if self.heartbeat is not None:
+                self.heartbeat.beat(force=True, state="fold", trial=trial.number, fold=fold.index)
+            last = train_fold(self.data, fold, params, self.config, seed, fold_stop, self.heartbeat)
             results.append(last.metrics)
             trial.set_user_attr("fold_metrics", results)
             trial.report(last.metrics["excess_sharpe"], fold.index)

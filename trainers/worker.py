@@ -11,7 +11,6 @@ finishes; the process then exits 0.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -20,12 +19,13 @@ from pathlib import Path
 from types import FrameType
 
 import optuna
-import structlog
 import torch
 import typer
 from optuna.trial import FrozenTrial, TrialState
 
 from trainers.data import DEFAULT_HOLDOUT_CUT, DataError
+from trainers.heartbeat import Heartbeat, heartbeat_path
+from trainers.logs import configure_logging
 from trainers.objective import DEFAULT_BUDGET_STEPS, Objective, StudyData, TrainingConfig
 from trainers.splits import Mode
 from trainers.storage import (
@@ -58,6 +58,8 @@ class WorkerOptions:
     grace_period: int = DEFAULT_GRACE_PERIOD
     torch_threads: int = 1
     seed: int | None = None
+    component: str = "worker"
+    log_level: str = "info"
 
     @property
     def storage_url(self) -> str:
@@ -101,7 +103,9 @@ def run_worker(opts: WorkerOptions) -> int:
     if opts.budget_steps < 1 or opts.n_trials < 1 or opts.max_trials_per_process < 1:
         raise ValueError("--budget-steps, --n-trials and --max-trials-per-process must be >= 1")
     torch.set_num_threads(opts.torch_threads)
-    log = structlog.get_logger("trainers.worker").bind(component="worker", study=opts.study, pid=os.getpid())
+    log = configure_logging(opts.component, opts.root, opts.log_level).bind(study=opts.study)
+    heartbeat = Heartbeat(heartbeat_path(opts.root, opts.component))
+    heartbeat.beat(force=True, state="starting")
     if opts.budget_steps < DEFAULT_BUDGET_STEPS:
         log.warning("budget_below_default", budget_steps=opts.budget_steps, note="for tests only")
     stop = threading.Event()
@@ -128,7 +132,7 @@ def run_worker(opts: WorkerOptions) -> int:
     if remaining <= 0:
         log.info("study_complete", finished=opts.n_trials)
         return 0
-    objective = Objective(data, config, opts.root, stop)
+    objective = Objective(data, config, opts.root, stop, heartbeat)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         log.info(
@@ -182,6 +186,8 @@ def main(
     grace_period: int = typer.Option(DEFAULT_GRACE_PERIOD, help="Seconds."),
     torch_threads: int = typer.Option(1, help="Torch intra-op threads."),
     seed: int = typer.Option(None, help="Base seed (trial number is added)."),
+    component: str = typer.Option("worker", help="Name for logs/<component>.log and the heartbeat."),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Run a training worker."""
     if mode not in ("quick", "full"):
@@ -202,6 +208,8 @@ def main(
         grace_period=grace_period,
         torch_threads=torch_threads,
         seed=seed,
+        component=component,
+        log_level=log_level,
     )
     try:
         code = run_worker(opts)

@@ -1,0 +1,189 @@
+"""Supervisor configuration: ``cappuccino.toml`` + ``CAPPUCCINO_*`` environment variables.
+
+Every key is optional. Precedence (highest first): environment variables
+(``CAPPUCCINO_<SECTION>__<KEY>``, e.g. ``CAPPUCCINO_WORKERS__COUNT=4``; top-level keys as
+``CAPPUCCINO_ROOT``), then the TOML file, then the defaults below. An unknown key or a bad
+value stops start-up with :class:`ConfigError`, one line naming the key. Secrets (Alpaca
+keys) are never part of this file: they come from the environment only.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_FILE = "cappuccino.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StudyConfig(_Section):
+    """The Optuna study the workers train on."""
+
+    name: str | None = Field(None, description="study name; default: <root>/.current_study")
+    storage: str | None = Field(None, description="storage URL; default sqlite:///<root>/optuna.db")
+    n_trials: int = Field(1000, ge=1, description="stop training at this many finished trials")
+    mode: Literal["quick", "full"] = "quick"
+    budget_steps: int = Field(30_000, ge=1, description="env steps per fold")
+    n_envs: int = Field(16, ge=1)
+    data: str | None = Field(None, description="dataset folder; default: the embedded dataset")
+    holdout_cut: str = "2019-07-01T00:00:00Z"
+
+
+class WorkersConfig(_Section):
+    """Training worker processes."""
+
+    count: int = Field(2, ge=0, le=256)
+    max_trials_per_process: int = Field(20, ge=1)
+    device: Literal["cpu", "cuda"] = "cpu"
+    torch_threads: int = Field(1, ge=1)
+    memory_limit_mb: int = Field(4096, ge=64)
+    heartbeat_timeout_s: float = Field(900.0, gt=0, description="no heartbeat for this long = hung")
+    optuna_heartbeat_interval_s: int = Field(30, ge=1)
+    optuna_grace_period_s: int = Field(120, ge=2)
+
+
+class PaperTraderConfig(_Section):
+    """The paper-trading process."""
+
+    enabled: bool = True
+    broker: Literal["sim", "alpaca"] = "sim"
+    speed: float = Field(1.0, ge=0, description="sim replay speed in bars/s; 0 = as fast as possible")
+    deployment: str | None = Field(None, description="trade this deployment slot instead of the ensemble")
+    initial_cash: float = Field(10_000.0, gt=0)
+    trailing_stop: float = Field(0.10, ge=0, lt=1)
+    max_weight: float = Field(1.0, gt=0, le=1)
+    min_cash: float = Field(0.05, ge=0, lt=1)
+    min_notional: float = Field(10.0, ge=0)
+    fee: float = Field(0.0025, ge=0, lt=1)
+    slippage: float = Field(0.0005, ge=0, lt=1)
+    allow_live: bool = False
+    memory_limit_mb: int = Field(2048, ge=64)
+    heartbeat_timeout_s: float = Field(300.0, gt=0)
+
+
+class JobsConfig(_Section):
+    """Intervals and bounds of the scheduled jobs (seconds)."""
+
+    sync_interval_s: float = Field(600.0, gt=0)
+    deploy_interval_s: float = Field(3600.0, gt=0)
+    watchdog_interval_s: float = Field(30.0, gt=0)
+    monitor_interval_s: float = Field(300.0, gt=0)
+    misfire_grace_s: float = Field(60.0, gt=0)
+    job_timeout_s: float = Field(600.0, gt=0, description="a job run longer than this is abandoned")
+
+
+class RestartConfig(_Section):
+    """Restart policy of crashed or hung children."""
+
+    backoff_initial_s: float = Field(5.0, gt=0)
+    backoff_max_s: float = Field(300.0, gt=0)
+    budget_per_hour: int = Field(3, ge=0, description="restarts allowed per child per hour")
+    stop_timeout_s: float = Field(30.0, gt=0, description="SIGTERM -> SIGKILL grace on stop")
+
+
+class EnsembleConfig(_Section):
+    top_n: int = Field(10, ge=1)
+    combine: Literal["mean", "median", "value_weighted"] = "mean"
+
+
+class DeployConfig(_Section):
+    slot: str = "0"
+    min_improvement: float = Field(0.01, ge=0)
+    min_grade: Literal["S", "A", "B", "C", "D", "F"] = "A"
+    min_sharpe: float = 0.5
+    max_drawdown: float = Field(0.25, gt=0, le=1)
+
+
+class PreflightConfig(_Section):
+    min_free_disk_mb: int = Field(1024, ge=0)
+    min_free_memory_mb: int = Field(512, ge=0)
+
+
+class Config(BaseSettings):
+    """The whole configuration (see ``cappuccino.example.toml`` for every key)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CAPPUCCINO_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    root: Path = Path("train_results")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    status_interval_s: float = Field(5.0, gt=0)
+    study: StudyConfig = StudyConfig()
+    workers: WorkersConfig = WorkersConfig()
+    paper_trader: PaperTraderConfig = PaperTraderConfig()
+    jobs: JobsConfig = JobsConfig()
+    restart: RestartConfig = RestartConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    deploy: DeployConfig = DeployConfig()
+    preflight: PreflightConfig = PreflightConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the environment wins over the file's values (passed as init kwargs)
+        return (env_settings, init_settings)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the TOML file (``None``: ``./cappuccino.toml`` if it exists) and the environment.
+
+    Args:
+        path: config file; an explicit path that does not exist is an error.
+        overrides: values that win over everything (e.g. ``{"root": ...}`` from ``--root``).
+
+    Raises:
+        ConfigError: unreadable TOML, unknown key, or bad value; one line naming it.
+    """
+    data: dict[str, Any] = {}
+    where = "CAPPUCCINO_* environment"
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        path = DEFAULT_CONFIG_FILE
+    if path is not None:
+        where = f"{path} or CAPPUCCINO_* environment"
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        config = Config(**data)  # environment wins over the file's values
+        if overrides:
+            merged = config.model_dump()
+            for key, value in overrides.items():
+                merged[key] = value
+            config = Config.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        value = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
+        raise ConfigError(f"{where}: {key}: {msg}{value}") from None
+    return config
+
+
+def read_current_study(root: Path) -> str | None:
+    """Content of ``<root>/.current_study`` (stripped), or None when absent/empty."""
+    try:
+        name = (root / ".current_study").read_text().strip()
+    except FileNotFoundError:
+        return None
+    return name or None
