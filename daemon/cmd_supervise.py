@@ -1,0 +1,198 @@
+"""CLI commands of the operational surface: ``supervise``, ``doctor``, ``status``, ``logs``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from daemon.config import ConfigError, load_config
+from daemon.preflight import run_checks
+from daemon.status_file import build_status
+from trainers.logs import log_path
+from trainers.storage import default_storage_url
+
+console = Console()
+
+
+def _config(config: Path | None, root: Path | None) -> Any:
+    try:
+        return load_config(config, {"root": root} if root else None)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def supervise(
+    config: Path = typer.Option(None, "--config", "-c", help="cappuccino.toml (default ./cappuccino.toml)"),
+    root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
+    duration: float = typer.Option(None, help="Stop after this many seconds (default: run until SIGTERM)."),
+    skip_preflight: bool = typer.Option(False, help="Do not run the preflight checks."),
+) -> None:
+    """Run the supervisor in the foreground (systemd runs exactly this)."""
+    from daemon.supervisor import Supervisor, SupervisorError
+
+    cfg = _config(config, root)
+    if not skip_preflight:
+        failed = [c for c in run_checks(cfg) if c.ok is False]
+        for c in failed:
+            typer.echo(f"preflight failed: {c.name}: {c.detail}", err=True)
+        if failed:
+            raise typer.Exit(3)
+    try:
+        sup = Supervisor(config, {"root": root} if root else {}, duration_s=duration)
+        code = sup.run()
+    except (SupervisorError, ConfigError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+def doctor(
+    config: Path = typer.Option(None, "--config", "-c"),
+    root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
+) -> None:
+    """Run the preflight checks alone and print the results."""
+    cfg = _config(config, root)
+    table = Table(title="cappuccino doctor")
+    for col in ("check", "result", "detail"):
+        table.add_column(col)
+    worst = 0
+    for c in run_checks(cfg):
+        mark = {True: "[green]ok[/]", False: "[red]FAIL[/]", None: "[cyan]info[/]"}[c.ok]
+        table.add_row(c.name, mark, c.detail)
+        worst = max(worst, 1 if c.ok is False else 0)
+    console.print(table)
+    raise typer.Exit(worst)
+
+
+def supervisor_pid(root: Path) -> int | None:
+    """Pid of the running supervisor on this root, or None."""
+    try:
+        pid = int((root / "run" / "supervisor.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if psutil.pid_exists(pid) else None
+
+
+def status(
+    config: Path = typer.Option(None, "--config", "-c"),
+    root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw status document."),
+) -> None:
+    """Show the system's status (also with the supervisor down)."""
+    cfg = _config(config, root)
+    pid = supervisor_pid(cfg.root)
+    doc: dict[str, Any] | None = None
+    status_file = cfg.root / "run" / "status.json"
+    if pid is not None and status_file.is_file():
+        try:
+            doc = json.loads(status_file.read_text())
+        except ValueError:
+            doc = None
+    if doc is None:
+        url = cfg.study.storage or default_storage_url(cfg.root)
+        doc = build_status(cfg.root, url, cfg.study.name, supervisor=None)
+    doc["supervisor_running"] = pid is not None
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    render_status(doc)
+
+
+def render_status(doc: dict[str, Any]) -> None:
+    """Human rendering of a status document."""
+    sup = doc.get("supervisor") or {}
+    if doc.get("supervisor_running"):
+        console.print(f"[green]supervisor running[/] pid {sup.get('pid')} uptime {sup.get('uptime_s')} s")
+    else:
+        console.print("[yellow]supervisor is not running[/] (study and ledger read directly)")
+    console.print(f"current study: [bold]{doc.get('current_study')}[/]")
+    if doc.get("mismatches"):
+        console.print(f"[red]study mismatch[/]: {doc['studies']}")
+    st = doc.get("study") or {}
+    best = st.get("best") or {}
+    if st.get("error"):
+        console.print(f"study: [red]{st['error']}[/]")
+    else:
+        console.print(
+            f"trials: {st.get('trials')}  trials/hour: {st.get('trials_per_hour')}  "
+            f"best: {best.get('value')} {best.get('vin') or ''}"
+        )
+    if sup.get("children"):
+        t = Table(title="children")
+        for col in ("name", "pid", "state", "uptime_s", "cpu_percent", "rss_mb", "restarts"):
+            t.add_column(col)
+        for c in sup["children"]:
+            t.add_row(
+                *(
+                    str(c.get(k, ""))
+                    for k in ("name", "pid", "state", "uptime_s", "cpu_percent", "rss_mb", "restarts")
+                )
+            )
+        console.print(t)
+    if sup.get("jobs"):
+        t = Table(title="jobs")
+        for col in ("job", "last_start", "outcome", "duration_s", "next_run"):
+            t.add_column(col)
+        for name, j in sup["jobs"].items():
+            t.add_row(
+                name,
+                str(j.get("last_start")),
+                str(j.get("last_outcome")),
+                str(j.get("last_duration_s")),
+                str(j.get("next_run")),
+            )
+        console.print(t)
+    ens = doc.get("ensemble")
+    if ens:
+        n = len(ens.get("members", []))
+        console.print(
+            f"ensemble: generation {ens.get('generation')} of study {ens.get('study')}, {n} members"
+        )
+    else:
+        console.print("ensemble: none yet")
+    pt = doc.get("paper_trader")
+    if pt:
+        keys = ("equity", "drawdown", "last_bar", "generation", "study")
+        console.print(f"paper trader: {json.dumps({k: pt.get(k) for k in keys}, default=str)}")
+    else:
+        console.print("paper trader: no status yet")
+
+
+def logs(
+    component: str = typer.Argument("supervisor", help="supervisor, worker-0, paper_trader, ..."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+    lines: int = typer.Option(20, "--lines", "-n", help="Lines to show first."),
+    config: Path = typer.Option(None, "--config", "-c"),
+    root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
+) -> None:
+    """Show a component's log (JSON lines under <root>/logs/)."""
+    cfg = _config(config, root)
+    path = log_path(cfg.root, component)
+    if not path.is_file():
+        known = sorted(p.stem for p in (cfg.root / "logs").glob("*.log"))
+        typer.echo(f"error: no log {path}; components with logs: {', '.join(known) or 'none'}", err=True)
+        raise typer.Exit(2)
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh.readlines()[-lines:]:
+            typer.echo(line.rstrip("\n"))
+        while follow:
+            line = fh.readline()
+            if line:
+                typer.echo(line.rstrip("\n"))
+                continue
+            time.sleep(0.5)
+            try:
+                if os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino:  # rotated
+                    fh.close()
+                    fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,119 @@
+"""Preflight checks run before the supervisor starts (and alone by ``cappuccino doctor``):
+free disk, free memory, dataset valid, storage reachable, root writable, dependencies
+importable, GPU present or not (informational)."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from daemon.config import Config
+from trainers.storage import default_storage_url
+
+REQUIRED_MODULES = (
+    "torch",
+    "stable_baselines3",
+    "gymnasium",
+    "optuna",
+    "sqlalchemy",
+    "apscheduler",
+    "watchdog",
+    "alpaca",
+    "psutil",
+    "structlog",
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check's result; ``ok=None`` means informational."""
+
+    name: str
+    ok: bool | None
+    detail: str
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def run_checks(config: Config) -> list[Check]:
+    """All preflight checks (never raises)."""
+    checks: list[Check] = []
+    root = config.root
+    free_mb = shutil.disk_usage(_existing_parent(root)).free / 2**20
+    need = config.preflight.min_free_disk_mb
+    checks.append(Check("disk", free_mb >= need, f"{free_mb:,.0f} MB free at {root} (need {need:,} MB)"))
+    avail_mb = psutil.virtual_memory().available / 2**20
+    need = config.preflight.min_free_memory_mb
+    checks.append(Check("memory", avail_mb >= need, f"{avail_mb:,.0f} MB available (need {need:,} MB)"))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root):
+            pass
+        checks.append(Check("root", True, f"{root} is writable"))
+    except OSError as exc:
+        checks.append(Check("root", False, f"{root} is not writable: {exc}"))
+    missing = []
+    for name in REQUIRED_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            missing.append(f"{name} ({exc})")
+    checks.append(
+        Check(
+            "dependencies", not missing, "all importable" if not missing else "missing: " + ", ".join(missing)
+        )
+    )
+    try:
+        from trainers.data import load_panel, split_holdout
+
+        panel = load_panel(config.study.data)
+        study, holdout = split_holdout(panel, config.study.holdout_cut)
+        checks.append(
+            Check(
+                "dataset",
+                True,
+                f"{', '.join(panel.symbols)}: {len(study):,} study bars, {len(holdout):,} hold-out bars",
+            )
+        )
+    except Exception as exc:
+        checks.append(Check("dataset", False, str(exc)))
+    url = config.study.storage or default_storage_url(root)
+    try:
+        from sqlalchemy import create_engine, text
+
+        from trainers.storage import prepare_sqlite
+
+        if url.startswith("sqlite"):
+            prepare_sqlite(url)
+        engine = create_engine(url, pool_pre_ping=True)
+        with engine.connect() as con:
+            con.execute(text("SELECT 1"))
+        engine.dispose()
+        checks.append(Check("storage", True, f"{_redact(url)} reachable"))
+    except Exception as exc:
+        checks.append(Check("storage", False, f"{_redact(url)}: {type(exc).__name__}: {exc}"))
+    try:
+        import torch
+
+        gpu = torch.cuda.is_available()
+        detail = torch.cuda.get_device_name(0) if gpu else "no CUDA device (training runs on the CPU)"
+    except Exception as exc:
+        detail = f"unknown ({exc})"
+    checks.append(Check("gpu", None, detail))
+    return checks
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

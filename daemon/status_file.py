@@ -1,0 +1,65 @@
+"""``run/status.json``: one picture of the whole system, built from the files and storage
+each component owns (so ``cappuccino status`` works with the supervisor down too)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from daemon.config import read_current_study
+from daemon.study_stats import study_stats
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def ensemble_summary(root: Path) -> dict[str, Any] | None:
+    """Generation, study and members of the live manifest (None when there is none)."""
+    manifest = _read_json(root / "ensemble" / "ensemble_manifest.json")
+    if manifest is None:
+        return None
+    return {
+        "study": manifest.get("study"),
+        "generation": manifest.get("generation"),
+        "created_at": manifest.get("created_at"),
+        "combine": manifest.get("combine"),
+        "members": [
+            {k: m.get(k) for k in ("slot", "trial_number", "vin", "grade", "value")}
+            for m in manifest.get("members", [])
+        ],
+    }
+
+
+def build_status(
+    root: Path, storage_url: str, study: str | None, supervisor: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The status document. Every component's study name is shown; ``mismatches`` lists
+    components that follow another study than ``.current_study``."""
+    current = read_current_study(root) or study
+    out: dict[str, Any] = {"root": str(root), "current_study": current, "supervisor": supervisor}
+    try:
+        out["study"] = study_stats(storage_url, current) if current else None
+    except Exception as exc:  # storage down: say so, keep the rest
+        out["study"] = {"study": current, "error": f"{type(exc).__name__}: {exc}"}
+    out["ensemble"] = ensemble_summary(root)
+    out["paper_trader"] = _read_json(root / "paper_trader" / "status.json")
+    out["deployments"] = {
+        p.name: _read_json(p / "deployment_info.json")
+        for p in sorted((root / "deployments").glob("model_*"))
+        if p.is_dir() and not p.name.endswith(".previous")
+    }
+    studies = {
+        "current_study": current,
+        "supervisor": (supervisor or {}).get("study"),
+        "ensemble": (out["ensemble"] or {}).get("study"),
+        "paper_trader": (out["paper_trader"] or {}).get("study"),
+    }
+    out["studies"] = studies
+    out["mismatches"] = [k for k, v in studies.items() if v is not None and current and v != current]
+    return out

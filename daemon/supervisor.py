@@ -1,0 +1,493 @@
+"""The supervisor (``cappuccino supervise``): owns the training workers and the paper
+trader, runs the scheduled jobs, writes ``run/status.json``, talks to systemd.
+
+Signals: SIGTERM/SIGINT stop everything gracefully and exit 0; SIGHUP re-reads the config
+and ``.current_study`` and realigns children and jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import psutil
+import structlog
+
+from daemon.children import Child, ChildSpec, RestartPolicy, stop_process_group
+from daemon.config import Config, load_config, read_current_study
+from daemon.jobs import JobRunner
+from daemon.sdnotify import Notifier
+from daemon.status_file import build_status
+from trainers.bundle import atomic_write_json
+from trainers.heartbeat import heartbeat_path
+from trainers.logs import configure_logging
+from trainers.storage import default_storage_url
+
+log = structlog.get_logger("supervisor")
+
+
+class SupervisorError(RuntimeError):
+    """Start-up refused (lock held, no study); the message says why and what to do."""
+
+
+def run_dir(root: Path) -> Path:
+    return root / "run"
+
+
+def children_file(root: Path) -> Path:
+    return run_dir(root) / "children.json"
+
+
+@dataclass
+class SupervisorLock:
+    """``run/supervisor.pid`` held with ``flock``: a second supervisor on the same root is refused."""
+
+    path: Path
+    fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise SupervisorError(
+                f"another supervisor is running on this root (pid {holder}, lock {self.path}); "
+                "stop it first (bin/stop_automation.sh)"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+        self.fh = fh
+
+    def release(self) -> None:
+        if self.fh is not None:
+            self.fh.seek(0)
+            self.fh.truncate()
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+            self.fh = None
+
+
+def stop_stale_children(root: Path, timeout_s: float) -> list[dict[str, Any]]:
+    """Stop children recorded by a supervisor that died without cleaning up.
+
+    Only processes whose pid AND create time match a record are touched; a reused pid or an
+    unrelated process with a similar command line is left alone.
+    """
+    path = children_file(root)
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    stopped = []
+    for rec in records if isinstance(records, list) else []:
+        pid, ctime = rec.get("pid"), rec.get("create_time")
+        if not isinstance(pid, int) or not isinstance(ctime, (int, float)):
+            continue
+        try:
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - ctime) > 0.01:
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        if stop_process_group(pid, ctime, timeout_s):
+            log.warning("stale_child_stopped", child=rec.get("name"), child_pid=pid)
+            stopped.append(rec)
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+@dataclass
+class Supervisor:
+    """One supervisor per root. Use :meth:`run`."""
+
+    config_path: Path | None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    duration_s: float | None = None
+    on_tick: Callable[[Supervisor], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.config: Config = load_config(self.config_path, self.overrides)
+        self.root = self.config.root
+        self.children: dict[str, Child] = {}
+        self.notifier = Notifier()
+        self.lock = SupervisorLock(run_dir(self.root) / "supervisor.pid")
+        self.jobs = JobRunner(self.config.jobs.misfire_grace_s, self.config.jobs.job_timeout_s)
+        self.study: str | None = None
+        self.started_at = time.time()
+        self.monitor_cache: dict[str, Any] = {}
+        self._stop = False
+        self._hup = False
+        self._last_status = 0.0
+        self._last_ping = 0.0
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def storage_url(self) -> str:
+        return self.config.study.storage or default_storage_url(self.root)
+
+    def resolve_study(self) -> str:
+        name = read_current_study(self.root) or self.config.study.name
+        if not name:
+            raise SupervisorError(
+                f"no study: write one with bin/sync_training_study NAME (creates {self.root}/.current_study) "
+                "or set study.name in the config"
+            )
+        return name
+
+    def child_specs(self) -> list[ChildSpec]:
+        cfg, root, py = self.config, self.root, sys.executable
+        specs = []
+        for i in range(cfg.workers.count):
+            name = f"worker-{i}"
+            argv = [py, "-m", "trainers.worker", "--study", str(self.study), "--storage", self.storage_url]
+            argv += ["--root", str(root), "--n-trials", str(cfg.study.n_trials), "--mode", cfg.study.mode]
+            argv += ["--max-trials-per-process", str(cfg.workers.max_trials_per_process)]
+            argv += ["--device", cfg.workers.device, "--budget-steps", str(cfg.study.budget_steps)]
+            argv += ["--n-envs", str(cfg.study.n_envs), "--holdout-cut", cfg.study.holdout_cut]
+            argv += ["--heartbeat-interval", str(cfg.workers.optuna_heartbeat_interval_s)]
+            argv += ["--grace-period", str(cfg.workers.optuna_grace_period_s)]
+            argv += ["--torch-threads", str(cfg.workers.torch_threads), "--component", name]
+            argv += ["--log-level", cfg.log_level]
+            if cfg.study.data:
+                argv += ["--data", cfg.study.data]
+            specs.append(
+                ChildSpec(
+                    name,
+                    tuple(argv),
+                    heartbeat_path(root, name),
+                    cfg.workers.heartbeat_timeout_s,
+                    cfg.workers.memory_limit_mb,
+                    env=(("OMP_NUM_THREADS", str(cfg.workers.torch_threads)),),
+                )
+            )
+        if cfg.paper_trader.enabled:
+            pt = cfg.paper_trader
+            argv = [py, "-m", "paper_trader", "--root", str(root), "--broker", pt.broker]
+            argv += ["--speed", str(pt.speed), "--initial-cash", str(pt.initial_cash)]
+            argv += ["--trailing-stop", str(pt.trailing_stop), "--max-weight", str(pt.max_weight)]
+            argv += ["--min-cash", str(pt.min_cash), "--min-notional", str(pt.min_notional)]
+            argv += ["--fee", str(pt.fee), "--slippage", str(pt.slippage)]
+            if pt.deployment is not None:
+                argv += ["--deployment", pt.deployment]
+            if cfg.study.data:
+                argv += ["--data", cfg.study.data]
+            specs.append(
+                ChildSpec(
+                    "paper_trader",
+                    tuple(argv),
+                    heartbeat_path(root, "paper_trader"),
+                    pt.heartbeat_timeout_s,
+                    pt.memory_limit_mb,
+                    restart_on_success=False,
+                    env=(("OMP_NUM_THREADS", "1"),),
+                )
+            )
+        return specs
+
+    def restart_policy(self) -> RestartPolicy:
+        r = self.config.restart
+        return RestartPolicy(r.backoff_initial_s, r.backoff_max_s, r.budget_per_hour)
+
+    # ------------------------------------------------------------------ children
+    def record_children(self) -> None:
+        atomic_write_json(
+            children_file(self.root),
+            [
+                {"name": c.spec.name, "pid": c.pid, "create_time": c.create_time, "argv": list(c.spec.argv)}
+                for c in self.children.values()
+                if c.pid is not None and c.state == "running"
+            ],
+        )
+
+    def start_child(self, spec: ChildSpec) -> None:
+        child = self.children.get(spec.name)
+        if child is None or child.spec != spec:
+            old = child
+            child = Child(spec, self.root / "logs")
+            if old is not None:
+                child.restarts, child.total_restarts = old.restarts, old.total_restarts
+            self.children[spec.name] = child
+        child.start()
+        log.info("child_started", child=spec.name, child_pid=child.pid)
+        self.record_children()
+
+    def stop_child(self, name: str, forget: bool = False) -> None:
+        child = self.children.get(name)
+        if child is None:
+            return
+        if child.state == "running":
+            child.stop(self.config.restart.stop_timeout_s)
+            log.info("child_stopped", child=name, child_pid=child.pid)
+        if forget:
+            del self.children[name]
+        self.record_children()
+
+    def align_children(self) -> None:
+        """Start missing children, restart changed ones, stop ones no longer configured."""
+        specs = {s.name: s for s in self.child_specs()}
+        for name in list(self.children):
+            if name not in specs:
+                self.stop_child(name, forget=True)
+        for name, spec in specs.items():
+            child = self.children.get(name)
+            if child is not None and child.spec != spec and child.state == "running":
+                self.stop_child(name)
+            if child is None or child.spec != spec or child.state in ("new", "stopped"):
+                self.start_child(spec)
+
+    def handle_unhealthy(self, child: Child, reason: str) -> None:
+        """Stop an unhealthy child and schedule its restart (backoff) or mark it failed."""
+        code = child.last_exit
+        child.stop(self.config.restart.stop_timeout_s)
+        if code == 0 and not child.spec.restart_on_success:
+            child.state = "done"
+            log.info("child_done", child=child.spec.name)
+            self.record_children()
+            return
+        if code == 0 and child.spec.name.startswith("worker-") and self.study_finished():
+            child.state = "done"
+            log.info("child_done", child=child.spec.name, reason="study reached its trial target")
+            self.record_children()
+            return
+        policy = self.restart_policy()
+        now = time.monotonic()
+        recent = child.recent_restarts(now)
+        child.last_reason = reason
+        planned = code == 0 and reason.startswith("exited")  # a worker's per-process trial quota
+        if not planned and recent >= policy.budget_per_hour:
+            child.state = "failed"
+            log.error(
+                "alert_child_failed",
+                child=child.spec.name,
+                reason=reason,
+                restarts_last_hour=recent,
+                note="restart budget exhausted; not restarting",
+            )
+            self.record_children()
+            return
+        delay = 0.0 if planned else policy.backoff(recent)
+        if not planned:
+            child.restarts.append(now)
+            child.total_restarts += 1
+        child.state = "backoff"
+        child.restart_at = now + delay
+        log.warning("child_unhealthy", child=child.spec.name, reason=reason, restart_in_s=delay)
+        self.record_children()
+
+    def study_finished(self) -> bool:
+        stats = self.monitor_cache.get("study") or {}
+        trials = stats.get("trials") or {}
+        return trials.get("COMPLETE", 0) + trials.get("PRUNED", 0) >= self.config.study.n_trials
+
+    def check_children(self, deep: bool) -> None:
+        """Fast path each tick: exits and due restarts. ``deep`` (watchdog job): also
+        zombies, hung heartbeats and memory limits."""
+        now = time.time()
+        for child in list(self.children.values()):
+            if child.state == "running":
+                if deep:
+                    reason = child.unhealthy_reason(now)
+                else:
+                    code = child.poll_exit()
+                    reason = None if code is None else f"exited with code {code}"
+                    if code is not None:
+                        child.last_exit = code
+                if reason is not None:
+                    self.handle_unhealthy(child, reason)
+            elif (
+                child.state == "backoff"
+                and child.restart_at is not None
+                and time.monotonic() >= child.restart_at
+            ):
+                self.start_child(child.spec)
+
+    # ------------------------------------------------------------------ jobs
+    def _cli(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "daemon.cli", *args]
+
+    def job_sync(self) -> str:
+        cfg = self.config
+        argv = self._cli("sync", "--study", str(self.study), "--root", str(self.root))
+        argv += ["--storage", self.storage_url, "--top-n", str(cfg.ensemble.top_n)]
+        outcome, detail = self.jobs.run_command(
+            argv, cfg.jobs.job_timeout_s * 0.9, self.root / "logs" / "sync.out"
+        )
+        return detail if outcome == "ok" else f"{outcome}: {detail}"
+
+    def job_deploy(self) -> str:
+        d = self.config.deploy
+        argv = self._cli("deploy", "--study", str(self.study), "--root", str(self.root))
+        argv += ["--storage", self.storage_url, "--slot", d.slot, "--min-improvement", str(d.min_improvement)]
+        argv += ["--min-grade", d.min_grade, "--min-sharpe", str(d.min_sharpe)]
+        argv += ["--max-drawdown", str(d.max_drawdown), "--holdout-cut", self.config.study.holdout_cut]
+        if self.config.study.data:
+            argv += ["--data", self.config.study.data]
+        outcome, detail = self.jobs.run_command(
+            argv, self.config.jobs.job_timeout_s * 0.9, self.root / "logs" / "deploy.out"
+        )
+        return detail if outcome == "ok" else f"{outcome}: {detail}"
+
+    def job_watchdog(self) -> str:
+        self.check_children(deep=True)
+        states = [c.state for c in self.children.values()]
+        return f"{states.count('running')}/{len(states)} running"
+
+    def job_monitor(self) -> str:
+        from daemon.study_stats import study_stats
+
+        stats = study_stats(self.storage_url, str(self.study))
+        self.monitor_cache["study"] = stats
+        self.monitor_cache["at"] = datetime.now(UTC).isoformat()
+        best = stats.get("best") or {}
+        log.info(
+            "monitor",
+            study=self.study,
+            trials=stats.get("trials"),
+            trials_per_hour=stats.get("trials_per_hour"),
+            best_value=best.get("value"),
+            best_vin=best.get("vin"),
+        )
+        return f"{sum(stats.get('trials', {}).values())} trials, best {best.get('value')}"
+
+    def schedule_jobs(self) -> None:
+        j = self.config.jobs
+        self.jobs.add("watchdog", j.watchdog_interval_s, self.job_watchdog, first_in_s=j.watchdog_interval_s)
+        self.jobs.add("monitor", j.monitor_interval_s, self.job_monitor, first_in_s=0.5)
+        self.jobs.add(
+            "ensemble_sync", j.sync_interval_s, self.job_sync, first_in_s=min(5.0, j.sync_interval_s)
+        )
+        self.jobs.add(
+            "deploy", j.deploy_interval_s, self.job_deploy, first_in_s=min(60.0, j.deploy_interval_s)
+        )
+
+    # ------------------------------------------------------------------ signals
+    def _on_term(self, signum: int, _frame: FrameType | None) -> None:
+        self._stop = True
+
+    def _on_hup(self, signum: int, _frame: FrameType | None) -> None:
+        self._hup = True
+
+    def reload(self) -> None:
+        """SIGHUP: re-read config and ``.current_study``; realign children and jobs."""
+        try:
+            new = load_config(self.config_path, self.overrides)
+        except ValueError as exc:
+            log.error("config_reload_rejected", error=str(exc), note="keeping the running configuration")
+            return
+        self.config = new
+        old_study = self.study
+        self.study = self.resolve_study()
+        j = new.jobs
+        for name, interval in (
+            ("watchdog", j.watchdog_interval_s),
+            ("monitor", j.monitor_interval_s),
+            ("ensemble_sync", j.sync_interval_s),
+            ("deploy", j.deploy_interval_s),
+        ):
+            self.jobs.reschedule(name, interval)
+        self.jobs.timeout_s = j.job_timeout_s
+        log.info("reloaded", study=self.study, previous_study=old_study)
+        self.align_children()
+        if self.study != old_study:
+            self.jobs.run_now("ensemble_sync")
+            self.jobs.run_now("monitor")
+
+    # ------------------------------------------------------------------ status
+    def write_status(self) -> None:
+        status = build_status(self.root, self.storage_url, self.study, supervisor=self.status_self())
+        atomic_write_json(run_dir(self.root) / "status.json", status)
+
+    def status_self(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "started_at": datetime.fromtimestamp(self.started_at, UTC).isoformat(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "updated_at": datetime.now(UTC).isoformat(),
+            "study": self.study,
+            "config": str(self.config_path) if self.config_path else None,
+            "children": [c.snapshot() for c in self.children.values()],
+            "jobs": self.jobs.snapshot(),
+            "monitor": self.monitor_cache,
+            "systemd": self.notifier.enabled,
+        }
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or ``duration_s``); returns the exit code."""
+        configure_logging("supervisor", self.root, self.config.log_level)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        try:
+            return self._run_locked()
+        finally:
+            self.lock.release()
+
+    def _run_locked(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        stop_stale_children(self.root, self.config.restart.stop_timeout_s)
+        self.study = self.resolve_study()
+        log.info("supervisor_started", study=self.study, root=str(self.root), storage=self.storage_url)
+        self.align_children()
+        self.schedule_jobs()
+        self.jobs.scheduler.start()
+        self.notifier.ready(f"supervising study {self.study}")
+        ping = self.notifier.watchdog_interval_s() or 5.0
+        deadline = None if self.duration_s is None else time.monotonic() + self.duration_s
+        try:
+            while not self._stop and (deadline is None or time.monotonic() < deadline):
+                if self._hup:
+                    self._hup = False
+                    self.reload()
+                self.check_children(deep=False)
+                now = time.monotonic()
+                if now - self._last_ping >= min(ping, 1.0):
+                    self.notifier.watchdog()
+                    self._last_ping = now
+                if now - self._last_status >= self.config.status_interval_s:
+                    self._last_status = now
+                    try:
+                        self.write_status()
+                    except Exception as exc:  # status must never take the supervisor down
+                        log.warning("status_write_failed", error=str(exc))
+                if self.on_tick is not None:
+                    self.on_tick(self)
+                time.sleep(0.2)
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        """Stop jobs and children (graceful, then process-group kill), record the exit."""
+        log.info("supervisor_stopping")
+        self.notifier.stopping()
+        self.jobs.shutdown(self.config.restart.stop_timeout_s)
+        running = [c for c in self.children.values() if c.state == "running"]
+        with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:  # stop all at once
+            list(pool.map(lambda c: c.stop(self.config.restart.stop_timeout_s), running))
+        for c in running:
+            log.info("child_stopped", child=c.spec.name, child_pid=c.pid)
+        children_file(self.root).unlink(missing_ok=True)
+        with contextlib.suppress(Exception):
+            self.write_status()
+        log.info("supervisor_stopped")
