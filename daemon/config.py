@@ -2,13 +2,16 @@
 
 Every key is optional. Precedence (highest first): environment variables
 (``CAPPUCCINO_<SECTION>__<KEY>``, e.g. ``CAPPUCCINO_WORKERS__COUNT=4``; top-level keys as
-``CAPPUCCINO_ROOT``), then the TOML file, then the defaults below. An unknown key or a bad
+``CAPPUCCINO_ROOT``), then ``<root>/training.toml`` (the training request written by
+``cappuccino start-training``: study size and worker count), then the TOML file, then the
+defaults below. An unknown key or a bad
 value stops start-up with :class:`ConfigError`, one line naming the key. Secrets (Alpaca
 keys) are never part of this file: they come from the environment only.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_FILE = "cappuccino.toml"
+TRAINING_OVERLAY = "training.toml"  # <root>/training.toml, written by `cappuccino start-training`
 
 
 class ConfigError(ValueError):
@@ -164,6 +168,20 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{path}: config file not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    root = Path(
+        (overrides or {}).get("root")
+        or os.environ.get("CAPPUCCINO_ROOT")
+        or data.get("root")
+        or "train_results"
+    )
+    overlay = root / TRAINING_OVERLAY
+    if overlay.is_file():
+        try:
+            extra = tomllib.loads(overlay.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{overlay}: not valid TOML ({exc})") from None
+        data = _deep_merge(data, extra)
+        where = f"{where} or {overlay}"
     try:
         config = Config(**data)  # environment wins over the file's values
         if overrides:
@@ -178,6 +196,16 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         value = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
         raise ConfigError(f"{where}: {key}: {msg}{value}") from None
     return config
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def read_current_study(root: Path) -> str | None:
