@@ -152,6 +152,7 @@ class PortfolioVecEnv(VecEnv):
             features, prices, start, stop, lookback, n_envs, costs or Costs(), episode_bars, seed
         )
         obs_space, act_space = _spaces(self.core)
+        self.render_mode = None  # read by VecEnv.__init__ (no rendering)
         super().__init__(n_envs, obs_space, act_space)
         self._actions: np.ndarray | None = None
 

@@ -89,14 +89,16 @@ def _lr_code(lr: float) -> tuple[int, int]:
     m = round(lr * 10**e, 1)
     if m >= 10:
         m, e = round(m / 10, 1), e - 1
+    if e < 1:
+        raise VinError(f"learning rate {lr} rounds to 1 or more")
     if m != int(m):
         return round(m * 10), e + 1
     return int(m), e
 
 
 def _gamma_code(gamma: float) -> str:
-    if not (0 < gamma < 1):
-        raise VinError(f"gamma {gamma} outside (0, 1)")
+    if not (0 < round(gamma, 4) < 1):
+        raise VinError(f"gamma {gamma} outside (0, 1) at 4 decimals")
     return f"{round(gamma, 4):.4f}"[2:].rstrip("0") or "0"
 
 
