@@ -76,6 +76,7 @@ class Child:
     last_reason: str | None = None
     total_restarts: int = 0
     _popen: subprocess.Popen[bytes] | None = None
+    _ps: psutil.Process | None = None
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -96,9 +97,10 @@ class Child:
             out.close()
         self.pid = self._popen.pid
         try:
-            self.create_time = psutil.Process(self.pid).create_time()
+            self._ps = psutil.Process(self.pid)  # kept: cpu_percent() measures between calls
+            self.create_time = self._ps.create_time()
         except psutil.NoSuchProcess:
-            self.create_time = None
+            self._ps, self.create_time = None, None
         self.started_at = time.time()
         self.state = "running"
         self.restart_at = None
@@ -108,7 +110,7 @@ class Child:
         if self.pid is None:
             return None
         try:
-            proc = psutil.Process(self.pid)
+            proc = self._ps if self._ps is not None and self._ps.pid == self.pid else psutil.Process(self.pid)
             if self.create_time is not None and abs(proc.create_time() - self.create_time) > 0.01:
                 return None
             return proc
@@ -147,7 +149,7 @@ class Child:
             return f"memory {rss / 2**20:.0f} MB over the limit {self.spec.memory_limit_mb} MB"
         if self.spec.heartbeat is not None and self.started_at is not None:
             beat = read_heartbeat(self.spec.heartbeat)
-            last = beat.get("time") if beat and beat.get("pid") == self.pid else None
+            last = beat.get("unix_time", beat.get("time")) if beat and beat.get("pid") == self.pid else None
             since = now - (last if isinstance(last, (int, float)) else self.started_at)
             if since > self.spec.heartbeat_timeout_s:
                 return f"no heartbeat for {since:.0f} s"

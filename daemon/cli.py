@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from daemon import cmd_deploy, cmd_quickstart, cmd_study, cmd_supervise, cmd_sync
 from trainers import worker
 
 app = typer.Typer(
@@ -22,7 +23,21 @@ app.command("train", help="Run a training worker in the foreground (same options
     worker.main
 )
 
+app.command("sync")(cmd_sync.sync)
+app.command("deploy")(cmd_deploy.deploy)
+app.command("supervise")(cmd_supervise.supervise)
+app.command("doctor")(cmd_supervise.doctor)
+app.command("status")(cmd_supervise.status)
+app.command("logs")(cmd_supervise.logs)
+app.command("set-study")(cmd_study.set_study)
+app.command("start-training")(cmd_study.start_training)
+app.command("quickstart")(cmd_quickstart.quickstart)
+
 
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

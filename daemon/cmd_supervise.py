@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,6 @@ def supervise(
     skip_preflight: bool = typer.Option(False, help="Do not run the preflight checks."),
 ) -> None:
     """Run the supervisor in the foreground (systemd runs exactly this)."""
-    from daemon.supervisor import Supervisor, SupervisorError
-
     cfg = _config(config, root)
     if not skip_preflight:
         failed = [c for c in run_checks(cfg) if c.ok is False]
@@ -46,13 +45,18 @@ def supervise(
             typer.echo(f"preflight failed: {c.name}: {c.detail}", err=True)
         if failed:
             raise typer.Exit(3)
-    try:
-        sup = Supervisor(config, {"root": root} if root else {}, duration_s=duration)
-        code = sup.run()
-    except (SupervisorError, ConfigError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    raise typer.Exit(code)
+    # the long-running process is a fresh, lean interpreter with the same pid (systemd's
+    # MainPID, the lock holder): torch and the other modules of this command line stay out
+    argv = [sys.executable, "-m", "daemon.supervisor"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    if root is not None:
+        argv += ["--root", str(root)]
+    if duration is not None:
+        argv += ["--duration", str(duration)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 def doctor(

@@ -21,6 +21,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 DEFAULT_CONFIG_FILE = "cappuccino.toml"
 TRAINING_OVERLAY = "training.toml"  # <root>/training.toml, written by `cappuccino start-training`
+ENV_PREFIX = "CAPPUCCINO_"
+# CAPPUCCINO_* variables that are not configuration keys (read by scripts, not by Config)
+NON_CONFIG_VARIABLES = frozenset({"CAPPUCCINO_TORCH_SPEC"})
 
 
 class ConfigError(ValueError):
@@ -182,20 +185,61 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{overlay}: not valid TOML ({exc})") from None
         data = _deep_merge(data, extra)
         where = f"{where} or {overlay}"
+    _check_environment()
     try:
         config = Config(**data)  # environment wins over the file's values
         if overrides:
-            merged = config.model_dump()
-            for key, value in overrides.items():
-                merged[key] = value
-            config = Config.model_validate(merged)
+            config = Config.model_validate(_deep_merge(config.model_dump(), overrides))
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc)
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         value = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
-        raise ConfigError(f"{where}: {key}: {msg}{value}") from None
+        raise ConfigError(f"{_source(loc, path, overlay) or where}: {key}: {msg}{value}") from None
     return config
+
+
+def _source(loc: list[str], path: str | Path | None, overlay: Path) -> str | None:
+    """Where the value at ``loc`` came from: the ``CAPPUCCINO_*`` variable, the overlay or
+    the config file (None when unknown, e.g. a default or an override)."""
+    upper = {k.upper(): k for k in os.environ if k.upper().startswith(ENV_PREFIX)}
+    for depth in range(len(loc), 0, -1):
+        name = ENV_PREFIX + "__".join(loc[:depth]).upper()
+        if name in upper:
+            return f"environment variable {upper[name]}"
+    for file in (overlay, path):
+        if file is not None and Path(file).is_file() and _has_key(Path(file), loc):
+            return str(file)
+    return None
+
+
+def _has_key(path: Path, loc: list[str]) -> bool:
+    try:
+        node: Any = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _check_environment() -> None:
+    """Reject an unknown ``CAPPUCCINO_<KEY>`` variable (the settings library would ignore it).
+
+    Raises:
+        ConfigError: naming the variable.
+    """
+    known = {name.upper() for name in Config.model_fields}
+    for var in os.environ:
+        upper = var.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in NON_CONFIG_VARIABLES:
+            continue
+        head = upper[len(ENV_PREFIX) :].split("__", 1)[0]
+        if head not in known:
+            raise ConfigError(f"environment variable {var}: unknown key {head.lower()!r}")
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -56,16 +56,16 @@ class JobRecord:
         }
 
 
-def _last_line(path: Path) -> str:
+def _summary_line(path: Path, offset: int) -> str:
+    """First non-empty line a job wrote to its log after ``offset`` (its summary)."""
     try:
         with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            fh.seek(max(0, size - 2048))
-            lines = fh.read().decode(errors="replace").strip().splitlines()
-        return lines[-1][-300:] if lines else ""
+            fh.seek(offset)
+            text = fh.read(8192).decode(errors="replace")
     except OSError:
         return ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0][:300] if lines else ""
 
 
 class JobRunner:
@@ -162,6 +162,7 @@ class JobRunner:
         output line) / ``timeout``. :meth:`shutdown` stops commands still running.
         """
         log_file.parent.mkdir(parents=True, exist_ok=True)
+        offset = log_file.stat().st_size if log_file.exists() else 0
         with open(log_file, "ab") as out:
             with self._active_lock:
                 if self._closing:
@@ -183,8 +184,8 @@ class JobRunner:
                 with self._active_lock:
                     self._active.discard(proc)
         if code == 0:
-            return "ok", _last_line(log_file)
-        return "failed", f"exit {code}: {_last_line(log_file)}"
+            return "ok", _summary_line(log_file, offset)
+        return "failed", f"exit {code}: {_summary_line(log_file, offset)}"
 
     def shutdown(self, timeout_s: float) -> None:
         """Stop the scheduler and every job command still running (process groups)."""

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from daemon.config import Config, load_config, read_current_study
 from daemon.jobs import JobRunner
 from daemon.sdnotify import Notifier
 from daemon.status_file import build_status
-from trainers.bundle import atomic_write_json
+from trainers.atomic_io import atomic_write_json
 from trainers.heartbeat import heartbeat_path
 from trainers.logs import configure_logging
 from trainers.storage import default_storage_url
@@ -123,6 +124,7 @@ class Supervisor:
     overrides: dict[str, Any] = field(default_factory=dict)
     duration_s: float | None = None
     on_tick: Callable[[Supervisor], None] | None = None
+    console_logs: bool = True
 
     def __post_init__(self) -> None:
         self.config: Config = load_config(self.config_path, self.overrides)
@@ -136,6 +138,9 @@ class Supervisor:
         self.monitor_cache: dict[str, Any] = {}
         self._stop = False
         self._hup = False
+        # children are managed from the main loop and from the watchdog job's thread
+        self._children_lock = threading.RLock()
+        self._closing = False
         self._last_status = 0.0
         self._last_ping = 0.0
 
@@ -186,6 +191,7 @@ class Supervisor:
             argv += ["--trailing-stop", str(pt.trailing_stop), "--max-weight", str(pt.max_weight)]
             argv += ["--min-cash", str(pt.min_cash), "--min-notional", str(pt.min_notional)]
             argv += ["--fee", str(pt.fee), "--slippage", str(pt.slippage)]
+            argv += ["--holdout-cut", cfg.study.holdout_cut, "--log-level", cfg.log_level]
             if pt.deployment is not None:
                 argv += ["--deployment", pt.deployment]
             if cfg.study.data:
@@ -243,16 +249,19 @@ class Supervisor:
 
     def align_children(self) -> None:
         """Start missing children, restart changed ones, stop ones no longer configured."""
-        specs = {s.name: s for s in self.child_specs()}
-        for name in list(self.children):
-            if name not in specs:
-                self.stop_child(name, forget=True)
-        for name, spec in specs.items():
-            child = self.children.get(name)
-            if child is not None and child.spec != spec and child.state == "running":
-                self.stop_child(name)
-            if child is None or child.spec != spec or child.state in ("new", "stopped"):
-                self.start_child(spec)
+        with self._children_lock:
+            if self._closing:
+                return
+            specs = {s.name: s for s in self.child_specs()}
+            for name in list(self.children):
+                if name not in specs:
+                    self.stop_child(name, forget=True)
+            for name, spec in specs.items():
+                child = self.children.get(name)
+                if child is not None and child.spec != spec and child.state == "running":
+                    self.stop_child(name)
+                if child is None or child.spec != spec or child.state in ("new", "stopped"):
+                    self.start_child(spec)
 
     def handle_unhealthy(self, child: Child, reason: str) -> None:
         """Stop an unhealthy child and schedule its restart (backoff) or mark it failed."""
@@ -293,6 +302,21 @@ class Supervisor:
         log.warning("child_unhealthy", child=child.spec.name, reason=reason, restart_in_s=delay)
         self.record_children()
 
+    def ensure_study(self) -> None:
+        """Create the storage schema and the study before workers start (so concurrent
+        workers never race to create tables on a fresh database)."""
+        import optuna  # not trainers.worker.create_study: that module loads torch (~200 MB RSS)
+
+        from trainers.storage import make_storage
+
+        storage = make_storage(self.storage_url, heartbeat_interval=None)
+        try:  # the direction is all a study stores; workers bring their own sampler and pruner
+            optuna.create_study(
+                storage=storage, study_name=str(self.study), direction="maximize", load_if_exists=True
+            )
+        finally:
+            storage.engine.dispose()
+
     def study_finished(self) -> bool:
         stats = self.monitor_cache.get("study") or {}
         trials = stats.get("trials") or {}
@@ -301,24 +325,27 @@ class Supervisor:
     def check_children(self, deep: bool) -> None:
         """Fast path each tick: exits and due restarts. ``deep`` (watchdog job): also
         zombies, hung heartbeats and memory limits."""
-        now = time.time()
-        for child in list(self.children.values()):
-            if child.state == "running":
-                if deep:
-                    reason = child.unhealthy_reason(now)
-                else:
-                    code = child.poll_exit()
-                    reason = None if code is None else f"exited with code {code}"
-                    if code is not None:
-                        child.last_exit = code
-                if reason is not None:
-                    self.handle_unhealthy(child, reason)
-            elif (
-                child.state == "backoff"
-                and child.restart_at is not None
-                and time.monotonic() >= child.restart_at
-            ):
-                self.start_child(child.spec)
+        with self._children_lock:  # the main loop and the watchdog job both get here
+            if self._closing:
+                return
+            now = time.time()
+            for child in list(self.children.values()):
+                if child.state == "running":
+                    if deep:
+                        reason = child.unhealthy_reason(now)
+                    else:
+                        code = child.poll_exit()
+                        reason = None if code is None else f"exited with code {code}"
+                        if code is not None:
+                            child.last_exit = code
+                    if reason is not None:
+                        self.handle_unhealthy(child, reason)
+                elif (
+                    child.state == "backoff"
+                    and child.restart_at is not None
+                    and time.monotonic() >= child.restart_at
+                ):
+                    self.start_child(child.spec)
 
     # ------------------------------------------------------------------ jobs
     def _cli(self, *args: str) -> list[str]:
@@ -396,6 +423,8 @@ class Supervisor:
         self.config = new
         old_study = self.study
         self.study = self.resolve_study()
+        if self.study != old_study:
+            self.ensure_study()
         j = new.jobs
         for name, interval in (
             ("watchdog", j.watchdog_interval_s),
@@ -433,7 +462,11 @@ class Supervisor:
     # ------------------------------------------------------------------ main
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or ``duration_s``); returns the exit code."""
-        configure_logging("supervisor", self.root, self.config.log_level)
+        # handlers first: SIGHUP's default action would kill a supervisor that is starting up
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        configure_logging("supervisor", self.root, self.config.log_level, console=self.console_logs)
         self.root.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         try:
@@ -442,11 +475,9 @@ class Supervisor:
             self.lock.release()
 
     def _run_locked(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, self._on_term)
-        signal.signal(signal.SIGHUP, self._on_hup)
         stop_stale_children(self.root, self.config.restart.stop_timeout_s)
         self.study = self.resolve_study()
+        self.ensure_study()
         log.info("supervisor_started", study=self.study, root=str(self.root), storage=self.storage_url)
         self.align_children()
         self.schedule_jobs()
@@ -482,12 +513,38 @@ class Supervisor:
         log.info("supervisor_stopping")
         self.notifier.stopping()
         self.jobs.shutdown(self.config.restart.stop_timeout_s)
-        running = [c for c in self.children.values() if c.state == "running"]
-        with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:  # stop all at once
-            list(pool.map(lambda c: c.stop(self.config.restart.stop_timeout_s), running))
+        with self._children_lock:  # waits for a watchdog run in progress; none restarts after this
+            self._closing = True
+            running = [c for c in self.children.values() if c.state == "running"]
+            with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:  # stop all at once
+                list(pool.map(lambda c: c.stop(self.config.restart.stop_timeout_s), running))
         for c in running:
             log.info("child_stopped", child=c.spec.name, child_pid=c.pid)
         children_file(self.root).unlink(missing_ok=True)
         with contextlib.suppress(Exception):
             self.write_status()
         log.info("supervisor_stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m daemon.supervisor [--config FILE] [--root DIR] [--duration S]``: the lean
+    supervisor process. ``cappuccino supervise`` validates the config, runs the preflight
+    checks and then ``exec``s this (same pid), so the long-running process never holds the
+    modules the command line and the preflight import (torch alone is ~200 MB of RSS)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m daemon.supervisor")
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--duration", type=float, default=None)
+    args = parser.parse_args(argv)
+    try:
+        sup = Supervisor(args.config, {"root": args.root} if args.root else {}, duration_s=args.duration)
+        return sup.run()
+    except (SupervisorError, ValueError) as exc:  # ConfigError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,14 +14,17 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import optuna
 import torch
 import typer
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import OperationalError
 
 from trainers.data import DEFAULT_HOLDOUT_CUT, DataError
 from trainers.heartbeat import Heartbeat, heartbeat_path
@@ -89,6 +92,21 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def _open_study(opts: WorkerOptions, log: Any) -> optuna.Study:
+    """Open (or create) the study; retried a few times because workers starting together on a
+    fresh SQLite file can race to create Optuna's tables."""
+    for attempt in range(5):
+        try:
+            storage = make_storage(opts.storage_url, opts.heartbeat_interval, opts.grace_period)
+            return create_study(storage, opts.study)
+        except (OperationalError, optuna.exceptions.StorageInternalError) as exc:
+            if attempt == 4:
+                raise
+            log.warning("storage_retry", attempt=attempt + 1, error=str(exc).splitlines()[0])
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
+
+
 def run_worker(opts: WorkerOptions) -> int:
     """Run trials until a limit or a stop signal; returns the process exit code.
 
@@ -126,8 +144,7 @@ def run_worker(opts: WorkerOptions) -> int:
         seed=opts.seed,
     )
     data = StudyData.load(opts.data, config)
-    storage = make_storage(opts.storage_url, opts.heartbeat_interval, opts.grace_period)
-    study = create_study(storage, opts.study)
+    study = _open_study(opts, log)
     remaining = opts.n_trials - finished_trials(study)
     if remaining <= 0:
         log.info("study_complete", finished=opts.n_trials)

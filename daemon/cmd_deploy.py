@@ -1,0 +1,62 @@
+"""``cappuccino deploy``: promote the study's best trial to a deployment slot, or roll back.
+
+Prints one line per outcome. Exit status: 0 when promoted, refused by a gate, unchanged,
+without a candidate, or rolled back; 1 for an error (unknown study, no storage, bad data,
+nothing to roll back); 2 for a bad option.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ensemble.deploy import DeployError, rollback, run_deploy
+from ensemble.deploy_gate import (
+    DEFAULT_MAX_DRAWDOWN,
+    DEFAULT_MIN_GRADE,
+    DEFAULT_MIN_IMPROVEMENT,
+    DEFAULT_MIN_SHARPE,
+    DeployThresholds,
+)
+
+
+def deploy(
+    study: str = typer.Option(None, help="Study name (default: the one in <root>/.current_study)."),
+    root: Path = typer.Option(Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root."),
+    storage: str = typer.Option(None, help="Storage URL (default sqlite:///<root>/optuna.db)."),
+    slot: int = typer.Option(0, min=0, help="Deployment slot: <root>/deployments/model_<slot>."),
+    min_improvement: float = typer.Option(
+        DEFAULT_MIN_IMPROVEMENT, help="Minimum relative improvement over the deployed value (0.01 = 1%)."
+    ),
+    min_grade: str = typer.Option(DEFAULT_MIN_GRADE, help="Worst acceptable grade (S, A, B, C, D, F)."),
+    min_sharpe: float = typer.Option(
+        DEFAULT_MIN_SHARPE, help="Minimum hold-out Sharpe ratio (annualised, 8760 bars/year)."
+    ),
+    max_drawdown: float = typer.Option(
+        DEFAULT_MAX_DRAWDOWN, help="Maximum hold-out drawdown (fraction of peak equity)."
+    ),
+    data: Path = typer.Option(None, help="Dataset folder for the hold-out backtest (default: embedded)."),
+    holdout_cut: str = typer.Option(
+        None, help="First hold-out bar, UTC ISO 8601 (default: the trial's own training cut)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Evaluate the gates; change nothing."),
+    do_rollback: bool = typer.Option(
+        False, "--rollback", help="Swap model_<slot>.previous back in instead of deploying."
+    ),
+) -> None:
+    """Promote the best COMPLETE trial to deployments/model_<slot> if it passes every gate."""
+    try:
+        if do_rollback:
+            decision = rollback(root, slot)
+        else:
+            thresholds = DeployThresholds(min_improvement, min_grade.upper(), min_sharpe, max_drawdown)
+            decision = run_deploy(root, study, storage, slot, thresholds, data, holdout_cut, dry_run)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except DeployError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(decision.summary())
+    raise typer.Exit(1 if decision.decision == "rollback_refused" else 0)

@@ -1,0 +1,77 @@
+"""``cappuccino sync``: run the ensemble sync once (see :mod:`ensemble.sync`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ensemble.selection import DEFAULT_TOP_N, SelectionError
+from ensemble.sync import SyncError, SyncResult, sync_ensemble
+from trainers.bundle import PipelineSpec
+from trainers.data import embedded_dataset_dir, symbol_from_path
+from trainers.storage import default_storage_url
+
+CURRENT_STUDY_FILE = ".current_study"
+
+
+def default_symbols() -> list[str]:
+    """Symbols of the embedded dataset, sorted (what the paper trader trades by default)."""
+    files = embedded_dataset_dir().iterdir()
+    return sorted(symbol_from_path(p) for p in files if p.name.endswith((".csv", ".csv.gz")))
+
+
+def read_current_study(root: Path) -> str:
+    """The study name in ``<root>/.current_study``.
+
+    Raises:
+        ValueError: the file is missing, unreadable or empty.
+    """
+    path = root / CURRENT_STUDY_FILE
+    try:
+        name = path.read_text().strip()
+    except FileNotFoundError:
+        raise ValueError(f"no --study given and {path} does not exist (run sync_training_study)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read ({exc})") from None
+    if not name:
+        raise ValueError(f"{path} is empty; write the study name into it or pass --study")
+    return name
+
+
+def format_result(result: SyncResult) -> str:
+    """A short human summary: generation, whether it changed, and one line per member."""
+    state = "new" if result.changed else "unchanged"
+    lines = [
+        f"study {result.study}: generation {result.generation} ({state}), {len(result.members)} members"
+        + (f", {len(result.skipped)} trials skipped" if result.skipped else "")
+    ]
+    for m in result.members:
+        lines.append(
+            f"  slot {m.slot}: trial {m.trial_number} (id {m.trial_id}) value {m.value:.4f} "
+            f"grade {m.grade} {m.vin} {m.sha256[:12]}"
+        )
+    return "\n".join(lines)
+
+
+def sync(
+    study: str = typer.Option(None, help="Study name (default: the one in <root>/.current_study)."),
+    root: Path = typer.Option(Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root."),
+    storage: str = typer.Option(None, help="Optuna storage URL (default sqlite:///<root>/optuna.db)."),
+    top_n: int = typer.Option(DEFAULT_TOP_N, min=1, help="Ensemble members wanted."),
+    symbols: str = typer.Option(
+        None, help="Comma-separated symbols the trader trades (default: the embedded dataset's)."
+    ),
+) -> None:
+    """Sync the ensemble with the top-N COMPLETE trials of the study, once."""
+    try:
+        name = study or read_current_study(root)
+        wanted = (
+            [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else default_symbols()
+        )
+        pipeline = PipelineSpec(tuple(wanted))
+        result = sync_ensemble(root, storage or default_storage_url(root), name, pipeline, top_n)
+    except (SyncError, SelectionError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(format_result(result))
