@@ -1,0 +1,269 @@
+"""Ensemble sync: make ``<root>/ensemble/`` hold the study's top-N trials (DESIGN.md section 5).
+
+Order of writes, so a reader never sees a manifest that points at a missing member:
+
+1. each new member's bundle is copied into a temp folder inside ``ensemble/`` (files
+   fsynced, hash re-checked) and renamed to its immutable ``model_<trial_id>_<sha12>``;
+2. the manifest is replaced atomically with ``generation`` + 1;
+3. ``ensemble/.reload`` is touched;
+4. member directories the new manifest no longer refers to are removed.
+
+A sync whose membership (the ordered list of (study, trial id, sha256)) equals the
+manifest's, with every member directory intact, changes nothing: no new generation,
+no file written, no mtime changed. Syncing another study than the manifest's replaces the
+whole membership. Artifacts are unpacked into a staging folder outside ``ensemble/``.
+One sync at a time: ``ensemble/.sync.lock`` is held with ``flock`` for the duration.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ensemble.manifest import (
+    Combine,
+    Manifest,
+    ManifestError,
+    Member,
+    manifest_path,
+    member_dir_name,
+    read_manifest,
+    touch_reload,
+    write_manifest,
+)
+from ensemble.selection import DEFAULT_TOP_N, SelectedTrial, SkippedTrial, select_top_n
+from trainers.bundle import ACTOR_FILE, META_FILE, PipelineSpec, sha256_file
+
+ENSEMBLE_DIR = "ensemble"
+LOCK_FILE = ".sync.lock"
+MEMBER_PREFIX = "model_"
+
+
+class SyncError(RuntimeError):
+    """The ensemble was left as it was; the message says why and what to do."""
+
+
+class SyncBusy(SyncError):
+    """Another sync holds ``ensemble/.sync.lock``."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What a sync did.
+
+    Attributes:
+        study: the study synced.
+        generation: the manifest's generation after the sync.
+        changed: whether a new manifest was written.
+        members: the manifest's members, best first.
+        added: member directory names written by this sync.
+        removed: member directory names removed by this sync.
+        skipped: ranked trials that were not usable (with reasons).
+    """
+
+    study: str
+    generation: int
+    changed: bool
+    members: list[Member]
+    added: list[str]
+    removed: list[str]
+    skipped: list[SkippedTrial]
+
+
+def ensemble_dir(root: str | Path) -> Path:
+    """``<root>/ensemble``."""
+    return Path(root) / ENSEMBLE_DIR
+
+
+@contextmanager
+def _sync_lock(directory: Path) -> Iterator[None]:
+    with open(directory / LOCK_FILE, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SyncBusy(f"{directory / LOCK_FILE}: another sync is running; try again later") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def member_is_intact(directory: Path, sha256: str) -> bool:
+    """Whether a member directory holds ``model.json`` and an ``actor.pth`` of this sha256."""
+    actor = directory / ACTOR_FILE
+    return (directory / META_FILE).is_file() and actor.is_file() and sha256_file(actor) == sha256
+
+
+def _write_member(ens: Path, chosen: SelectedTrial) -> str:
+    """Copy a verified bundle into ``ens/model_<trial_id>_<sha12>`` (temp folder + rename)."""
+    name = member_dir_name(chosen.trial.trial_id, chosen.sha256)
+    final = ens / name
+    if final.exists():  # damaged (not intact): move it aside, removed with the old members
+        os.rename(final, tempfile.mkdtemp(prefix=f".trash-{name}-", dir=ens))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=ens))
+    try:
+        for fname in (ACTOR_FILE, META_FILE):
+            with open(chosen.bundle_dir / fname, "rb") as src, open(tmp / fname, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+                dst.flush()
+                os.fsync(dst.fileno())
+        if sha256_file(tmp / ACTOR_FILE) != chosen.sha256:
+            raise SyncError(f"{chosen.bundle_dir}: {ACTOR_FILE} changed while it was copied; run sync again")
+        tmp.chmod(0o755)
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return name
+
+
+def _read_current(ens: Path) -> Manifest | None:
+    path = manifest_path(ens)
+    if not path.exists():
+        return None
+    try:
+        return read_manifest(path)
+    except ManifestError as exc:
+        raise SyncError(
+            f"{exc}; the sync job owns this file: fix it, or remove it to start a new ensemble"
+        ) from None
+
+
+def sync_ensemble(
+    root: str | Path,
+    storage: str,
+    study: str,
+    pipeline: PipelineSpec,
+    top_n: int = DEFAULT_TOP_N,
+    combine: Combine | None = None,
+    log: Any = None,
+) -> SyncResult:
+    """Bring ``<root>/ensemble`` in line with the top ``top_n`` trials of ``study``.
+
+    Args:
+        root: runtime root.
+        storage: Optuna storage URL.
+        study: study name.
+        pipeline: what the paper trader can feed (members must pass its spec check).
+        top_n: members wanted (fewer when fewer trials are usable).
+        combine: combine rule of a new manifest (default: keep the current one, else mean).
+        log: structlog logger (default ``ensemble.sync``).
+
+    Returns:
+        What was done (``changed`` is False when the membership is unchanged).
+
+    Raises:
+        SyncError: the root does not exist, the current manifest is unreadable, another
+            sync holds the lock (:class:`SyncBusy`), or no ranked trial is usable. The
+            ensemble is left untouched.
+        ensemble.selection.SelectionError: unknown study or unreadable storage (untouched).
+    """
+    log = log or structlog.get_logger("ensemble.sync").bind(component="sync", study=study, pid=os.getpid())
+    if not Path(root).is_dir():
+        raise SyncError(f"{root}: the runtime root does not exist (check --root / CAPPUCCINO_ROOT)")
+    ens = ensemble_dir(root)
+    created = not ens.exists()
+    ens.mkdir(exist_ok=True)
+    try:
+        return _sync_locked(ens, root, storage, study, pipeline, top_n, combine, log)
+    except SyncBusy:
+        raise
+    except BaseException:
+        # a failed first sync leaves no empty ensemble folder behind
+        if created and {p.name for p in ens.iterdir()} <= {LOCK_FILE}:
+            shutil.rmtree(ens, ignore_errors=True)
+        raise
+
+
+def _sync_locked(
+    ens: Path,
+    root: str | Path,
+    storage: str,
+    study: str,
+    pipeline: PipelineSpec,
+    top_n: int,
+    combine: Combine | None,
+    log: Any,
+) -> SyncResult:
+    with _sync_lock(ens), tempfile.TemporaryDirectory(prefix="cappuccino-sync-") as staging:
+        current = _read_current(ens)
+        selection = select_top_n(storage, study, root, pipeline, staging, top_n, ens, log)
+        if not selection.selected:
+            raise SyncError(
+                f"study {study!r}: no usable COMPLETE trial ({len(selection.skipped)} skipped, see the log); "
+                "the ensemble is unchanged"
+            )
+        keys = [(study, s.trial.trial_id, s.sha256) for s in selection.selected]
+        intact = {
+            s.trial.trial_id: member_is_intact(ens / member_dir_name(s.trial.trial_id, s.sha256), s.sha256)
+            for s in selection.selected
+        }
+        rule: Combine = combine or (current.combine if current else "mean")
+        if (
+            current is not None
+            and current.member_keys() == keys
+            and current.combine == rule
+            and all(intact.values())
+        ):
+            log.info("ensemble_unchanged", generation=current.generation, members=len(keys))
+            return SyncResult(
+                study, current.generation, False, list(current.members), [], [], selection.skipped
+            )
+        added = [_write_member(ens, s) for s in selection.selected if not intact[s.trial.trial_id]]
+        if added:
+            _fsync_dir(ens)
+        members = [
+            Member(
+                slot=i,
+                study=study,
+                trial_number=s.trial.number,
+                trial_id=s.trial.trial_id,
+                value=s.trial.value,
+                vin=s.vin,
+                grade=s.grade,
+                bundle_path=member_dir_name(s.trial.trial_id, s.sha256),
+                sha256=s.sha256,
+            )
+            for i, s in enumerate(selection.selected)
+        ]
+        generation = current.generation + 1 if current else 1
+        write_manifest(
+            manifest_path(ens), Manifest(study=study, generation=generation, combine=rule, members=members)
+        )
+        touch_reload(ens)
+        keep = {m.bundle_path for m in members}
+        removed = []
+        for entry in sorted(ens.iterdir()):
+            stale_member = entry.name.startswith(MEMBER_PREFIX) and entry.name not in keep
+            leftover = entry.name.startswith((".trash-", ".tmp-"))  # ours, or a crashed sync's (lock held)
+            if entry.is_dir() and (stale_member or leftover):
+                shutil.rmtree(entry)
+                if stale_member:
+                    removed.append(entry.name)
+        log.info(
+            "ensemble_synced",
+            generation=generation,
+            members=len(members),
+            added=len(added),
+            removed=len(removed),
+            skipped=len(selection.skipped),
+        )
+        return SyncResult(study, generation, True, members, added, removed, selection.skipped)
