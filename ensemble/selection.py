@@ -3,7 +3,7 @@
 Ranking reads Optuna's RDB schema (tables ``studies``, ``study_directions``, ``trials``,
 ``trial_values``, ``trial_user_attributes``, ``trial_params``) with SQLAlchemy Core and
 ``ORDER BY value LIMIT k``, so it never loads every trial of a study: a study of
-100,000 trials ranks in tens of milliseconds where ``study.get_trials()`` takes
+100,000 trials ranks in about 0.1 s where ``study.get_trials()`` takes
 minutes (``bench/topn_sync.py``). Only the ranked rows' user attributes and parameters
 are read. Works on any URL Optuna's ``RDBStorage`` accepts (SQLite, PostgreSQL).
 
@@ -73,6 +73,7 @@ _trials = sa.table(
 )
 _values = sa.table(
     "trial_values",
+    sa.column("trial_value_id"),
     sa.column("trial_id"),
     sa.column("objective"),
     sa.column("value"),
@@ -212,6 +213,32 @@ def _study_row(conn: sa.Connection, study: str) -> tuple[int, bool]:
     return study_id, str(direction).upper() != "MINIMIZE"
 
 
+def _study_filter(conn: sa.Connection, study_id: int) -> sa.ColumnElement[bool]:
+    """``trials.study_id = :id``, written so SQLite picks the faster plan.
+
+    SQLite's planner walks the study's index and looks each trial's value up (two B-tree
+    searches a trial). When the study holds at least half of the storage's values, a
+    sequential scan of ``trial_values`` with a primary-key lookup of each trial is about
+    twice as fast; ``study_id + 0`` keeps SQLite off the study index (the documented way
+    to disqualify an index: https://sqlite.org/optoverview.html#disqualifying_where_clause_terms_using_unary_).
+    Both estimates are O(log n): a study's trial numbers are dense (number = trials of the
+    study created before it), and ``trial_value_id`` is the rowid. Other databases plan
+    with statistics and get the plain filter.
+    """
+    if conn.dialect.name != "sqlite":
+        return _trials.c.study_id == study_id
+    last = conn.execute(
+        sa.select(_trials.c.number)
+        .where(_trials.c.study_id == study_id)
+        .order_by(_trials.c.trial_id.desc())
+        .limit(1)
+    ).scalar()
+    total = conn.execute(sa.select(sa.func.max(_values.c.trial_value_id))).scalar()
+    if last is not None and total is not None and 2 * (int(last) + 1) >= int(total):
+        return (_trials.c.study_id + 0) == study_id
+    return _trials.c.study_id == study_id
+
+
 def _decode_json(raw: str | None) -> Any:
     try:
         return None if raw is None else json.loads(raw)
@@ -250,7 +277,7 @@ def rank_trials(
                 sa.select(trial_id, number, value)
                 .join_from(_trials, _values, _values.c.trial_id == trial_id)
                 .where(
-                    _trials.c.study_id == study_id,
+                    _study_filter(conn, study_id),
                     _trials.c.state == _COMPLETE,
                     _values.c.objective == 0,
                     _values.c.value_type == _FINITE,
@@ -296,6 +323,35 @@ def rank_trials(
         RankedTrial(study, int(r[0]), int(r[1]), float(r[2]), attrs[int(r[0])], params[int(r[0])])
         for r in rows
     ]
+
+
+def count_ranked(engine: Engine, study: str) -> int:
+    """How many trials :func:`rank_trials` can rank: COMPLETE trials of ``study`` with a
+    finite value (one ``COUNT`` query; used for top-percent cut-offs).
+
+    Raises:
+        SelectionError: unknown study, several objectives, or a database error.
+    """
+    try:
+        with engine.connect() as conn:
+            study_id, _ = _study_row(conn, study)
+            query = (
+                sa.select(sa.func.count())
+                .select_from(_trials)
+                .join(_values, _values.c.trial_id == _trials.c.trial_id)
+                .where(
+                    _study_filter(conn, study_id),
+                    _trials.c.state == _COMPLETE,
+                    _values.c.objective == 0,
+                    _values.c.value_type == _FINITE,
+                )
+            )
+            return int(conn.execute(query).scalar_one())
+    except sa.exc.SQLAlchemyError as exc:
+        raise SelectionError(
+            f"storage {_redact(str(engine.url))}: cannot read study {study!r} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0]})"
+        ) from None
 
 
 def iter_ranked(engine: Engine, study: str, page_size: int) -> Iterator[RankedTrial]:

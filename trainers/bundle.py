@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 
 from trainers.actor import Actor
+from trainers.atomic_io import atomic_write_bytes, atomic_write_json
 from trainers.features import FEATURE_NAMES, FEATURE_PIPELINE_VERSION, NormStats
 from trainers.observation import observation_dim
 
@@ -135,33 +134,6 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file atomically: temp file in the same folder, fsync, ``os.replace``,
-    fsync the folder. Readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    """:func:`atomic_write_bytes` of pretty-printed JSON."""
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def save_bundle(directory: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainers.bundle import atomic_write_json
+from trainers.atomic_io import atomic_write_json
 
 
 def heartbeat_path(root: Path, component: str) -> Path:

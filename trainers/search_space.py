@@ -15,8 +15,8 @@ import optuna
 import torch.nn as nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
-N_STEPS_CHOICES = (64, 128, 256, 512)
-BATCH_SIZE_CHOICES = (256, 512, 1024, 2048)
+N_STEPS_CHOICES = (128, 256, 512, 1024)  # x n_envs (16) = rollouts of 2K-16K samples
+BATCH_SIZE_CHOICES = (256, 512, 1024, 2048)  # all <= the smallest rollout at 16 envs
 WIDTH_CHOICES = (64, 128, 256, 512)
 LOOKBACK_CHOICES = (5, 10, 20)
 

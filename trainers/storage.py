@@ -6,15 +6,25 @@ driver opens a write transaction only at its first write statement, so a writer 
 holds a stale read snapshot and always waits in the busy handler instead of failing with
 "database is locked". PostgreSQL URLs get ``pool_pre_ping`` so a worker survives a server
 restart or an idle connection dropped by a firewall.
+
+Optuna creates its tables (and stamps the schema version) the first time a storage is
+opened; two workers doing so at once on a fresh database collide ("table already exists",
+duplicate ``alembic_version`` row or PostgreSQL enum type). :func:`schema_lock` serialises
+that step among processes: an exclusive ``flock`` on ``<database>-init.lock`` next to a
+SQLite file, a session advisory lock on PostgreSQL.
 """
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
@@ -22,6 +32,7 @@ DEFAULT_HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
 DEFAULT_GRACE_PERIOD = 120  # seconds without a heartbeat before a trial is stale
 DEFAULT_BUSY_TIMEOUT = 120.0  # seconds a SQLite connection waits for a lock
 MAX_RETRY = 1
+SCHEMA_LOCK_KEY = 0x63617070  # PostgreSQL advisory-lock key ("capp") of schema creation
 
 
 def default_storage_url(root: str | Path) -> str:
@@ -40,6 +51,40 @@ def prepare_sqlite(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None
         con.execute("PRAGMA journal_mode=WAL")
     finally:
         con.close()
+
+
+@contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Hold an inter-process lock of the storage at ``url`` while Optuna creates its schema.
+
+    SQLite: exclusive ``flock`` on ``<database>-init.lock``. PostgreSQL:
+    ``pg_advisory_lock(SCHEMA_LOCK_KEY)`` on a connection of its own (released on exit, or
+    by the server when the connection dies). Other backends: no lock.
+    """
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+        lock_path = Path(f"{parsed.database}-init.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    elif backend == "postgresql":
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as con:
+                con.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                try:
+                    yield
+                finally:
+                    con.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        finally:
+            engine.dispose()
+    else:
+        yield
 
 
 def make_storage(
@@ -74,7 +119,8 @@ def make_storage(
             "grace_period": grace_period,
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
         }
-    return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    with schema_lock(url):  # concurrent first starts would race on creating the tables
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
 
 
 def retry_failed_trial(study: optuna.Study, trial_number: int, max_retry: int = MAX_RETRY) -> None:

@@ -98,7 +98,7 @@ def _open_study(opts: WorkerOptions, log: Any) -> optuna.Study:
     for attempt in range(5):
         try:
             storage = make_storage(opts.storage_url, opts.heartbeat_interval, opts.grace_period)
-            return create_study(storage, opts.study)
+            return create_study(storage, opts.study, seed=opts.seed)
         except (OperationalError, optuna.exceptions.StorageInternalError) as exc:
             if attempt == 4:
                 raise
