@@ -130,3 +130,38 @@ def retry_failed_trial(study: optuna.Study, trial_number: int, max_retry: int = 
         study._storage.get_trial_id_from_study_id_trial_number(study._study_id, trial_number)
     )
     RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, trial)
+
+
+def fail_orphaned_trials(study: optuna.Study, grace_period: float, max_retry: int = MAX_RETRY) -> list[int]:
+    """Fail (and re-queue once) RUNNING trials that never sent a heartbeat.
+
+    Optuna's stale-trial check only sees trials with a heartbeat row, so a worker killed in
+    the instant between creating a trial and its first heartbeat would leave that trial
+    RUNNING for ever. For a study whose workers all run with heartbeats (the supervisor's),
+    a RUNNING trial with no heartbeat that started more than ``grace_period`` seconds ago
+    is such an orphan. Returns the numbers of the trials failed.
+    """
+    storage = study._storage
+    rdb = getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a cache
+    if not isinstance(rdb, RDBStorage):
+        return []
+    from datetime import UTC, datetime, timedelta
+
+    since = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=grace_period)
+    query = sqlalchemy.text(
+        "SELECT t.trial_id, t.number FROM trials t "
+        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.study_id = :s AND t.state = 'RUNNING' AND h.trial_id IS NULL "
+        "AND t.datetime_start < :since"
+    )
+    with rdb.engine.connect() as con:
+        rows = list(con.execute(query, {"s": study._study_id, "since": since}))
+    failed = []
+    for trial_id, number in rows:
+        try:
+            if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+                failed.append(int(number))
+                RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, storage.get_trial(trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return failed

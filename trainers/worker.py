@@ -35,6 +35,7 @@ from trainers.storage import (
     DEFAULT_GRACE_PERIOD,
     DEFAULT_HEARTBEAT_INTERVAL,
     default_storage_url,
+    fail_orphaned_trials,
     make_storage,
     retry_failed_trial,
 )
@@ -98,7 +99,9 @@ def _open_study(opts: WorkerOptions, log: Any) -> optuna.Study:
     for attempt in range(5):
         try:
             storage = make_storage(opts.storage_url, opts.heartbeat_interval, opts.grace_period)
-            return create_study(storage, opts.study, seed=opts.seed)
+            study = create_study(storage, opts.study, seed=opts.seed)
+            fail_orphaned_trials(study, opts.grace_period)
+            return study
         except (OperationalError, optuna.exceptions.StorageInternalError) as exc:
             if attempt == 4:
                 raise
@@ -162,6 +165,9 @@ def run_worker(opts: WorkerOptions) -> int:
         )
         if trial.state == TrialState.FAIL and stop.is_set():
             retry_failed_trial(study, trial.number)
+        orphans = fail_orphaned_trials(study, opts.grace_period)
+        if orphans:
+            log.warning("orphaned_trials_failed", trials=orphans, note="re-queued once")
         if stop.is_set() or finished_trials(study) >= opts.n_trials:
             study.stop()
 
