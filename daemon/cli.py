@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from daemon import cmd_deploy, cmd_quickstart, cmd_study, cmd_supervise, cmd_sync
+from daemon import (
+    cmd_clean,
+    cmd_deploy,
+    cmd_models,
+    cmd_quickstart,
+    cmd_study,
+    cmd_supervise,
+    cmd_sync,
+    cmd_trade,
+)
 from trainers import worker
 
 app = typer.Typer(
@@ -25,6 +34,7 @@ app.command("train", help="Run a training worker in the foreground (same options
 
 app.command("sync")(cmd_sync.sync)
 app.command("deploy")(cmd_deploy.deploy)
+app.command("trade")(cmd_trade.trade)
 app.command("supervise")(cmd_supervise.supervise)
 app.command("doctor")(cmd_supervise.doctor)
 app.command("status")(cmd_supervise.status)
@@ -32,6 +42,9 @@ app.command("logs")(cmd_supervise.logs)
 app.command("set-study")(cmd_study.set_study)
 app.command("start-training")(cmd_study.start_training)
 app.command("quickstart")(cmd_quickstart.quickstart)
+app.command("archive")(cmd_models.archive)
+app.command("clean")(cmd_clean.clean)
+app.add_typer(cmd_models.models_app, name="models")
 
 
 def main() -> None:

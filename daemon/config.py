@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_FILE = "cappuccino.toml"
@@ -117,6 +117,41 @@ class PreflightConfig(_Section):
     min_free_memory_mb: int = Field(512, ge=0)
 
 
+class ArchiveConfig(_Section):
+    """The daily archive job (:mod:`ensemble.archive`; same rules as ``cappuccino archive``)."""
+
+    enabled: bool = True
+    interval_s: float = Field(86_400.0, gt=0, description="seconds between runs")
+    top_percent: float = Field(10.0, gt=0, le=100)
+    min_grade: Literal["S", "A", "B", "C", "D", "F"] = "A"
+
+
+class CleanupConfig(_Section):
+    """The daily cleanup job (:mod:`daemon.cleanup`; same rules as ``cappuccino clean``)."""
+
+    enabled: bool = True
+    interval_s: float = Field(86_400.0, gt=0, description="seconds between runs")
+    keep_days: float = Field(7.0, ge=0, description="remove logs not modified for this many days")
+    keep_top: int = Field(20, ge=1, description="COMPLETE trials kept per study; keep >= ensemble.top_n")
+
+
+class AlertsConfig(_Section):
+    """Monitor figures and webhook alerts (:mod:`daemon.monitor`, :mod:`daemon.alerts`)."""
+
+    webhook_url: SecretStr | None = Field(
+        None, description="http(s) URL that receives alerts as JSON POSTs; none: alerts go to the log only"
+    )
+    stagnation_trials: int = Field(50, ge=1, description="no better value in this many COMPLETE trials")
+    rate_window: int = Field(100, ge=1, description="fail/prune rates over this many latest finished trials")
+    drawdown_limit: float = Field(0.20, gt=0, le=1, description="paper-trader drawdown (fraction) alerting")
+    max_attempts: int = Field(5, ge=1, le=20, description="delivery attempts per alert")
+    backoff_s: float = Field(2.0, gt=0, description="first retry delay; doubles per attempt")
+    timeout_s: float = Field(5.0, gt=0, description="HTTP timeout per attempt")
+    repeat_after_s: float = Field(
+        86_400.0, ge=0, description="re-send a still-active alert after this long; 0 = never"
+    )
+
+
 class Config(BaseSettings):
     """The whole configuration (see ``cappuccino.example.toml`` for every key)."""
 
@@ -135,6 +170,9 @@ class Config(BaseSettings):
     ensemble: EnsembleConfig = EnsembleConfig()
     deploy: DeployConfig = DeployConfig()
     preflight: PreflightConfig = PreflightConfig()
+    archive: ArchiveConfig = ArchiveConfig()
+    cleanup: CleanupConfig = CleanupConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -136,6 +136,7 @@ class Supervisor:
         self.study: str | None = None
         self.started_at = time.time()
         self.monitor_cache: dict[str, Any] = {}
+        self.alerts: Any = None  # daemon.alerts.AlertSink, created when the supervisor runs
         self._stop = False
         self._hup = False
         # children are managed from the main loop and from the watchdog job's thread
@@ -204,7 +205,10 @@ class Supervisor:
                     pt.heartbeat_timeout_s,
                     pt.memory_limit_mb,
                     restart_on_success=False,
-                    env=(("OMP_NUM_THREADS", "1"),),
+                    env=(
+                        ("OMP_NUM_THREADS", "1"),
+                        ("CAPPUCCINO_PAPER_TRADER__ALLOW_LIVE", "true" if pt.allow_live else "false"),
+                    ),
                 )
             )
         return specs
@@ -272,7 +276,7 @@ class Supervisor:
             log.info("child_done", child=child.spec.name)
             self.record_children()
             return
-        if code == 0 and child.spec.name.startswith("worker-") and self.study_finished():
+        if code == 0 and child.spec.name.startswith("worker-") and self.study_finished(refresh=True):
             child.state = "done"
             log.info("child_done", child=child.spec.name, reason="study reached its trial target")
             self.record_children()
@@ -317,7 +321,16 @@ class Supervisor:
         finally:
             storage.engine.dispose()
 
-    def study_finished(self) -> bool:
+    def study_finished(self, refresh: bool = False) -> bool:
+        """Whether the study reached its trial target; ``refresh`` reads the storage now (a
+        worker that exits 0 must not be restarted in a loop until the next monitor run)."""
+        if refresh:
+            from daemon.study_stats import study_stats
+
+            try:
+                self.monitor_cache["study"] = study_stats(self.storage_url, str(self.study))
+            except Exception as exc:  # storage down: keep the cached figures
+                log.warning("study_stats_failed", error=str(exc))
         stats = self.monitor_cache.get("study") or {}
         trials = stats.get("trials") or {}
         return trials.get("COMPLETE", 0) + trials.get("PRUNED", 0) >= self.config.study.n_trials
@@ -378,22 +391,71 @@ class Supervisor:
         states = [c.state for c in self.children.values()]
         return f"{states.count('running')}/{len(states)} running"
 
-    def job_monitor(self) -> str:
-        from daemon.study_stats import study_stats
+    def job_archive(self) -> str:
+        a = self.config.archive
+        argv = self._cli("archive", "--study", str(self.study), "--root", str(self.root))
+        argv += [
+            "--storage",
+            self.storage_url,
+            "--top-percent",
+            str(a.top_percent),
+            "--min-grade",
+            a.min_grade,
+        ]
+        timeout = self.config.jobs.job_timeout_s * 0.9
+        outcome, detail = self.jobs.run_command(argv, timeout, self.root / "logs" / "archive.out")
+        return detail if outcome == "ok" else f"{outcome}: {detail}"
 
-        stats = study_stats(self.storage_url, str(self.study))
-        self.monitor_cache["study"] = stats
+    def job_cleanup(self) -> str:
+        """Archive first (cleanup never removes what the archive refers to, but it may remove
+        scratch of trials the archive has not copied yet), then clean."""
+        cfg = self.config
+        if cfg.archive.enabled:
+            self.job_archive()
+        keep_top = max(cfg.cleanup.keep_top, cfg.ensemble.top_n)
+        argv = self._cli("clean", "--root", str(self.root), "--storage", self.storage_url)
+        argv += ["--keep-days", str(cfg.cleanup.keep_days), "--keep-top", str(keep_top)]
+        timeout = cfg.jobs.job_timeout_s * 0.9
+        outcome, detail = self.jobs.run_command(argv, timeout, self.root / "logs" / "cleanup.out")
+        return detail if outcome == "ok" else f"{outcome}: {detail}"
+
+    def job_monitor(self) -> str:
+        """Trials/hour, best value over time, fail and prune rates, stagnation; alerts."""
+        from daemon.monitor import compute_monitor, monitor_alerts
+
+        a = self.config.alerts
+        figures = compute_monitor(
+            self.storage_url, str(self.study), history=a.rate_window, stagnation_trials=a.stagnation_trials
+        )
+        self.monitor_cache["study"] = figures
         self.monitor_cache["at"] = datetime.now(UTC).isoformat()
-        best = stats.get("best") or {}
+        kids = [
+            {
+                "name": c.spec.name,
+                "state": c.state,
+                "restarts": c.total_restarts,
+                "restarts_last_hour": len(c.restarts),
+                "last_reason": c.last_reason,
+                "last_exit": c.last_exit,
+            }
+            for c in self.children.values()
+        ]
+        if self.alerts is not None:
+            self.alerts.update(monitor_alerts(self.root, figures, kids, a.drawdown_limit))
+            self.monitor_cache["alerts"] = self.alerts.snapshot()
+        best = figures.get("best") or {}
         log.info(
             "monitor",
             study=self.study,
-            trials=stats.get("trials"),
-            trials_per_hour=stats.get("trials_per_hour"),
+            trials=figures.get("trials"),
+            trials_per_hour=figures.get("trials_per_hour"),
+            fail_rate=figures.get("fail_rate"),
+            prune_rate=figures.get("prune_rate"),
+            stagnation=figures.get("stagnation"),
             best_value=best.get("value"),
             best_vin=best.get("vin"),
         )
-        return f"{sum(stats.get('trials', {}).values())} trials, best {best.get('value')}"
+        return f"{sum((figures.get('trials') or {}).values())} trials, best {best.get('value')}"
 
     def schedule_jobs(self) -> None:
         j = self.config.jobs
@@ -405,6 +467,15 @@ class Supervisor:
         self.jobs.add(
             "deploy", j.deploy_interval_s, self.job_deploy, first_in_s=min(60.0, j.deploy_interval_s)
         )
+        cfg = self.config
+        if cfg.archive.enabled:
+            self.jobs.add(
+                "archive", cfg.archive.interval_s, self.job_archive, first_in_s=cfg.archive.interval_s
+            )
+        if cfg.cleanup.enabled:
+            self.jobs.add(
+                "cleanup", cfg.cleanup.interval_s, self.job_cleanup, first_in_s=cfg.cleanup.interval_s
+            )
 
     # ------------------------------------------------------------------ signals
     def _on_term(self, signum: int, _frame: FrameType | None) -> None:
@@ -478,6 +549,9 @@ class Supervisor:
         stop_stale_children(self.root, self.config.restart.stop_timeout_s)
         self.study = self.resolve_study()
         self.ensure_study()
+        from daemon.alerts import AlertSink
+
+        self.alerts = AlertSink.from_config(self.config.alerts, self.root, run_dir(self.root) / "alerts.json")
         log.info("supervisor_started", study=self.study, root=str(self.root), storage=self.storage_url)
         self.align_children()
         self.schedule_jobs()
@@ -521,6 +595,8 @@ class Supervisor:
         for c in running:
             log.info("child_stopped", child=c.spec.name, child_pid=c.pid)
         children_file(self.root).unlink(missing_ok=True)
+        if self.alerts is not None:
+            self.alerts.close(5.0)
         with contextlib.suppress(Exception):
             self.write_status()
         log.info("supervisor_stopped")

@@ -1,0 +1,135 @@
+"""Command line of the paper trader: ``python -m paper_trader`` and ``cappuccino trade``.
+
+A user error (bad option, bad data, a ledger of another broker, another trader on the same
+root, missing Alpaca keys) ends in one line on stderr and exit code 2; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import typer
+
+from paper_trader.broker import Broker, BrokerError, SimBroker
+from paper_trader.config import ConfigError, TraderConfig
+from paper_trader.ledger import LedgerError
+from paper_trader.logs import configure_logging
+from paper_trader.loop import Trader, TraderError
+from paper_trader.model_source import DeploymentSource, EnsembleSource, ModelSource
+from trainers.bundle import PipelineSpec
+from trainers.data import DEFAULT_HOLDOUT_CUT, DataError
+
+ALLOW_LIVE_ENV = "CAPPUCCINO_PAPER_TRADER__ALLOW_LIVE"
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_broker(
+    config: TraderConfig, alpaca_url: str | None = None, alpaca_data_url: str | None = None
+) -> Broker:
+    """The broker the settings name.
+
+    Raises:
+        DataError: bad replay data. paper_trader.alpaca.AlpacaError: Alpaca settings or keys.
+    """
+    if config.broker == "sim":
+        return SimBroker(config.data, config.holdout_cut, config.speed, config.fee, config.slippage)
+    from paper_trader.alpaca_broker import AlpacaBroker
+
+    return AlpacaBroker.from_settings(config, alpaca_url, alpaca_data_url)
+
+
+def build_source(config: TraderConfig, symbols: tuple[str, ...]) -> ModelSource:
+    """The ensemble (default) or the deployment slot of ``config.deployment``."""
+    pipeline = PipelineSpec(symbols)
+    if config.deployment is not None:
+        return DeploymentSource(config.root, config.deployment, pipeline)
+    return EnsembleSource(config.root, pipeline)
+
+
+def run(config: TraderConfig, alpaca_url: str | None = None, alpaca_data_url: str | None = None) -> int:
+    """Build broker, model source and trader; run with signal handlers; return the exit code."""
+    broker = build_broker(config, alpaca_url, alpaca_data_url)
+    trader = Trader(config, broker, build_source(config, broker.symbols))
+    trader.install_signal_handlers()
+    return trader.run()
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [
+        ConfigError,
+        DataError,
+        LedgerError,
+        TraderError,
+        BrokerError,
+    ]
+    try:
+        from paper_trader.alpaca import AlpacaError
+
+        errors.append(AlpacaError)
+    except ImportError:  # pragma: no cover - alpaca-py is a dependency
+        pass
+    return tuple(errors)
+
+
+def trade(
+    root: Path = typer.Option(Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root."),
+    data: Path = typer.Option(None, help="Dataset folder of the simulated broker (default: embedded)."),
+    holdout_cut: str = typer.Option(DEFAULT_HOLDOUT_CUT, help="First replayed bar (UTC, ISO 8601)."),
+    speed: float = typer.Option(1.0, help="Replay speed of the sim broker, bars per second; 0 = flat out."),
+    max_bars: int = typer.Option(None, help="Stop once the ledger holds this many processed bars."),
+    deployment: str = typer.Option(None, help="Trade deployments/model_<SLOT> instead of the ensemble."),
+    broker: str = typer.Option("sim", help="sim (replay) or alpaca (Alpaca paper; keys from the env)."),
+    live: bool = typer.Option(False, help=f"Alpaca live endpoint; also needs {ALLOW_LIVE_ENV}=true."),
+    trailing_stop: float = typer.Option(0.10, help="Trailing stop below the high-water mark (0 = off)."),
+    max_weight: float = typer.Option(1.0, help="Largest weight of one asset (fraction of equity)."),
+    min_cash: float = typer.Option(0.05, help="Minimum cash reserve (fraction of equity)."),
+    min_notional: float = typer.Option(10.0, help="Smallest order notional (quote currency)."),
+    fee: float = typer.Option(0.0025, help="Commission per side (fraction of notional)."),
+    slippage: float = typer.Option(0.0005, help="Slippage per side (fraction of price)."),
+    initial_cash: float = typer.Option(10_000.0, help="Cash of a new ledger (quote currency)."),
+    alpaca_url: str = typer.Option(None, help="Alpaca trading API base URL override (proxy or test server)."),
+    alpaca_data_url: str = typer.Option(None, help="Alpaca market-data API base URL override."),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    debug: bool = typer.Option(False, help="Show tracebacks of errors."),
+) -> None:
+    """Paper-trade the ensemble (or a deployment slot), one decision per closed bar."""
+    torch.set_num_threads(1)
+    try:
+        config = TraderConfig.build(
+            root=root,
+            data=data,
+            holdout_cut=holdout_cut,
+            speed=speed,
+            max_bars=max_bars,
+            deployment=deployment,
+            broker=broker,
+            live=live,
+            allow_live=_env_flag(ALLOW_LIVE_ENV),
+            trailing_stop=trailing_stop,
+            max_weight=max_weight,
+            min_cash=min_cash,
+            min_notional=min_notional,
+            fee=fee,
+            slippage=slippage,
+            initial_cash=initial_cash,
+        )
+        if log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"--log-level: use debug, info, warning or error, not {log_level!r}")
+        configure_logging(config.log_path, log_level)
+        code = run(config, alpaca_url, alpaca_data_url)
+    except _user_errors() as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+app = typer.Typer(add_completion=False, help="Paper-trade the ensemble, one decision per closed bar.")
+app.command()(trade)

@@ -1,0 +1,377 @@
+"""The trading loop: one decision per closed bar (DESIGN.md sections 3 and 6).
+
+For each closed bar ``t``, in ONE ledger transaction (so a crash leaves the ledger at a bar
+boundary and a restart resumes at the last processed bar + 1):
+
+1. the orders decided at the previous bar are filled at bar ``t``'s open (broker);
+2. the account is marked to market at ``close[t]``; high-water marks are updated
+   (:func:`trainers.accounting.update_hwm`);
+3. decision: raw features of the last :data:`~trainers.features.HISTORY_BARS` bars ``<= t``
+   (:func:`trainers.features.compute_features`) and the current weights go to
+   ``policy.act``; :func:`paper_trader.risk.decide` turns the action into orders;
+4. the orders are recorded (deterministic client order ids) and submitted;
+5. the equity row, the decision (with the model's generation and study) and the last
+   processed bar are written.
+
+Between bars (never inside a decision) the model source is polled: the hot-reload
+watcher's generation check and pending swap. After each bar the heartbeat and status files
+are written. SIGTERM/SIGINT finish the current bar and end the run (exit 0); SIGHUP forces
+a reload of the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import structlog
+
+from ensemble.policy import EnsemblePolicy
+from paper_trader.broker import Bar, Broker, BrokerError
+from paper_trader.config import TraderConfig
+from paper_trader.ledger import AccountState, BarTx, Ledger, Order
+from paper_trader.model_source import ModelSource
+from paper_trader.risk import RiskDecision, decide
+from paper_trader.status import iso_ts, write_heartbeat, write_status
+from paper_trader.stopping import StopSignal
+from trainers.accounting import update_hwm
+from trainers.features import HISTORY_BARS, compute_features
+
+WAIT_POLL_S = 0.05  # look for a first model this often (a stat of the manifest)
+STATUS_INTERVAL_S = 0.5  # status.json at most this often while trading fast (and at every stop)
+
+
+class TraderError(RuntimeError):
+    """The trader cannot run; the message names what is wrong and where."""
+
+
+@dataclass(frozen=True)
+class BarResult:
+    """What one processed bar did (for logs and tests)."""
+
+    bar_ts: int
+    equity: float
+    cash: float
+    generation: int
+    n_fills: int
+    n_orders: int
+
+
+@contextlib.contextmanager
+def process_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (one trader per root).
+
+    Raises:
+        TraderError: another process holds it (its pid is named).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise TraderError(f"{path}: another paper trader (pid {other}) runs on this root") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """The account after a bar's fills, marked at its close; vectors ``(n_assets,)``.
+
+    Attributes:
+        cash, qty: after the fills (quote currency; asset units).
+        equity: ``cash + qty . close``.
+        weights: ``qty * close / equity`` (0 when equity <= 0).
+        hwm: high-water marks after :func:`trainers.accounting.update_hwm`.
+        fees: fees paid by the bar's fills; turnover: their traded notional over the equity
+            at the open before them; n_fills: fills recorded.
+    """
+
+    cash: float
+    qty: np.ndarray
+    equity: float
+    weights: np.ndarray
+    hwm: np.ndarray
+    fees: float
+    turnover: float
+    n_fills: int
+
+
+def settle(tx: BarTx, broker: Broker, bar: Bar) -> Mark:
+    """Steps 1-2 of a bar inside its transaction: fill the pending orders at ``bar``'s open
+    (a report with quantity 0 cancels its order; an order without a report stays pending),
+    mark to market at the close and store the new high-water marks."""
+    before = tx.state()
+    n_fills, fees, traded = 0, 0.0, 0.0
+    pending = tx.pending_orders()
+    if pending:
+        reports = {r.client_order_id: r for r in broker.execute(pending, before.cash, before.qty, bar)}
+        for order in pending:
+            rep = reports.get(order.client_order_id)
+            if rep is None:
+                continue  # a live broker has not filled it yet
+            if rep.qty == 0.0:
+                tx.cancel(order, rep.reason or "nothing filled")
+                continue
+            tx.apply_fill(order, rep.qty, rep.price, rep.fee)
+            n_fills += 1
+            fees += rep.fee
+            traded += abs(rep.qty * rep.price)
+    value_open = before.cash + float(before.qty @ bar.open)
+    st = tx.state()
+    equity = st.cash + float(st.qty @ bar.close)
+    weights = st.qty * bar.close / equity if equity > 0 else np.zeros_like(st.qty)
+    hwm = update_hwm(st.hwm[None, :], weights[None, :], bar.close)[0]
+    tx.set_hwm(hwm)
+    turnover = traded / value_open if value_open > 0 else 0.0
+    return Mark(st.cash, st.qty, equity, weights, hwm, fees, turnover, n_fills)
+
+
+def record_orders(
+    tx: BarTx, symbols: tuple[str, ...], decision: RiskDecision, generation: int, study: str
+) -> list[Order]:
+    """Step 4: insert the decision's orders (pending, deterministic client order ids)."""
+    return [
+        tx.add_order(symbols[o.j], o.side, o.qty, o.target_weight, o.reason, generation, study)
+        for o in decision.orders
+    ]
+
+
+class Trader:
+    """Runs the loop (see the module docstring).
+
+    Args:
+        config: settings (risk limits, min notional, paths, max bars).
+        broker: where bars come from and orders go.
+        source: where the policy comes from (ensemble or deployment slot).
+        ledger: the persistent state (default: ``config.ledger_path``).
+    """
+
+    def __init__(
+        self, config: TraderConfig, broker: Broker, source: ModelSource, ledger: Ledger | None = None
+    ) -> None:
+        self.config = config
+        self.broker = broker
+        self.source = source
+        self.ledger = ledger or Ledger(config.ledger_path)
+        self.costs = config.costs()
+        self.stop = StopSignal()
+        self.policy: EnsemblePolicy | None = None
+        self.state_name = "starting"
+        self._last_status = 0.0
+        self._warned_history = False
+        self._last_bar: Bar | None = None
+        self.log = structlog.get_logger("paper_trader").bind(
+            component="paper_trader", pid=os.getpid(), broker=broker.name
+        )
+
+    # -- process level ------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: stop after the current bar. SIGHUP: force a model reload.
+        Main thread only."""
+
+        def on_stop(signum: int, _frame: FrameType | None) -> None:
+            self.stop.set()
+
+        def on_hup(signum: int, _frame: FrameType | None) -> None:
+            self.source.request_reload()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def run(self) -> int:
+        """Trade until the replay ends, ``max_bars`` bars are in the ledger, or a stop
+        request; returns the exit code (0).
+
+        Raises:
+            TraderError: another trader holds the root, or the data cannot feed the model.
+            LedgerError: the ledger belongs to another broker or symbols.
+        """
+        with process_lock(self.config.lock_path):
+            state = self.ledger.open_account(self.broker.name, self.broker.symbols, self.config.initial_cash)
+            self.log = self.log.bind(run_id=state.run_id)
+            if state.initial_cash != self.config.initial_cash:
+                self.log.warning(
+                    "initial_cash_ignored", ledger=state.initial_cash, given=self.config.initial_cash
+                )
+            self.log.info("trader_started", last_bar=iso_ts(state.last_bar_ts), bars=state.bars_processed)
+            self.source.start()
+            try:
+                self._wait_for_model()
+                self._trade()
+            finally:
+                self.source.stop()
+                self.state_name = "stopped"
+                self._write_files(self.ledger.state(), force=True)
+                self.log.info("trader_stopped", bars=self.ledger.state().bars_processed)
+        return 0
+
+    def _wait_for_model(self) -> None:
+        last_beat = 0.0
+        while not self.stop.is_set():
+            self._poll_model()
+            if self.policy is not None:
+                return
+            if self.state_name != "waiting_for_model":
+                self.state_name = "waiting_for_model"
+                self.log.info("waiting_for_model", source=self.source.name)
+            if time.monotonic() - last_beat >= self.config.poll_s:
+                last_beat = time.monotonic()
+                self._write_files(self.ledger.state(), force=True)
+            self.stop.wait(min(self.config.poll_s, WAIT_POLL_S))
+
+    def _poll_model(self) -> None:
+        new = self.source.poll()
+        if new is None:
+            return
+        old = self.policy
+        self.policy = new
+        self.log.info(
+            "model_swapped",
+            source=self.source.name,
+            generation=new.generation,
+            previous_generation=None if old is None else old.generation,
+            study=new.study,
+            members=len(new.bundles),
+        )
+
+    def _trade(self) -> None:
+        self.state_name = "trading"
+        max_bars = self.config.max_bars
+        while not self.stop.is_set():
+            state = self.ledger.state()
+            if max_bars is not None and state.bars_processed >= max_bars:
+                self.log.info("max_bars_reached", bars=state.bars_processed)
+                return
+            try:
+                bar = self.broker.next_bar(state.last_bar_ts, self.stop, self.config.poll_s)
+            except BrokerError as exc:
+                self.log.error("broker_error", where="next_bar", error=str(exc))
+                self._write_files(state)
+                self.stop.wait(self.config.poll_s)
+                continue
+            if bar is None:
+                if self.broker.finished:
+                    self.log.info("replay_finished", bars=state.bars_processed)
+                    return
+                self._write_files(state)  # waiting for the next bar: still alive
+                continue
+            self._poll_model()  # between bars: never inside a decision
+            try:
+                self.process_bar(bar)
+            except BrokerError as exc:  # the bar's transaction was rolled back: retry it
+                self.log.error("broker_error", where="bar", bar=bar.iso, error=str(exc))
+                self.stop.wait(self.config.poll_s)
+                continue
+            self._write_files(self.ledger.state())
+
+    # -- one bar ------------------------------------------------------------------------------
+
+    def process_bar(self, bar: Bar) -> BarResult:
+        """Process one closed bar in one ledger transaction (see the module docstring).
+
+        Raises:
+            TraderError: no policy yet, or too little history for the policy's lookback.
+            LedgerError: the bar was processed already.
+            BrokerError: the broker failed (nothing was written).
+        """
+        policy = self.policy
+        if policy is None:
+            raise TraderError("no model to trade with yet")
+        history = self.broker.history(bar, HISTORY_BARS)
+        if len(history) < policy.max_lookback:
+            raise TraderError(
+                f"bar {bar.iso}: {len(history)} bars of history, the model needs {policy.max_lookback}"
+            )
+        if len(history) < HISTORY_BARS and not self._warned_history:
+            self._warned_history = True
+            self.log.warning("short_history", bars=len(history), wanted=HISTORY_BARS)
+        with self.ledger.bar(bar.ts) as tx:
+            mark = settle(tx, self.broker, bar)
+            raw = compute_features(history)
+            action = np.asarray(policy.act(raw, mark.weights), dtype=np.float64)
+            min_notional = self.config.min_notional
+            dec = decide(action, mark.qty, mark.hwm, bar.close, mark.cash, self.costs, min_notional)
+            orders = record_orders(tx, self.broker.symbols, dec, policy.generation, policy.study)
+            tx.add_decision(
+                self.source.name,
+                policy.generation,
+                policy.study,
+                action,
+                dec.target,
+                dec.planned,
+                dec.stopped,
+                len(orders),
+            )
+            tx.session.flush()
+            self.broker.submit(orders)
+            tx.close_bar(mark.equity, mark.fees, mark.turnover, policy.generation)
+        self._last_bar = bar
+        return BarResult(bar.ts, mark.equity, mark.cash, policy.generation, mark.n_fills, len(orders))
+
+    # -- files for other processes ------------------------------------------------------------
+
+    def _write_files(self, state: AccountState, force: bool = False) -> None:
+        generation = None if self.policy is None else self.policy.generation
+        hb = write_heartbeat(
+            self.config.heartbeat_path, self.state_name, state.last_bar_ts, state.bars_processed, generation
+        )
+        now = time.monotonic()
+        if force or now - self._last_status >= STATUS_INTERVAL_S:
+            self._last_status = now
+            write_status(self.config.status_path, hb, self.status_details(state))
+
+    def status_details(self, state: AccountState) -> dict[str, Any]:
+        """The status fields beyond the heartbeat (see :mod:`paper_trader.status`)."""
+        prices = None if self._last_bar is None else self._last_bar.close
+        if prices is not None:
+            equity = state.cash + float(state.qty @ prices)
+        else:
+            last = self.ledger.last_equity()
+            equity = state.cash if last is None else last.equity
+        positions: dict[str, Any] = {}
+        for j, sym in enumerate(state.symbols):
+            value = None if prices is None else float(state.qty[j] * prices[j])
+            positions[sym] = {
+                "qty": float(state.qty[j]),
+                "price": None if prices is None else float(prices[j]),
+                "value": value,
+                "weight": None if value is None or equity <= 0 else value / equity,
+                "hwm": float(state.hwm[j]),
+            }
+        src = self.source.status
+        rejected, reason = src.get("rejected_generation"), src.get("rejection_reason")
+        current = None if self.policy is None else self.policy.generation
+        if rejected is not None and current is not None and rejected <= current:
+            rejected, reason = None, None  # superseded by the generation in use (raw: "reload")
+        return {
+            "broker": self.broker.name,
+            "source": self.source.name,
+            "study": None if self.policy is None else self.policy.study,
+            "equity": equity,
+            "cash": state.cash,
+            "initial_cash": state.initial_cash,
+            "peak_equity": state.peak_equity,
+            "drawdown": 0.0 if state.peak_equity <= 0 else max(0.0, 1.0 - equity / state.peak_equity),
+            "positions": positions,
+            "last_reload": src.get("last_reload_at"),
+            "rejected_generation": rejected,
+            "rejection_reason": reason,
+            "reload": src,
+        }

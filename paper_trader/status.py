@@ -1,0 +1,52 @@
+"""Files other processes read about the paper trader, each written atomically
+(:func:`trainers.bundle.atomic_write_json`):
+
+* heartbeat ``<root>/run/heartbeats/paper_trader.json``, every bar and every poll while
+  waiting: ``pid``, ``time`` (UTC ISO), ``unix_time`` (epoch s), ``state``
+  (``starting`` | ``waiting_for_model`` | ``trading`` | ``stopped``), ``last_bar`` (UTC ISO
+  or None), ``bars_processed``, ``generation``. The supervisor's watchdog reads it.
+* status ``<root>/paper_trader/status.json``: the heartbeat's fields plus ``broker``,
+  ``equity``, ``cash``, ``positions`` (per symbol: qty, price, value, weight, hwm, entry),
+  ``drawdown``, ``peak_equity``, ``initial_cash``, ``source``, ``study``, ``last_reload``,
+  ``rejected_generation``, ``rejection_reason`` (the last rejected generation while it is
+  newer than the one in use, else None) and the hot-reload watcher's own ``reload`` status.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from trainers.bundle import atomic_write_json
+
+
+def iso_ts(ts: int | None) -> str | None:
+    """UTC epoch seconds -> ``YYYY-MM-DDTHH:MM:SSZ`` (None stays None)."""
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def write_heartbeat(
+    path: Path, state: str, last_bar_ts: int | None, bars_processed: int, generation: int | None
+) -> dict[str, Any]:
+    """Write the heartbeat file atomically; returns what was written."""
+    now = time.time()
+    data = {
+        "component": "paper_trader",
+        "pid": os.getpid(),
+        "time": datetime.fromtimestamp(now, UTC).isoformat(),
+        "unix_time": now,
+        "state": state,
+        "last_bar": iso_ts(last_bar_ts),
+        "bars_processed": bars_processed,
+        "generation": generation,
+    }
+    atomic_write_json(path, data)
+    return data
+
+
+def write_status(path: Path, heartbeat: dict[str, Any], details: dict[str, Any]) -> None:
+    """Write ``status.json`` atomically: the heartbeat's fields merged with ``details``."""
+    atomic_write_json(path, {**heartbeat, **details})
