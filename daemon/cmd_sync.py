@@ -9,16 +9,10 @@ import typer
 from ensemble.selection import DEFAULT_TOP_N, SelectionError
 from ensemble.sync import SyncError, SyncResult, sync_ensemble
 from trainers.bundle import PipelineSpec
-from trainers.data import embedded_dataset_dir, symbol_from_path
+from trainers.data import DataError, dataset_symbols
 from trainers.storage import default_storage_url
 
 CURRENT_STUDY_FILE = ".current_study"
-
-
-def default_symbols() -> list[str]:
-    """Symbols of the embedded dataset, sorted (what the paper trader trades by default)."""
-    files = embedded_dataset_dir().iterdir()
-    return sorted(symbol_from_path(p) for p in files if p.name.endswith((".csv", ".csv.gz")))
 
 
 def read_current_study(root: Path) -> str:
@@ -60,18 +54,19 @@ def sync(
     storage: str = typer.Option(None, help="Optuna storage URL (default sqlite:///<root>/optuna.db)."),
     top_n: int = typer.Option(DEFAULT_TOP_N, min=1, help="Ensemble members wanted."),
     symbols: str = typer.Option(
-        None, help="Comma-separated symbols the trader trades (default: the embedded dataset's)."
+        None, help="Comma-separated symbols the trader trades (default: those of --data)."
     ),
+    data: Path = typer.Option(None, help="Dataset folder the trader trades (default: the embedded dataset)."),
 ) -> None:
     """Sync the ensemble with the top-N COMPLETE trials of the study, once."""
     try:
         name = study or read_current_study(root)
         wanted = (
-            [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else default_symbols()
+            [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else dataset_symbols(data)
         )
         pipeline = PipelineSpec(tuple(wanted))
         result = sync_ensemble(root, storage or default_storage_url(root), name, pipeline, top_n)
-    except (SyncError, SelectionError, ValueError) as exc:
+    except (SyncError, SelectionError, DataError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(format_result(result))

@@ -368,6 +368,8 @@ class Supervisor:
         cfg = self.config
         argv = self._cli("sync", "--study", str(self.study), "--root", str(self.root))
         argv += ["--storage", self.storage_url, "--top-n", str(cfg.ensemble.top_n)]
+        if cfg.study.data:
+            argv += ["--data", cfg.study.data]
         outcome, detail = self.jobs.run_command(
             argv, cfg.jobs.job_timeout_s * 0.9, self.root / "logs" / "sync.out"
         )
@@ -495,7 +497,10 @@ class Supervisor:
         old_study = self.study
         self.study = self.resolve_study()
         if self.study != old_study:
-            self.ensure_study()
+            try:
+                self.ensure_study()
+            except Exception as exc:  # storage down: the workers retry; the supervisor stays up
+                log.error("ensure_study_failed", study=self.study, error=str(exc))
         j = new.jobs
         for name, interval in (
             ("watchdog", j.watchdog_interval_s),

@@ -70,11 +70,11 @@ from ensemble.registry import (
     summarise_folds,
 )
 from ensemble.selection import (
+    BundleSkip,
     RankedTrial,
-    _locate_bundle,
-    _Skip,
     count_ranked,
     create_engine,
+    locate_bundle,
     rank_trials,
 )
 from trainers.atomic_io import atomic_write_bytes
@@ -256,14 +256,16 @@ def _verify(trial: RankedTrial, directory: Path, where: str, sha256: str) -> dic
     """Hash, identity and loadability of a located bundle; its ``model.json``."""
     digest = sha256_file(directory / ACTOR_FILE)
     if digest != sha256:
-        raise _Skip("hash", f"{where}: {ACTOR_FILE} sha256 {digest[:12]}… is not the trial's {sha256[:12]}…")
+        raise BundleSkip(
+            "hash", f"{where}: {ACTOR_FILE} sha256 {digest[:12]}… is not the trial's {sha256[:12]}…"
+        )
     try:
         meta = read_meta(directory)
     except BundleError as exc:
-        raise _Skip("invalid", str(exc)) from None
+        raise BundleSkip("invalid", str(exc)) from None
     claimed = (meta.get("study"), meta.get("trial_id"), meta.get("actor_sha256"))
     if claimed != (trial.study, trial.trial_id, sha256):
-        raise _Skip(
+        raise BundleSkip(
             "identity",
             f"{where}: model.json is study {claimed[0]!r} trial id {claimed[1]}, "
             f"not study {trial.study!r} trial id {trial.trial_id}",
@@ -271,7 +273,7 @@ def _verify(trial: RankedTrial, directory: Path, where: str, sha256: str) -> dic
     try:
         load_bundle(directory, None, expect_sha256=sha256)
     except BundleError as exc:
-        raise _Skip("invalid", str(exc)) from None
+        raise BundleSkip("invalid", str(exc)) from None
     return meta
 
 
@@ -282,7 +284,7 @@ def _write_model(arch: Path, name: str, bundle_dir: Path, sha256: str, files: di
     try:
         actor = (bundle_dir / ACTOR_FILE).read_bytes()
         if hashlib.sha256(actor).hexdigest() != sha256:
-            raise _Skip("hash", f"{bundle_dir / ACTOR_FILE} changed while it was copied")
+            raise BundleSkip("hash", f"{bundle_dir / ACTOR_FILE} changed while it was copied")
         atomic_write_bytes(tmp / ACTOR_FILE, actor)
         atomic_write_bytes(tmp / META_FILE, (bundle_dir / META_FILE).read_bytes())
         for fname, data in files.items():
@@ -403,7 +405,7 @@ def _archive_trial(
     old: ArchiveEntry | None = None  # the damaged archived copy being repaired
     try:
         if not isinstance(sha256, str) or not _SHA256.match(sha256):
-            raise _Skip("missing", "the trial has no actor_sha256 attribute (no bundle was saved)")
+            raise BundleSkip("missing", "the trial has no actor_sha256 attribute (no bundle was saved)")
         key = (trial.study, trial.trial_id, sha256)
         name = next((n for n, e in entries.items() if e.key == key), None)
         if name is not None:
@@ -411,11 +413,11 @@ def _archive_trial(
                 result.unchanged.append(name)
                 return
             old = entries[name]
-        bundle_dir, source, where = _locate_bundle(trial, root, staging, root / "ensemble", sha256)
+        bundle_dir, source, where = locate_bundle(trial, root, staging, root / "ensemble", sha256)
         meta = _verify(trial, bundle_dir, where, sha256)
         vin = str(trial.user_attrs.get("vin") or meta.get("vin") or "")
         if not _SAFE_NAME.match(vin):
-            raise _Skip("vin", f"VIN {vin!r} is not a usable folder name")
+            raise BundleSkip("vin", f"VIN {vin!r} is not a usable folder name")
         if name is None:
             taken = set(entries) | {p.name for p in arch.iterdir()} | {REGISTRY_FILE}
             name = allocate_dir(vin, trial.number, taken)
@@ -444,7 +446,7 @@ def _archive_trial(
         }
         files = {HYPERPARAMS_FILE: _json_bytes(trial.params), METADATA_FILE: _json_bytes(metadata)}
         _write_model(arch, name, bundle_dir, sha256, files)
-    except _Skip as skip:
+    except BundleSkip as skip:
         detail = skip.detail if old is None else f"archived copy {old.dir} is damaged; {skip.detail}"
         result.skipped.append(ArchiveSkip(trial.number, trial.trial_id, trial.value, skip.reason, detail))
         log.warning(

@@ -56,6 +56,7 @@ from trainers.bundle import (
     sha256_file,
     unpack_bundle,
 )
+from trainers.storage import normalize_url
 
 DEFAULT_TOP_N = 10
 SkipReason = Literal["missing", "hash", "identity", "spec", "invalid"]
@@ -166,9 +167,7 @@ def create_engine(storage_url: str) -> Engine:
             SQLite file that does not exist (it is not created).
     """
     try:
-        url = sa.engine.make_url(storage_url)
-        if url.drivername == "postgresql":  # psycopg 3 is the installed driver, not psycopg2
-            url = url.set(drivername="postgresql+psycopg")
+        url = sa.engine.make_url(normalize_url(storage_url))
         kwargs: dict[str, Any] = {}
         if url.get_backend_name() == "sqlite":
             database = url.database or ""
@@ -371,7 +370,7 @@ def iter_ranked(engine: Engine, study: str, page_size: int) -> Iterator[RankedTr
         page_size = min(page_size * 2, 1000)
 
 
-class _Skip(Exception):
+class BundleSkip(Exception):
     def __init__(self, reason: SkipReason, detail: str) -> None:
         super().__init__(detail)
         self.reason: SkipReason = reason
@@ -382,7 +381,7 @@ def _has_bundle(directory: Path) -> bool:
     return (directory / ACTOR_FILE).is_file() and (directory / META_FILE).is_file()
 
 
-def _locate_bundle(
+def locate_bundle(
     trial: RankedTrial, root: Path, staging_dir: Path, ensemble_dir: Path | None, sha256: str
 ) -> tuple[Path, str, str]:
     """Find the trial's bundle: artifact, else ``bundle_path``, else an ensemble member dir.
@@ -404,7 +403,7 @@ def _locate_bundle(
             try:
                 unpack_bundle(archive, target)
             except BundleError as exc:
-                raise _Skip("invalid", f"artifact {artifact_id}: {exc}") from None
+                raise BundleSkip("invalid", f"artifact {artifact_id}: {exc}") from None
             finally:
                 archive.unlink(missing_ok=True)
             return target, "artifact", f"artifact {artifact_id}"
@@ -425,30 +424,32 @@ def _locate_bundle(
         member = ensemble_dir / member_dir_name(trial.trial_id, sha256)
         if _has_bundle(member):
             return member, "ensemble", f"ensemble member {member}"
-    raise _Skip("missing", "no bundle: " + "; ".join(tried))
+    raise BundleSkip("missing", "no bundle: " + "; ".join(tried))
 
 
 def _verify(
     trial: RankedTrial, pipeline: PipelineSpec, root: Path, staging_dir: Path, ensemble_dir: Path | None
 ) -> SelectedTrial:
-    """Locate and verify one trial's bundle; raises :class:`_Skip` with the reason."""
+    """Locate and verify one trial's bundle; raises :class:`BundleSkip` with the reason."""
     sha256 = trial.user_attrs.get("actor_sha256")
     if not isinstance(sha256, str) or not _SHA256.match(sha256):
-        raise _Skip("missing", "the trial has no actor_sha256 attribute (no bundle was saved)")
-    directory, source, where = _locate_bundle(trial, root, staging_dir, ensemble_dir, sha256)
+        raise BundleSkip("missing", "the trial has no actor_sha256 attribute (no bundle was saved)")
+    directory, source, where = locate_bundle(trial, root, staging_dir, ensemble_dir, sha256)
     if not (directory / ACTOR_FILE).is_file():
-        raise _Skip("missing", f"{where}: no {ACTOR_FILE}")
+        raise BundleSkip("missing", f"{where}: no {ACTOR_FILE}")
     digest = sha256_file(directory / ACTOR_FILE)
     if digest != sha256:
-        raise _Skip("hash", f"{where}: {ACTOR_FILE} sha256 {digest[:12]}… is not the trial's {sha256[:12]}…")
+        raise BundleSkip(
+            "hash", f"{where}: {ACTOR_FILE} sha256 {digest[:12]}… is not the trial's {sha256[:12]}…"
+        )
     try:
         meta = read_meta(directory)
         spec = ObservationSpec.from_json(meta["observation_spec"])
     except (BundleError, KeyError, TypeError, ValueError) as exc:
-        raise _Skip("invalid", f"{where}: {exc}") from None
+        raise BundleSkip("invalid", f"{where}: {exc}") from None
     claimed = (meta.get("study"), meta.get("trial_id"), meta.get("actor_sha256"))
     if claimed != (trial.study, trial.trial_id, sha256):
-        raise _Skip(
+        raise BundleSkip(
             "identity",
             f"{where}: model.json is study {claimed[0]!r} trial id {claimed[1]} "
             f"sha256 {str(claimed[2])[:12]}…, not study {trial.study!r} trial id {trial.trial_id}",
@@ -456,11 +457,11 @@ def _verify(
     try:
         pipeline.check(spec, where)
     except BundleError as exc:
-        raise _Skip("spec", str(exc)) from None
+        raise BundleSkip("spec", str(exc)) from None
     try:
         load_bundle(directory, pipeline, expect_sha256=sha256)
     except BundleError as exc:
-        raise _Skip("invalid", str(exc)) from None
+        raise BundleSkip("invalid", str(exc)) from None
     return SelectedTrial(trial, directory, source, meta)
 
 
@@ -508,7 +509,7 @@ def select_top_n(
         for trial in iter_ranked(engine, study, n + max(5, n // 2)):
             try:
                 selected.append(_verify(trial, pipeline, root, staging, ens))
-            except _Skip as skip:
+            except BundleSkip as skip:
                 skipped.append(SkippedTrial(trial, skip.reason, skip.detail))
                 log.warning(
                     "trial_skipped",

@@ -207,6 +207,15 @@ def load_symbol(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return ts, values
 
 
+def dataset_symbols(data_dir: str | Path | None = None) -> list[str]:
+    """Sorted symbols of a dataset folder (``None``: the embedded dataset), from file names.
+
+    Raises:
+        DataError: the folder does not exist or holds no CSV/CSV.gz file.
+    """
+    return sorted(symbol_from_path(p) for p in _dataset_files(Path(data_dir or embedded_dataset_dir())))
+
+
 def _dataset_files(data_dir: Path) -> list[Path]:
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder does not exist")

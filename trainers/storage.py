@@ -35,6 +35,15 @@ MAX_RETRY = 1
 SCHEMA_LOCK_KEY = 0x63617070  # PostgreSQL advisory-lock key ("capp") of schema creation
 
 
+def normalize_url(url: str) -> str:
+    """A plain ``postgresql://`` URL names psycopg2, which is not a dependency; use the
+    installed psycopg 3 driver (``postgresql+psycopg://``). Other URLs are unchanged."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
 def default_storage_url(root: str | Path) -> str:
     """``sqlite:///<root>/optuna.db`` (relative roots stay relative)."""
     return f"sqlite:///{Path(root) / 'optuna.db'}"
@@ -103,6 +112,7 @@ def make_storage(
     Raises:
         ValueError: an unsupported URL scheme.
     """
+    url = normalize_url(url)
     backend = make_url(url).get_backend_name()
     engine_kwargs: dict[str, Any]
     if backend == "sqlite":

@@ -47,8 +47,12 @@ def test_sigterm_stops_every_child_and_job_and_exits_0(tmp_path: Path, sups: Sup
     sup.wait_for(
         "both workers running", lambda: sup.running_child("worker-0") and sup.running_child("worker-1")
     )
-    sup.wait_for("a sync job command running", lambda: any(_job_command(p) for p in sup.descendants()))
-    before = {p.pid: p.create_time() for p in sup.descendants()}
+
+    def with_a_job() -> list[psutil.Process] | None:
+        procs = sup.descendants()
+        return procs if any(_job_command(p) for p in procs) else None
+
+    before = {p.pid: sup.seen[p.pid] for p in sup.wait_for("a sync job command running", with_a_job)}
     recorded = json.loads((root / "run" / "children.json").read_text())
     assert sorted(r["name"] for r in recorded) == ["worker-0", "worker-1"]
     assert {r["pid"] for r in recorded} <= set(before)

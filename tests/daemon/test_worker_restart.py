@@ -26,9 +26,9 @@ STUDY = "restarts"
 
 
 def _running_with_heartbeat(root: Path) -> FrozenTrial | None:
-    """The RUNNING trial once Optuna recorded its first heartbeat (only then can a dead
-    worker's trial be detected as stale)."""
-    running = [t for t in trials(root, STUDY) if t.state == TrialState.RUNNING]
+    """The RUNNING trial once it has its parameters and Optuna recorded its first heartbeat
+    (only then can a dead worker's trial be detected as stale)."""
+    running = [t for t in trials(root, STUDY) if t.state == TrialState.RUNNING and t.params]
     if not running:
         return None
     con = sqlite3.connect(root / "optuna.db", timeout=60)
@@ -77,7 +77,7 @@ def test_sigkilled_worker_is_restarted_and_its_trial_failed_and_retried(
         return done[0] if done else None
 
     retry = sup.wait_for("the killed trial failed and its retry finished", retried)
-    assert retry.params == killed.params
+    assert retry.params == killed.params == trials(root, STUDY)[killed.number].params
     assert retry.number != killed.number
     assert sup.terminate() == 0, sup.describe()
 
