@@ -6,8 +6,10 @@ import typer
 
 from daemon import (
     cmd_clean,
+    cmd_dashboard,
     cmd_deploy,
     cmd_models,
+    cmd_pipeline,
     cmd_quickstart,
     cmd_study,
     cmd_supervise,
@@ -44,6 +46,9 @@ app.command("start-training")(cmd_study.start_training)
 app.command("quickstart")(cmd_quickstart.quickstart)
 app.command("archive")(cmd_models.archive)
 app.command("clean")(cmd_clean.clean)
+app.command("dashboard")(cmd_dashboard.dashboard)
+app.command("report")(cmd_dashboard.report)
+app.command("pipeline")(cmd_pipeline.pipeline)
 app.add_typer(cmd_models.models_app, name="models")
 
 

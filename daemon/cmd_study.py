@@ -14,7 +14,7 @@ import typer
 
 from daemon.cmd_supervise import supervisor_pid
 from daemon.config import TRAINING_OVERLAY, ConfigError, load_config
-from trainers.bundle import atomic_write_bytes
+from trainers.atomic_io import atomic_write_bytes
 from trainers.storage import default_storage_url, make_storage
 
 

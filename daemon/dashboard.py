@@ -212,7 +212,9 @@ class Collector:
     Args:
         root: runtime root.
         storage_url: Optuna storage URL.
-        study: study name when ``<root>/.current_study`` has none (the config's).
+        study: the study to show; None: the one in ``<root>/.current_study`` at each
+            refresh, else ``fallback_study``.
+        fallback_study: the config's study name.
         n_trials: the study's trial target (for the progress figure), or None.
         stagnation_trials: see :func:`daemon.monitor.compute_monitor`.
         top_n: rows of the top-trials table.
@@ -223,6 +225,7 @@ class Collector:
         root: Path,
         storage_url: str,
         study: str | None = None,
+        fallback_study: str | None = None,
         n_trials: int | None = None,
         stagnation_trials: int = 50,
         top_n: int = TOP_N,
@@ -230,6 +233,7 @@ class Collector:
         self.root = root
         self.storage_url = storage_url
         self.study = study
+        self.fallback_study = fallback_study
         self.n_trials = n_trials
         self.stagnation_trials = stagnation_trials
         self.top_n = top_n
@@ -255,7 +259,7 @@ class Collector:
         "study_stats", "top", "ensemble", "paper_trader"}`` (see the ``*_section``
         functions; each part holds an ``error`` line instead when it cannot be read)."""
         now = time.time()
-        study = read_current_study(self.root) or self.study
+        study = self.study or read_current_study(self.root) or self.fallback_study
         stats = study_section(self.storage_url, study, self.stagnation_trials)
         top = (
             {"trials": [], "error": stats["error"]}

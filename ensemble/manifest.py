@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trainers.bundle import atomic_write_json
+from trainers.atomic_io import atomic_write_json
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "ensemble_manifest.json"

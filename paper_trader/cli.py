@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 
-from paper_trader.broker import Broker, BrokerError, SimBroker
 from paper_trader.config import ConfigError, TraderConfig
-from paper_trader.ledger import LedgerError
 from paper_trader.logs import configure_logging
-from paper_trader.loop import Trader, TraderError
-from paper_trader.model_source import DeploymentSource, EnsembleSource, ModelSource
-from trainers.bundle import PipelineSpec
 from trainers.data import DEFAULT_HOLDOUT_CUT, DataError
+
+if TYPE_CHECKING:  # the trading machinery (torch) loads when a trader runs, not for --help
+    from paper_trader.broker import Broker
+    from paper_trader.model_source import ModelSource
 
 ALLOW_LIVE_ENV = "CAPPUCCINO_PAPER_TRADER__ALLOW_LIVE"
 
@@ -37,6 +36,8 @@ def build_broker(
     Raises:
         DataError: bad replay data. paper_trader.alpaca.AlpacaError: Alpaca settings or keys.
     """
+    from paper_trader.broker import SimBroker
+
     if config.broker == "sim":
         return SimBroker(config.data, config.holdout_cut, config.speed, config.fee, config.slippage)
     from paper_trader.alpaca_broker import AlpacaBroker
@@ -46,6 +47,9 @@ def build_broker(
 
 def build_source(config: TraderConfig, symbols: tuple[str, ...]) -> ModelSource:
     """The ensemble (default) or the deployment slot of ``config.deployment``."""
+    from paper_trader.model_source import DeploymentSource, EnsembleSource
+    from trainers.bundle import PipelineSpec
+
     pipeline = PipelineSpec(symbols)
     if config.deployment is not None:
         return DeploymentSource(config.root, config.deployment, pipeline)
@@ -54,6 +58,8 @@ def build_source(config: TraderConfig, symbols: tuple[str, ...]) -> ModelSource:
 
 def run(config: TraderConfig, alpaca_url: str | None = None, alpaca_data_url: str | None = None) -> int:
     """Build broker, model source and trader; run with signal handlers; return the exit code."""
+    from paper_trader.loop import Trader
+
     broker = build_broker(config, alpaca_url, alpaca_data_url)
     trader = Trader(config, broker, build_source(config, broker.symbols))
     trader.install_signal_handlers()
@@ -61,6 +67,10 @@ def run(config: TraderConfig, alpaca_url: str | None = None, alpaca_data_url: st
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from paper_trader.broker import BrokerError
+    from paper_trader.ledger import LedgerError
+    from paper_trader.loop import TraderError
+
     errors: list[type[BaseException]] = [
         ConfigError,
         DataError,
@@ -99,6 +109,8 @@ def trade(
     debug: bool = typer.Option(False, help="Show tracebacks of errors."),
 ) -> None:
     """Paper-trade the ensemble (or a deployment slot), one decision per closed bar."""
+    import torch
+
     torch.set_num_threads(1)
     try:
         config = TraderConfig.build(

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trainers.bundle import atomic_write_json
+from trainers.atomic_io import atomic_write_json
 
 
 def iso_ts(ts: int | None) -> str | None:

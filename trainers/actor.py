@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from trainers.search_space import ACTIVATIONS
+from trainers.search_space import ACTIVATIONS, activation_class
 
 
 class Actor(nn.Module):
@@ -31,7 +31,7 @@ class Actor(nn.Module):
         layers: list[nn.Module] = []
         last = obs_dim
         for _ in range(depth):
-            layers += [nn.Linear(last, width), ACTIVATIONS[activation]()]
+            layers += [nn.Linear(last, width), activation_class(activation)()]
             last = width
         self.policy_net = nn.Sequential(*layers)
         self.action_net = nn.Linear(last, n_assets)

@@ -20,15 +20,18 @@ import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from trainers.actor import Actor
 from trainers.atomic_io import atomic_write_bytes, atomic_write_json
 from trainers.features import FEATURE_NAMES, FEATURE_PIPELINE_VERSION, NormStats
 from trainers.observation import observation_dim
+
+if TYPE_CHECKING:  # torch is imported where it is used: consumers that only read specs stay light
+    import torch
+
+    from trainers.actor import Actor
 
 SCHEMA_VERSION = 1
 ACTOR_FILE = "actor.pth"
@@ -142,6 +145,8 @@ def save_bundle(directory: str | Path, state: dict[str, torch.Tensor], meta: dic
     ``meta`` must hold ``architecture`` and ``observation_spec``; ``schema_version`` and
     ``actor_sha256`` are filled in here.
     """
+    import torch
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -187,6 +192,10 @@ def load_bundle(
         BundleError: missing file, hash mismatch, spec mismatch, non-finite weights, or
             weights that do not fit the declared architecture.
     """
+    import torch
+
+    from trainers.actor import Actor
+
     directory = Path(directory)
     meta = read_meta(directory)
     actor_path = directory / ACTOR_FILE
@@ -255,6 +264,8 @@ def unpack_bundle(archive: str | Path, directory: str | Path) -> Path:
 
 def to_numpy_policy(actor: Actor) -> Any:
     """Wrap an actor as a backtest policy ``(n, obs_dim) float32 -> (n, n_assets)``."""
+
+    import torch
 
     def policy(obs: np.ndarray) -> np.ndarray:
         return actor.act(torch.from_numpy(obs)).numpy()

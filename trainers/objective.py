@@ -53,12 +53,11 @@ from trainers.features import (
 )
 from trainers.heartbeat import Heartbeat
 from trainers.naming import grade_for, vin_for
-from trainers.search_space import ACTIVATIONS, PPOParams, suggest_params
+from trainers.search_space import DEFAULT_BUDGET_STEPS, PPOParams, activation_class, suggest_params
 from trainers.splits import DEFAULT_EMBARGO, Fold, Mode, walk_forward_folds
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUDGET_STEPS = 30_000  # env steps per fold; such agents are reported not to learn below
 STD_PENALTY = 0.1
 
 
@@ -155,7 +154,7 @@ def ppo_kwargs(params: PPOParams, config: TrainingConfig, seed: int | None) -> d
         "ent_coef": params.ent_coef,
         "policy_kwargs": {
             "net_arch": {"pi": arch, "vf": arch},
-            "activation_fn": ACTIVATIONS[params.activation],
+            "activation_fn": activation_class(params.activation),
         },
         "device": config.device,
         "seed": seed,

@@ -9,12 +9,31 @@ trader) applies.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-import torch.nn as nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "elu")
+DEFAULT_BUDGET_STEPS = 30_000  # env steps per fold; such agents are reported not to learn below
+
+
+def activation_class(name: str) -> type[nn.Module]:
+    """The torch module class of a hidden activation name (``tanh``, ``relu``, ``elu``).
+
+    Raises:
+        ValueError: unknown name.
+    """
+    import torch.nn as nn
+
+    classes = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+    if name not in classes:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(classes)}")
+    return classes[name]
+
+
 N_STEPS_CHOICES = (128, 256, 512, 1024)  # x n_envs (16) = rollouts of 2K-16K samples
 BATCH_SIZE_CHOICES = (256, 512, 1024, 2048)  # all <= the smallest rollout at 16 envs
 WIDTH_CHOICES = (64, 128, 256, 512)

@@ -21,7 +21,6 @@ from types import FrameType
 from typing import Any
 
 import optuna
-import torch
 import typer
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import OperationalError
@@ -29,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 from trainers.data import DEFAULT_HOLDOUT_CUT, DataError
 from trainers.heartbeat import Heartbeat, heartbeat_path
 from trainers.logs import configure_logging
-from trainers.objective import DEFAULT_BUDGET_STEPS, Objective, StudyData, TrainingConfig
+from trainers.search_space import DEFAULT_BUDGET_STEPS
 from trainers.splits import Mode
 from trainers.storage import (
     DEFAULT_GRACE_PERIOD,
@@ -117,6 +116,10 @@ def run_worker(opts: WorkerOptions) -> int:
         DataError: the dataset is invalid.
         ValueError: bad options (budget, device, storage URL).
     """
+    import torch  # heavy imports here: `cappuccino --help`/`status` must not pay for them
+
+    from trainers.objective import Objective, StudyData, TrainingConfig
+
     if opts.device not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda, got {opts.device!r}")
     if opts.device == "cuda" and not torch.cuda.is_available():

@@ -1,0 +1,334 @@
+"""The steps of :mod:`daemon.pipeline`: clean, training, archive, deploy. Each returns a
+:class:`daemon.pipeline_plan.StepResult`; none raises for an error a user can meet (the
+result says ``failed`` and why)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from daemon.pipeline_plan import Outcome, Plan, StepResult, first_line, fmt_value, redact
+
+log = structlog.get_logger("pipeline")
+
+POLL_S = 0.2
+STATS_EVERY_S = 1.0
+
+
+def step_clean(plan: Plan) -> StepResult:
+    """Run :func:`daemon.cleanup.run_cleanup` (all studies, the config's keep rules)."""
+    from sqlalchemy.engine import make_url
+
+    from daemon.cleanup import CleanupError, run_cleanup
+
+    cfg = plan.config
+    url = make_url(plan.storage)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
+        return StepResult("clean", "skipped", "no storage yet: nothing to clean")
+    keep_top = max(cfg.cleanup.keep_top, cfg.ensemble.top_n)
+    try:
+        res = run_cleanup(plan.root, plan.storage, cfg.cleanup.keep_days, keep_top)
+    except CleanupError as exc:
+        return StepResult("clean", "failed", str(exc))
+    figures = {
+        "removed": len(res.removed),
+        "freed_bytes": res.freed_bytes,
+        "protected": len(res.protected),
+        "errors": list(res.errors),
+        "keep_days": cfg.cleanup.keep_days,
+        "keep_top": keep_top,
+    }
+    outcome: Outcome = "failed" if res.errors else "ok"
+    return StepResult("clean", outcome, res.summary(), figures, [f"failed: {e}" for e in res.errors])
+
+
+def step_archive(plan: Plan) -> StepResult:
+    """Run :func:`ensemble.archive.run_archive` with the config's ``[archive]`` cut."""
+    from ensemble.archive import ArchiveError, run_archive
+    from ensemble.selection import SelectionError
+
+    a = plan.config.archive
+    try:
+        res = run_archive(plan.root, plan.storage, plan.study, a.top_percent, a.min_grade)
+    except (ArchiveError, SelectionError, ValueError) as exc:
+        return StepResult("archive", "failed", str(exc))
+    figures = {
+        "ranked": res.ranked,
+        "top": res.top,
+        "eligible": res.eligible,
+        "added": list(res.added),
+        "repaired": list(res.repaired),
+        "unchanged": len(res.unchanged),
+        "skipped": [{"trial": s.trial_number, "reason": s.reason, "detail": s.detail} for s in res.skipped],
+        "total": res.total,
+        "top_percent": res.top_percent,
+        "min_grade": res.min_grade,
+    }
+    detail = (
+        f"{len(res.added)} archived, {len(res.repaired)} repaired, {len(res.unchanged)} unchanged, "
+        f"{len(res.skipped)} skipped (top {res.top_percent:g}% of {res.ranked} = {res.top}, "
+        f"{res.eligible} graded {res.min_grade} or better); registry {res.total} models"
+    )
+    notes = [f"archived {n}" for n in res.added] + [f"repaired {n}" for n in res.repaired]
+    notes += [f"skipped trial {s.trial_number}: {s.reason}: {s.detail}" for s in res.skipped]
+    return StepResult("archive", "ok", detail, figures, notes)
+
+
+def step_deploy(plan: Plan) -> StepResult:
+    """Run :func:`ensemble.deploy.run_deploy` with the config's ``[deploy]`` thresholds."""
+    from ensemble.deploy import DeployError, run_deploy
+    from ensemble.deploy_gate import DeployThresholds
+
+    d, st = plan.config.deploy, plan.config.study
+    try:
+        thresholds = DeployThresholds(d.min_improvement, d.min_grade, d.min_sharpe, d.max_drawdown)
+        dec = run_deploy(
+            plan.root, plan.study, plan.storage, int(d.slot), thresholds, st.data, st.holdout_cut
+        )
+    except (DeployError, ValueError) as exc:
+        return StepResult("deploy", "failed", str(exc))
+    figures = {
+        "decision": dec.decision,
+        "slot": dec.slot,
+        "trial": dec.trial_number,
+        "vin": dec.vin,
+        "grade": dec.grade,
+        "value": dec.value,
+        "deployed_value": dec.deployed_value,
+        "reasons": list(dec.reasons),
+        "thresholds": thresholds.as_dict(),
+    }
+    outcome: Outcome = "ok" if dec.decision in ("promoted", "unchanged") else "refused"
+    detail = dec.summary()
+    notes: list[str] = []
+    if dec.decision == "refused":  # the reasons go on lines of their own
+        who = f"trial {dec.trial_number} ({dec.vin}, value {fmt_value(dec.value)})"
+        detail, notes = f"refused {who} for slot {dec.slot}", list(dec.reasons)
+    return StepResult("deploy", outcome, detail, figures, notes)
+
+
+def _finished(stats: dict[str, Any]) -> int:
+    trials = stats.get("trials") or {}
+    return int(trials.get("COMPLETE", 0)) + int(trials.get("PRUNED", 0))
+
+
+@dataclass
+class _Worker:
+    child: Any  # daemon.children.Child
+    finished_at_start: int = 0
+    crashes: int = 0
+    restarts: int = 0
+    state: str = "running"  # running | backoff | done | given_up
+    restart_at: float = 0.0
+    exits: list[int] = field(default_factory=list)
+
+
+class Training:
+    """The ``training`` step: ``W`` worker processes until the study has ``N`` finished trials.
+
+    ``stop`` (set by SIGTERM/SIGINT) stops the workers gracefully (SIGTERM to each process
+    group, SIGKILL after ``restart.stop_timeout_s``); their current trials end FAIL and are
+    re-queued once. ``on_change`` receives the running state (worker pids, trial counts)
+    whenever it changes.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        stop: threading.Event,
+        on_change: Callable[[dict[str, Any]], None] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.stop = stop
+        self.on_change = on_change or (lambda _state: None)
+        self.progress = progress or (lambda _line: None)
+        self.workers: dict[str, _Worker] = {}
+        self.stats: dict[str, Any] = {}
+
+    def _stats(self) -> dict[str, Any]:
+        from daemon.study_stats import study_stats
+
+        try:
+            self.stats = study_stats(self.plan.storage, self.plan.study)
+        except Exception as exc:  # storage briefly locked/unreachable: keep the last figures
+            log.warning("study_stats_failed", error=first_line(exc))
+        return self.stats
+
+    def state(self) -> dict[str, Any]:
+        """Running state for ``run/pipeline.json``."""
+        return {
+            "target": self.plan.trials,
+            "finished": _finished(self.stats),
+            "trials": self.stats.get("trials") or {},
+            "best": self.stats.get("best"),
+            "workers": [
+                {
+                    "name": n,
+                    "pid": w.child.pid,
+                    "create_time": w.child.create_time,
+                    "state": w.state,
+                    "restarts": w.restarts,
+                }
+                for n, w in self.workers.items()
+            ],
+        }
+
+    def run(self) -> StepResult:
+        from daemon.children import Child
+        from daemon.supervisor import Supervisor
+
+        plan, cfg = self.plan, self.plan.config
+        # the supervisor's own command lines for its workers: one place decides the flags
+        sup = Supervisor(plan.config_path, plan.overrides, console_logs=False)
+        sup.study = plan.study
+        try:
+            sup.ensure_study()
+        except Exception as exc:
+            return StepResult("training", "failed", f"storage {redact(plan.storage)}: {first_line(exc)}")
+        policy = sup.restart_policy()
+        specs = [s for s in sup.child_specs() if s.name.startswith("worker-")]
+        before = _finished(self._stats())
+        figures: dict[str, Any] = {
+            "target": plan.trials,
+            "finished_before": before,
+            "worker_count": len(specs),
+        }
+        if before >= plan.trials:
+            return self._result("ok", f"study already has {before} >= {plan.trials} finished trials", figures)
+        for spec in specs:
+            child = Child(spec, plan.root / "logs")
+            self.workers[spec.name] = _Worker(child, before)
+            child.start()
+            log.info("worker_started", worker=spec.name, worker_pid=child.pid, study=plan.study)
+        self.progress(f"training: {len(specs)} workers started, {before}/{plan.trials} finished trials")
+        self.on_change(self.state())
+        last_stats, last_seen = 0.0, before
+        try:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                if now - last_stats >= STATS_EVERY_S:
+                    last_stats = now
+                    finished = _finished(self._stats())
+                    if finished != last_seen:
+                        last_seen = finished
+                        best = self.stats.get("best") or {}
+                        self.progress(
+                            f"training: {finished}/{plan.trials} finished trials, best value "
+                            f"{fmt_value(best.get('value'))} {best.get('vin') or ''}".rstrip()
+                        )
+                        self.on_change(self.state())
+                if self._tick(policy, cfg.restart.budget_per_hour):
+                    self.on_change(self.state())
+                if all(w.state in ("done", "given_up") for w in self.workers.values()):
+                    break
+                time.sleep(POLL_S)
+        finally:
+            self._stop_all(cfg.restart.stop_timeout_s)
+        finished = _finished(self._stats())
+        figures.update(self.state(), finished=finished)
+        figures["restarts"] = sum(w.restarts for w in self.workers.values())
+        figures["exit_codes"] = {n: w.exits for n, w in self.workers.items()}
+        if self.stop.is_set() and finished < plan.trials:
+            what = f"stopped at {finished}/{plan.trials} finished trials; workers stopped"
+            return self._result("interrupted", what, figures)
+        if finished >= plan.trials:
+            what = f"{before} -> {finished} finished trials (target {plan.trials})"
+            return self._result("ok", what, figures)
+        notes = [
+            f"{n}: exit codes {w.exits}; see {plan.root / 'logs' / (n + '.stdout')}"
+            for n, w in self.workers.items()
+            if w.state == "given_up"
+        ]
+        result = self._result(
+            "failed",
+            f"every worker gave up after {cfg.restart.budget_per_hour} restarts; "
+            f"{finished}/{plan.trials} finished trials",
+            figures,
+        )
+        result.notes += notes
+        return result
+
+    def _result(self, outcome: Outcome, what: str, figures: dict[str, Any]) -> StepResult:
+        best = self.stats.get("best") or {}
+        figures.setdefault("best", self.stats.get("best"))
+        figures.setdefault("trials", self.stats.get("trials") or {})
+        if self.workers:
+            restarts = sum(w.restarts for w in self.workers.values())
+            n = len(self.workers)
+            what = f"{what}; {n} worker{'s' if n != 1 else ''}, {restarts} restarts"
+        notes = []
+        if best:
+            notes.append(
+                f"best: trial {best.get('number')} value {fmt_value(best.get('value'))} "
+                f"grade {best.get('grade') or '?'} {best.get('vin') or ''}".rstrip()
+            )
+        return StepResult("training", outcome, what, figures, notes)
+
+    def _tick(self, policy: Any, budget: int) -> bool:
+        """Reap exits, restart workers that are due; True when something changed."""
+        changed = False
+        now = time.monotonic()
+        for name, w in self.workers.items():
+            if w.state == "backoff" and now >= w.restart_at:
+                w.finished_at_start = _finished(self._stats())
+                if w.finished_at_start >= self.plan.trials:
+                    w.state, changed = "done", True
+                    continue
+                w.child.start()
+                w.state, w.restarts, changed = "running", w.restarts + 1, True
+                log.info("worker_restarted", worker=name, worker_pid=w.child.pid, restarts=w.restarts)
+                continue
+            if w.state != "running":
+                continue
+            code = w.child.poll_exit()
+            if code is None:
+                continue
+            changed = True
+            w.exits.append(code)
+            finished = _finished(self._stats())
+            if code == 0 and finished >= self.plan.trials:
+                w.state = "done"
+                log.info("worker_done", worker=name, finished=finished)
+                continue
+            if code == 0 and finished > w.finished_at_start:  # its per-process trial quota
+                w.state, w.restart_at = "backoff", now
+                continue
+            w.crashes += 1
+            reason = f"exited with code {code}" if code else "exited without a finished trial"
+            if w.crashes > budget:
+                w.state = "given_up"
+                log.error("worker_given_up", worker=name, reason=reason, crashes=w.crashes)
+                self.progress(f"training: {name} {reason}; given up after {budget} restarts")
+                continue
+            delay = policy.backoff(w.crashes - 1)
+            w.state, w.restart_at = "backoff", now + delay
+            log.warning("worker_crashed", worker=name, reason=reason, restart_in_s=delay)
+            self.progress(f"training: {name} {reason}; restarting in {delay:g} s")
+        return changed
+
+    def _stop_all(self, timeout_s: float) -> None:
+        running = [w for w in self.workers.values() if w.state == "running"]
+        for w in self.workers.values():
+            if w.state == "backoff":
+                w.state = "stopped"
+        if not running:
+            return
+        if self.stop.is_set():
+            n = len(running)
+            self.progress(f"training: stopping {n} workers (SIGTERM, SIGKILL after {timeout_s:g} s)")
+        with ThreadPoolExecutor(max_workers=len(running)) as pool:
+            list(pool.map(lambda w: w.child.stop(timeout_s), running))
+        for w in running:
+            code = w.child.poll_exit()
+            if code is not None:
+                w.exits.append(code)
+            w.state = "stopped"
+            log.info("worker_stopped", worker=w.child.spec.name, worker_pid=w.child.pid, exit_code=code)
