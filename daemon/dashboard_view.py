@@ -279,7 +279,11 @@ def trader_panel(snap: dict[str, Any], now: datetime, plain: bool) -> Panel:
         )
     )
     if st:
-        rows.append(("broker", f"{st.get('broker')} trading {st.get('source')} of study {st.get('study')}"))
+        other = st.get("study") and snap.get("study") and st.get("study") != snap.get("study")
+        line = f"{st.get('broker')} trading {st.get('source')} of study {st.get('study')}"
+        if other:
+            line += " (not the study shown)"
+        rows.append(("broker", Text(line, "yellow" if other else "")))
     equity = st.get("equity", led.get("equity"))
     initial = st.get("initial_cash", led.get("initial_cash"))
     ret = equity / initial - 1 if isinstance(equity, int | float) and initial else None

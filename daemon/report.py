@@ -179,12 +179,15 @@ def plot_equity(curve: EquityCurve, path: Path) -> Path:
     )
     changes = np.flatnonzero(np.diff(curve.generation)) + 1
     for k, i in enumerate(changes):
-        ax.axvline(
-            times[i],
+        label = "new ensemble generation" if k == 0 else None
+        ax.axvline(times[i], color="tab:orange", lw=0.9, alpha=0.8, label=label)
+        ax.annotate(
+            f" gen {curve.generation[i]}",
+            (times[i], 1.0),
+            xycoords=("data", "axes fraction"),
+            va="top",
+            fontsize=7,
             color="tab:orange",
-            lw=0.9,
-            alpha=0.8,
-            label="new ensemble generation" if k == 0 else None,
         )
     ax.set_ylabel(f"equity ({currency})")
     ax.grid(alpha=0.3)
@@ -246,7 +249,8 @@ def plot_best_value(values: StudyValues, path: Path) -> Path:
                 ha="right",
                 va="bottom",
                 fontsize=7,
-                color="gray",
+                color="dimgray",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
             )
     ax.set_xlabel("trial number")
     ax.set_ylabel("objective value\n(mean - 0.1 std of fold excess Sharpe, annualised)")

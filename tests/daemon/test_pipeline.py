@@ -153,7 +153,11 @@ def _summary_rows(stdout: str) -> list[tuple[str, str]]:
     rows = []
     for line in stdout.splitlines():
         parts = line.split()
-        if line.startswith("  ") and len(parts) >= 2 and parts[0] in ("clean", "training", "archive", "deploy"):
+        if (
+            line.startswith("  ")
+            and len(parts) >= 2
+            and parts[0] in ("clean", "training", "archive", "deploy")
+        ):
             rows.append((parts[0], parts[1]))
     return rows
 
@@ -166,7 +170,9 @@ def _wait(what: str, check: Any, proc: subprocess.Popen[str] | None = None) -> A
             return value
         if proc is not None and proc.poll() is not None:
             out, err = proc.communicate()
-            raise AssertionError(f"pipeline exited ({proc.returncode}) while waiting for {what}\n{out}\n{err}")
+            raise AssertionError(
+                f"pipeline exited ({proc.returncode}) while waiting for {what}\n{out}\n{err}"
+            )
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -174,7 +180,9 @@ def _wait(what: str, check: Any, proc: subprocess.Popen[str] | None = None) -> A
 # --------------------------------------------------------------------------- modes
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_training_runs_workers_until_the_study_has_n_finished_trials(tmp_path: Path, started: Started) -> None:
+def test_training_runs_workers_until_the_study_has_n_finished_trials(
+    tmp_path: Path, started: Started
+) -> None:
     root = tmp_path / "root"
     cfg = _config(tmp_path, root)
     res = _pipeline(cfg, "--mode", "training", "--workers", "2", "--trials", "3", "--study", "fresh")
@@ -315,7 +323,12 @@ def test_a_failed_step_stops_the_pipeline_with_exit_1(trained_study: TrainedStud
     res = _pipeline(cfg, "--mode", "full", "--trials", str(before + 5), "--study", trained_study.study_name)
     assert res.returncode == 1, res.stdout + res.stderr
     doc = _doc(root)
-    assert _steps(doc) == [("clean", "failed"), ("training", "skipped"), ("archive", "skipped"), ("deploy", "skipped")]
+    assert _steps(doc) == [
+        ("clean", "failed"),
+        ("training", "skipped"),
+        ("archive", "skipped"),
+        ("deploy", "skipped"),
+    ]
     assert "ensemble_manifest.json" in _step(doc, "clean")["detail"]
     assert _finished(root, trained_study.study_name) == before  # nothing trained
     assert "result: failed (exit 1)" in res.stdout
@@ -327,64 +340,91 @@ def test_a_failed_step_stops_the_pipeline_with_exit_1(trained_study: TrainedStud
 
 
 # --------------------------------------------------------------------------- signals
+def _training_running(root: Path, study: str, n_workers: int) -> list[dict[str, Any]] | None:
+    """The workers of a running pipeline once each is up and a trial is RUNNING."""
+    doc = _doc(root)
+    workers = _workers(doc) if doc.get("state") == "running" else []
+    if len(workers) != n_workers:
+        return None
+    return workers if any(t.state == TrialState.RUNNING for t in trials(root, study)) else None
+
+
+def _assert_stopped_gracefully(root: Path, study: str, workers: list[dict[str, Any]]) -> None:
+    assert all(proc_gone(w["pid"], w["create_time"]) for w in workers)
+    states = [t.state for t in trials(root, study)]
+    assert TrialState.RUNNING not in states
+    assert TrialState.FAIL in states  # the interrupted trials ended FAIL ...
+    assert TrialState.WAITING in states  # ... and were re-queued
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_during_training_stops_the_workers_and_exits_130(
-    tmp_path: Path, started: Started, sig: signal.Signals
-) -> None:
+def test_ctrl_c_during_training_stops_the_workers_and_exits_130(tmp_path: Path, started: Started) -> None:
     root = tmp_path / "root"
-    cfg = _config(tmp_path, root)
-    proc = started.popen(root, "--config", str(cfg), "--mode", "training", "--workers", "2")
-    proc_args = ("--trials", "1000")
-    assert proc_args  # the default from the config is 200 trials: far more than the test waits for
-
-    def training_running() -> list[dict[str, Any]] | None:
-        doc = _doc(root)
-        workers = _workers(doc) if doc.get("state") == "running" else []
-        running = [t for t in trials(root, "s") if t.state == TrialState.RUNNING] if workers else []
-        return workers if len(workers) == 2 and running else None
-
-    # no --study and no .current_study: the config names it
-    (root).mkdir(exist_ok=True)
-    workers = _wait("a worker running a trial", training_running, proc)
+    cfg = _config(tmp_path, root, study={"name": "s"})  # no --study, no .current_study: the config's
+    proc = started.popen(
+        root, "--config", str(cfg), "--mode", "training", "--workers", "2", "--trials", "500"
+    )
+    workers = _wait("both workers up and a trial running", lambda: _training_running(root, "s", 2), proc)
     started.remember(root)
-    os.kill(proc.pid, sig)
+    os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground process group
     out, err = proc.communicate(timeout=WAIT_SECONDS)
 
     assert proc.returncode == 130, out + err
     assert _summary_rows(out) == [("training", "interrupted")]
     assert "result: interrupted (exit 130)" in out
-    assert all(proc_gone(w["pid"], w["create_time"]) for w in workers)
-    states = [t.state for t in trials(root, "s")]
-    assert TrialState.RUNNING not in states
-    assert TrialState.FAIL in states  # the interrupted trials ended FAIL ...
-    assert TrialState.WAITING in states  # ... and were re-queued
+    _assert_stopped_gracefully(root, "s", workers)
     doc = _doc(root)
-    assert doc["state"] == "finished" and doc["exit_code"] == 130
+    assert doc["state"] == "finished" and doc["exit_code"] == 130 and doc["study"] == "s"
 
 
 # --------------------------------------------------------------------------- background
-def test_background_detaches_and_writes_the_summary(
-    trained_study: TrainedStudy, tmp_path: Path, started: Started
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_background_runs_detached_and_sigterm_leaves_the_summary_in_pipeline_json(
+    tmp_path: Path, started: Started
 ) -> None:
-    root = _copy(trained_study, tmp_path)
-    cfg = _config(tmp_path, root, archive=ALL_ARCHIVED)
-    res = _pipeline(cfg, "--mode", "archive", "--study", trained_study.study_name, "--background", timeout=120)
+    root = tmp_path / "root"
+    cfg = _config(tmp_path, root)
+    res = _pipeline(
+        cfg, "--mode", "training", "--workers", "1", "--trials", "500", "--study", "bg", timeout=120
+    )
+    started.remember(root)
     assert res.returncode == 0, res.stdout + res.stderr
     pid = int(res.stdout.split("pid ")[1].split()[0])
     assert str(root / "run" / "pipeline.json") in res.stdout
     assert str(root / "logs" / "pipeline.log") in res.stdout
-    started.remember(root)
-    assert os.getsid(pid) == pid if not proc_gone(pid) else True  # its own session
+    assert os.getsid(pid) == pid  # its own session: outlives the terminal that started it
+    assert _doc(root)["pid"] == pid
 
+    workers = _wait("the worker up and a trial running", lambda: _training_running(root, "bg", 1))
+    started.remember(root)
+    os.kill(pid, signal.SIGTERM)
     doc = _wait("the final summary", lambda: (d := _doc(root)).get("state") == "finished" and d)
-    assert doc["pid"] == pid and doc["exit_code"] == 0
-    assert _steps(doc) == [("archive", "ok")]
+    assert doc["pid"] == pid and doc["exit_code"] == 130
+    assert _steps(doc) == [("training", "interrupted")]
+    _wait("the background pipeline to exit", lambda: proc_gone(pid))
+    _assert_stopped_gracefully(root, "bg", workers)
     log_text = (root / "logs" / "pipeline.log").read_text()
-    assert "result: ok (exit 0)" in log_text  # the summary went to the log
+    assert "result: interrupted (exit 130)" in log_text  # the summary went to the log too
+
+
+def test_background_archive_writes_its_summary(
+    trained_study: TrainedStudy, tmp_path: Path, started: Started
+) -> None:
+    root = _copy(trained_study, tmp_path)
+    cfg = _config(tmp_path, root, archive=ALL_ARCHIVED)
+    res = _pipeline(
+        cfg, "--mode", "archive", "--study", trained_study.study_name, "--background", timeout=120
+    )
+    started.remember(root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    pid = int(res.stdout.split("pid ")[1].split()[0])
+    doc = _wait("the final summary", lambda: (d := _doc(root)).get("state") == "finished" and d)
+    assert doc["pid"] == pid and doc["exit_code"] == 0 and doc["outcome"] == "ok"
+    assert _steps(doc) == [("archive", "ok")]
     registry = read_registry(root)
-    assert registry is not None and registry.models
+    assert registry is not None and len(registry.models) == len(_step(doc, "archive")["figures"]["added"]) > 0
 
 
 # --------------------------------------------------------------------------- refusals
@@ -398,7 +438,9 @@ def test_training_is_refused_while_a_supervisor_holds_the_root(
     try:
         before = _finished(root, trained_study.study_name)
         for mode in ("training", "full"):
-            res = _pipeline(cfg, "--mode", mode, "--trials", str(before + 5), "--study", trained_study.study_name)
+            res = _pipeline(
+                cfg, "--mode", mode, "--trials", str(before + 5), "--study", trained_study.study_name
+            )
             assert res.returncode == 3, res.stdout + res.stderr
             lines = res.stderr.strip().splitlines()
             assert len(lines) == 1 and f"pid {os.getpid()}" in lines[0] and "supervisor" in lines[0]

@@ -88,7 +88,7 @@ def test_full_mode_first_fold_trains_on_120_days_when_it_fits_exactly() -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(
-    n_bars=st.integers(265 * DAY, 1000 * DAY),
+    n_bars=st.integers(275 * DAY, 1000 * DAY),  # >= 240 days + max embargo + max first_bar
     embargo=st.integers(0, 200),
     first_bar=st.integers(0, 500),
     mode=st.sampled_from(["quick", "full"]),
