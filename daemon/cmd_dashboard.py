@@ -11,8 +11,9 @@ from pathlib import Path
 from types import FrameType
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.live import Live
+from rich.text import Text
 
 from daemon.config import Config, ConfigError, load_config, read_current_study
 from daemon.dashboard import Collector
@@ -40,10 +41,15 @@ def _config(config: Path | None, root: Path | None) -> Config:
     return cfg
 
 
-def _collector(cfg: Config, study: str | None) -> Collector:
+def _storage(cfg: Config, storage: str | None) -> str:
+    """``--storage``, else the config's ``study.storage``, else ``sqlite:///<root>/optuna.db``."""
+    return storage or cfg.study.storage or default_storage_url(cfg.root)
+
+
+def _collector(cfg: Config, study: str | None, storage: str | None) -> Collector:
     return Collector(
         cfg.root,
-        cfg.study.storage or default_storage_url(cfg.root),
+        _storage(cfg, storage),
         study=study,
         fallback_study=cfg.study.name,
         n_trials=cfg.study.n_trials,
@@ -63,6 +69,7 @@ def dashboard(
     root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
     config: Path = typer.Option(None, "--config", "-c", help="cappuccino.toml (default ./cappuccino.toml)."),
     study: str = typer.Option(None, help="Study to show (default: <root>/.current_study, then the config)."),
+    storage: str = typer.Option(None, help="Optuna storage URL (default: config, else <root>/optuna.db)."),
     as_json: bool = typer.Option(False, "--json", help="Print one snapshot as JSON and exit."),
 ) -> None:
     """Live view of the study, top trials, workers, jobs and the paper trader.
@@ -72,7 +79,7 @@ def dashboard(
     stdout is not a terminal it prints one plain-text frame (no colour codes).
     """
     cfg = _config(config, root)
-    collector = _collector(cfg, study)
+    collector = _collector(cfg, study, storage)
     try:
         if as_json:
             typer.echo(json.dumps(collector.collect(), indent=2, default=str))
@@ -101,7 +108,11 @@ def _live(console: Console, collector: Collector, refresh: float) -> None:
             live.refresh()
             while True:
                 time.sleep(refresh)
-                live.update(render_layout(collector.collect()), refresh=True)
+                try:
+                    frame: RenderableType = render_layout(collector.collect())
+                except Exception as exc:  # keep the view up; the next refresh may succeed
+                    frame = Text(f"error: refresh failed: {type(exc).__name__}: {exc}", style="red")
+                live.update(frame, refresh=True)
     except KeyboardInterrupt:
         pass
     finally:
@@ -113,6 +124,7 @@ def report(
     root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
     config: Path = typer.Option(None, "--config", "-c", help="cappuccino.toml (default ./cappuccino.toml)."),
     study: str = typer.Option(None, help="Study to plot (default: <root>/.current_study, then the config)."),
+    storage: str = typer.Option(None, help="Optuna storage URL (default: config, else <root>/optuna.db)."),
 ) -> None:
     """Write equity.png (paper trader equity and drawdown, from the ledger) and
     best_value.png (the study's best value over trials) into --out.
@@ -125,7 +137,7 @@ def report(
     cfg = _config(config, root)
     name = study or read_current_study(cfg.root) or cfg.study.name
     try:
-        result = write_report(cfg.root, cfg.study.storage or default_storage_url(cfg.root), name, out)
+        result = write_report(cfg.root, _storage(cfg, storage), name, out)
     except OSError as exc:
         typer.echo(f"error: cannot write the report into {out}: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -185,7 +185,8 @@ def _pid_alive(pid: Any) -> bool:
 def trader_section(root: Path, now: float) -> dict[str, Any]:
     """The paper trader: ``{"status"}`` (its ``status.json``: equity, positions, drawdown,
     generation in use, last reload, rejected generation), ``{"heartbeat"}``, ``"alive"``
-    (the heartbeat's pid runs), ``"status_age_s"``, ``{"ledger"}``
+    (the heartbeat's pid runs and its state is not ``stopped``), ``"status_age_s"``,
+    ``"heartbeat_age_s"``, ``{"ledger"}``
     (:func:`daemon.ledger_view.ledger_summary`), with ``status_error`` / ``ledger_error``."""
     out: dict[str, Any] = {"status": None, "heartbeat": None, "alive": False, "ledger": None}
     try:
@@ -199,6 +200,7 @@ def trader_section(root: Path, now: float) -> dict[str, Any]:
     latest = out["heartbeat"] or out["status"] or {}
     out["alive"] = latest.get("state") != "stopped" and _pid_alive(latest.get("pid"))
     out["status_age_s"] = _age_s((out["status"] or {}).get("time"), now)
+    out["heartbeat_age_s"] = _age_s((out["heartbeat"] or {}).get("time"), now)
     try:
         out["ledger"] = ledger_summary(ledger_path(root))
     except LedgerReadError as exc:

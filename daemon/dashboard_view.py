@@ -89,10 +89,11 @@ def _kv(pairs: list[tuple[str, str | Text]]) -> Table:
 
 
 # ------------------------------------------------------------------ panels
-def header(snap: dict[str, Any], now: datetime) -> Text:
-    """Title line and the supervisor's state."""
+def header(snap: dict[str, Any], now: datetime, crop: bool = False) -> Text:
+    """Title line and the supervisor's state (``crop``: each line cut to the width, for the
+    fixed-height header of the live layout)."""
     sup = snap["supervisor"]
-    t = Text()
+    t = Text(no_wrap=crop, overflow="ellipsis" if crop else "fold")
     t.append("cappuccino dashboard", style="bold")
     t.append(f"  {now:%Y-%m-%d %H:%M:%S} UTC  root {snap['root']}  storage {snap['storage']}\n")
     if sup["running"]:
@@ -273,7 +274,7 @@ def trader_panel(snap: dict[str, Any], now: datetime, plain: bool) -> Panel:
             "process",
             Text(
                 f"{'running' if alive else 'not running'} (pid {hb.get('pid') or st.get('pid') or '-'}, "
-                f"last state {state})",
+                f"last state {state}, heartbeat {duration(pt.get('heartbeat_age_s'))} old)",
                 style="green" if alive else "yellow",
             ),
         )
@@ -372,7 +373,7 @@ def render_layout(snap: dict[str, Any]) -> Layout:
     errors += 1 if "error" in (snap.get("ensemble") or {}) else 0
     layout = Layout()
     layout.split_column(
-        Layout(header(snap, now), name="header", size=3 if snap["supervisor"].get("error") else 2),
+        Layout(header(snap, now, crop=True), name="header", size=3 if snap["supervisor"].get("error") else 2),
         Layout(name="upper", size=13 + 2 * errors),
         Layout(top_panel(snap, False), name="top", size=max(3, n_top + 4)),
         Layout(name="lower", minimum_size=max(3, n_lower + 5)),

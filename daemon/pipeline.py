@@ -25,10 +25,11 @@ Steps:
 * ``deploy``: :func:`ensemble.deploy.run_deploy` with the ``[deploy]`` thresholds, slot,
   ``study.holdout_cut`` and ``study.data``; the decision goes to ``deploy_log.jsonl``.
 
-Step outcomes: ``ok``; ``failed`` (an error; the detail names it); ``refused`` (training:
-a supervisor owns this root's workers; deploy: the gates refused the candidate or there
-was none, which is the deployer working as intended); ``interrupted`` (SIGTERM/SIGINT);
-``skipped``.
+Step outcomes: ``ok``; ``failed`` (an error; the detail names it); ``refused`` (deploy
+only: the gates refused the candidate, or there was none; the deployer working as
+intended); ``interrupted`` (SIGTERM/SIGINT); ``skipped``. A pipeline that may not run at all
+(a supervisor owns the root's workers, or another pipeline runs) is refused before any
+step: one line on stderr, exit code 3, ``run/pipeline.json`` untouched.
 
 Exit codes (:func:`exit_code`): ``0`` every step ran (a deploy refused by its gates
 included); ``1`` a step failed; ``2`` bad arguments or configuration (nothing ran);
@@ -38,13 +39,17 @@ stopped gracefully, their trials end FAIL and are re-queued once).
 
 The final summary is also written atomically to ``<root>/run/pipeline.json``; while the
 pipeline runs that file holds ``state: running`` with the current step and the worker pids.
-One pipeline per root at a time: ``run/pipeline.lock`` is held with ``flock``.
+One pipeline per root at a time: ``run/pipeline.lock`` is held with ``flock``. Workers run
+in their own sessions, so a pipeline killed with SIGKILL leaves them running (each stops by
+itself at the trial target or its per-process quota); the next pipeline on the root stops
+them first (:func:`stop_stale_workers`, by pid + create time from ``run/pipeline.json``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import sys
 import threading
@@ -55,6 +60,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+import psutil
 import structlog
 
 from daemon.pipeline_plan import (
@@ -209,9 +215,7 @@ def exit_code(steps: list[StepResult]) -> int:
         return EXIT_INTERRUPTED
     if "failed" in outcomes:
         return EXIT_FAILED
-    if any(s.outcome == "refused" and s.name != "deploy" for s in steps):
-        return EXIT_REFUSED
-    return EXIT_OK
+    return EXIT_OK  # a deploy refused by its gates is the deployer working as intended
 
 
 @dataclass
@@ -235,7 +239,6 @@ class PipelineResult:
         return {
             EXIT_OK: "ok",
             EXIT_FAILED: "failed",
-            EXIT_REFUSED: "refused",
             EXIT_INTERRUPTED: "interrupted",
         }.get(self.exit_code, "failed")
 
@@ -287,6 +290,40 @@ def write_state(root: Path, data: dict[str, Any]) -> None:
         log.warning("pipeline_state_write_failed", error=str(exc))
 
 
+def stop_stale_workers(root: Path, timeout_s: float) -> list[int]:
+    """Stop the workers of a pipeline that died without stopping them (SIGKILL, power loss).
+
+    Call it holding the pipeline lock (so the pipeline that recorded them is gone). Only
+    workers listed in a ``state: running`` ``run/pipeline.json`` whose pid AND create time
+    still match are stopped (SIGTERM to the process group, SIGKILL after ``timeout_s``);
+    a reused pid is left alone. Returns the pids stopped.
+    """
+    from daemon.children import stop_process_group
+
+    try:
+        doc = json.loads(result_path(root).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(doc, dict) or doc.get("state") != "running":
+        return []
+    stopped = []
+    for w in (doc.get("training") or {}).get("workers") or []:
+        pid, ctime = w.get("pid"), w.get("create_time")
+        if not isinstance(pid, int) or not isinstance(ctime, (int, float)):
+            continue
+        try:
+            if abs(psutil.Process(pid).create_time() - ctime) > 0.01:
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        if stop_process_group(pid, ctime, timeout_s):
+            log.warning(
+                "stale_worker_stopped", worker=w.get("name"), worker_pid=pid, pipeline_pid=doc.get("pid")
+            )
+            stopped.append(pid)
+    return stopped
+
+
 def run_pipeline(
     plan: Plan,
     stop: threading.Event | None = None,
@@ -313,6 +350,8 @@ def run_pipeline(
     plan.root.mkdir(parents=True, exist_ok=True)
     check_free(plan.root, plan.mode)
     with pipeline_lock(plan.root):
+        for pid in stop_stale_workers(plan.root, plan.config.restart.stop_timeout_s):
+            say(f"stopped worker pid {pid} left running by a pipeline that died")
         result = PipelineResult(plan.mode, plan.study, plan.root, plan.storage, time.time())
         log.info("pipeline_started", mode=plan.mode, study=plan.study, steps=list(plan.steps))
 
@@ -342,7 +381,7 @@ def run_pipeline(
             result.steps.append(step)
             log.info("step_done", step=name, outcome=step.outcome, detail=step.detail)
             say(f"{name}: {step.outcome}: {step.detail}")
-            if step.outcome in ("failed", "interrupted") or (step.outcome == "refused" and name != "deploy"):
+            if step.outcome in ("failed", "interrupted"):
                 stopped = True
         if stop.is_set() and not any(s.outcome == "interrupted" for s in result.steps):
             done = [s for s in result.steps if s.outcome != "skipped"]

@@ -203,15 +203,15 @@ class Training:
         }
         if before >= plan.trials:
             return self._result("ok", f"study already has {before} >= {plan.trials} finished trials", figures)
-        for spec in specs:
-            child = Child(spec, plan.root / "logs")
-            self.workers[spec.name] = _Worker(child, before)
-            child.start()
-            log.info("worker_started", worker=spec.name, worker_pid=child.pid, study=plan.study)
-        self.progress(f"training: {len(specs)} workers started, {before}/{plan.trials} finished trials")
-        self.on_change(self.state())
         last_stats, last_seen = 0.0, before
         try:
+            for spec in specs:
+                child = Child(spec, plan.root / "logs")
+                self.workers[spec.name] = _Worker(child, before)
+                child.start()
+                log.info("worker_started", worker=spec.name, worker_pid=child.pid, study=plan.study)
+            self.progress(f"training: {len(specs)} worker(s) started, {before}/{plan.trials} finished trials")
+            self.on_change(self.state())
             while not self.stop.is_set():
                 now = time.monotonic()
                 if now - last_stats >= STATS_EVERY_S:

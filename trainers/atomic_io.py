@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     """Write a file atomically: temp file in the same folder, fsync, ``os.replace``,
-    fsync the folder. Readers see the old file or the new one, never half of one."""
+    fsync the folder. Readers see the old file or the new one, never half of one.
+    ``mode``: permissions of the new file (``mkstemp`` would leave 0600); secrets are
+    never written with this function."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -48,6 +48,11 @@ class Started:
         self.roots: list[Path] = []
         self.pids: dict[int, float] = {}
 
+    def watch(self, root: Path) -> Path:
+        """Clean up the workers that ``root``'s ``run/pipeline.json`` names, whatever happens."""
+        self.roots.append(root)
+        return root
+
     def popen(self, root: Path, *args: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", "pipeline", "--root", str(root), *args],
@@ -183,7 +188,7 @@ def _wait(what: str, check: Any, proc: subprocess.Popen[str] | None = None) -> A
 def test_training_runs_workers_until_the_study_has_n_finished_trials(
     tmp_path: Path, started: Started
 ) -> None:
-    root = tmp_path / "root"
+    root = started.watch(tmp_path / "root")
     cfg = _config(tmp_path, root)
     res = _pipeline(cfg, "--mode", "training", "--workers", "2", "--trials", "3", "--study", "fresh")
     started.remember(root)
@@ -279,7 +284,7 @@ def test_deploy_mode_refused_by_a_gate_exits_0_with_its_reasons(
 def test_full_mode_cleans_trains_archives_and_deploys_in_order(
     trained_study: TrainedStudy, tmp_path: Path, started: Started
 ) -> None:
-    root = _copy(trained_study, tmp_path)
+    root = started.watch(_copy(trained_study, tmp_path))
     study = trained_study.study_name
     (root / ".current_study").write_text(study + "\n")
     old_log = root / "logs" / "old-job.out"
@@ -340,21 +345,34 @@ def test_a_failed_step_stops_the_pipeline_with_exit_1(trained_study: TrainedStud
 
 
 # --------------------------------------------------------------------------- signals
-def _training_running(root: Path, study: str, n_workers: int) -> list[dict[str, Any]] | None:
-    """The workers of a running pipeline once each is up and a trial is RUNNING."""
+def _training_running(root: Path, study: str, n_workers: int) -> tuple[list[dict[str, Any]], set[int]] | None:
+    """The workers of a running pipeline and the RUNNING trials, once each worker is up and
+    a trial runs."""
     doc = _doc(root)
     workers = _workers(doc) if doc.get("state") == "running" else []
     if len(workers) != n_workers:
         return None
-    return workers if any(t.state == TrialState.RUNNING for t in trials(root, study)) else None
+    running = _running_trials(root, study)
+    return (workers, running) if running else None
 
 
-def _assert_stopped_gracefully(root: Path, study: str, workers: list[dict[str, Any]]) -> None:
+def _running_trials(root: Path, study: str) -> set[int]:
+    return {t.number for t in trials(root, study) if t.state == TrialState.RUNNING}
+
+
+def _assert_stopped_gracefully(
+    root: Path, study: str, workers: list[dict[str, Any]], were_running: set[int]
+) -> None:
+    """Workers gone; no trial left RUNNING; each trial that was running ended FAIL and was
+    re-queued (WAITING), or completed when the stop came in its last fold."""
+    assert were_running
     assert all(proc_gone(w["pid"], w["create_time"]) for w in workers)
-    states = [t.state for t in trials(root, study)]
-    assert TrialState.RUNNING not in states
-    assert TrialState.FAIL in states  # the interrupted trials ended FAIL ...
-    assert TrialState.WAITING in states  # ... and were re-queued
+    by_number = {t.number: t for t in trials(root, study)}
+    assert TrialState.RUNNING not in {t.state for t in by_number.values()}
+    ended = {n: by_number[n].state for n in were_running}
+    assert set(ended.values()) <= {TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED}, ended
+    failed = sum(1 for state in ended.values() if state == TrialState.FAIL)
+    assert sum(1 for t in by_number.values() if t.state == TrialState.WAITING) >= failed
 
 
 @pytest.mark.slow
@@ -365,7 +383,8 @@ def test_ctrl_c_during_training_stops_the_workers_and_exits_130(tmp_path: Path, 
     proc = started.popen(
         root, "--config", str(cfg), "--mode", "training", "--workers", "2", "--trials", "500"
     )
-    workers = _wait("both workers up and a trial running", lambda: _training_running(root, "s", 2), proc)
+    up = _wait("both workers up and a trial running", lambda: _training_running(root, "s", 2), proc)
+    workers, were_running = up
     started.remember(root)
     os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground process group
     out, err = proc.communicate(timeout=WAIT_SECONDS)
@@ -373,9 +392,28 @@ def test_ctrl_c_during_training_stops_the_workers_and_exits_130(tmp_path: Path, 
     assert proc.returncode == 130, out + err
     assert _summary_rows(out) == [("training", "interrupted")]
     assert "result: interrupted (exit 130)" in out
-    _assert_stopped_gracefully(root, "s", workers)
+    _assert_stopped_gracefully(root, "s", workers, were_running)
     doc = _doc(root)
     assert doc["state"] == "finished" and doc["exit_code"] == 130 and doc["study"] == "s"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_next_pipeline_stops_workers_left_by_a_killed_one(tmp_path: Path, started: Started) -> None:
+    root = started.watch(tmp_path / "root")
+    cfg = _config(tmp_path, root)
+    proc = started.popen(root, "--config", str(cfg), "--mode", "training", "--workers", "1", "--study", "k")
+    up = _wait("the worker up and a trial running", lambda: _training_running(root, "k", 1), proc)
+    workers, were_running = up
+    started.remember(root)
+    os.kill(proc.pid, signal.SIGKILL)  # no chance to stop its workers
+    proc.communicate(timeout=60)
+    assert not proc_gone(workers[0]["pid"], workers[0]["create_time"])  # orphaned, still training
+
+    res = _pipeline(cfg, "--mode", "archive", "--study", "k")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"stopped worker pid {workers[0]['pid']}" in res.stderr
+    _assert_stopped_gracefully(root, "k", workers, were_running)
 
 
 # --------------------------------------------------------------------------- background
@@ -384,11 +422,10 @@ def test_ctrl_c_during_training_stops_the_workers_and_exits_130(tmp_path: Path, 
 def test_background_runs_detached_and_sigterm_leaves_the_summary_in_pipeline_json(
     tmp_path: Path, started: Started
 ) -> None:
-    root = tmp_path / "root"
+    root = started.watch(tmp_path / "root")
     cfg = _config(tmp_path, root)
-    res = _pipeline(
-        cfg, "--mode", "training", "--workers", "1", "--trials", "500", "--study", "bg", timeout=120
-    )
+    args = ("--mode", "training", "--workers", "1", "--trials", "500", "--study", "bg", "--background")
+    res = _pipeline(cfg, *args, timeout=120)
     started.remember(root)
     assert res.returncode == 0, res.stdout + res.stderr
     pid = int(res.stdout.split("pid ")[1].split()[0])
@@ -397,14 +434,15 @@ def test_background_runs_detached_and_sigterm_leaves_the_summary_in_pipeline_jso
     assert os.getsid(pid) == pid  # its own session: outlives the terminal that started it
     assert _doc(root)["pid"] == pid
 
-    workers = _wait("the worker up and a trial running", lambda: _training_running(root, "bg", 1))
+    up = _wait("the worker up and a trial running", lambda: _training_running(root, "bg", 1))
+    workers, were_running = up
     started.remember(root)
     os.kill(pid, signal.SIGTERM)
     doc = _wait("the final summary", lambda: (d := _doc(root)).get("state") == "finished" and d)
     assert doc["pid"] == pid and doc["exit_code"] == 130
     assert _steps(doc) == [("training", "interrupted")]
     _wait("the background pipeline to exit", lambda: proc_gone(pid))
-    _assert_stopped_gracefully(root, "bg", workers)
+    _assert_stopped_gracefully(root, "bg", workers, were_running)
     log_text = (root / "logs" / "pipeline.log").read_text()
     assert "result: interrupted (exit 130)" in log_text  # the summary went to the log too
 
