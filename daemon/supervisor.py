@@ -546,6 +546,14 @@ class Supervisor:
         self.root.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         try:
+            from daemon.pipeline import lock_holder
+
+            holder = lock_holder(run_dir(self.root) / "pipeline.lock")
+            if holder is not None:
+                raise SupervisorError(
+                    f"a `cappuccino pipeline` run (pid {holder}) owns the workers on this root; "
+                    "wait for it or stop it first"
+                )
             return self._run_locked()
         finally:
             self.lock.release()
