@@ -76,9 +76,9 @@ from ensemble.selection import (
     create_engine,
     locate_bundle,
     rank_trials,
+    verify_bundle,
 )
 from trainers.atomic_io import atomic_write_bytes
-from trainers.bundle import BundleError, load_bundle, read_meta, sha256_file
 from trainers.naming import GRADES, grade_at_least, grade_for
 from trainers.storage import default_storage_url
 
@@ -252,31 +252,6 @@ def _load_entries(arch: Path, root: Path, log: Any) -> dict[str, ArchiveEntry]:
     return entries
 
 
-def _verify(trial: RankedTrial, directory: Path, where: str, sha256: str) -> dict[str, Any]:
-    """Hash, identity and loadability of a located bundle; its ``model.json``."""
-    digest = sha256_file(directory / ACTOR_FILE)
-    if digest != sha256:
-        raise BundleSkip(
-            "hash", f"{where}: {ACTOR_FILE} sha256 {digest[:12]}… is not the trial's {sha256[:12]}…"
-        )
-    try:
-        meta = read_meta(directory)
-    except BundleError as exc:
-        raise BundleSkip("invalid", str(exc)) from None
-    claimed = (meta.get("study"), meta.get("trial_id"), meta.get("actor_sha256"))
-    if claimed != (trial.study, trial.trial_id, sha256):
-        raise BundleSkip(
-            "identity",
-            f"{where}: model.json is study {claimed[0]!r} trial id {claimed[1]}, "
-            f"not study {trial.study!r} trial id {trial.trial_id}",
-        )
-    try:
-        load_bundle(directory, None, expect_sha256=sha256)
-    except BundleError as exc:
-        raise BundleSkip("invalid", str(exc)) from None
-    return meta
-
-
 def _write_model(arch: Path, name: str, bundle_dir: Path, sha256: str, files: dict[str, bytes]) -> None:
     """Write one archived model: a temp folder in ``arch`` renamed to ``arch/name`` (a
     damaged folder of that name is moved aside first and removed after)."""
@@ -414,7 +389,7 @@ def _archive_trial(
                 return
             old = entries[name]
         bundle_dir, source, where = locate_bundle(trial, root, staging, root / "ensemble", sha256)
-        meta = _verify(trial, bundle_dir, where, sha256)
+        meta = verify_bundle(trial, bundle_dir, where, sha256, None)
         vin = str(trial.user_attrs.get("vin") or meta.get("vin") or "")
         if not _SAFE_NAME.match(vin):
             raise BundleSkip("vin", f"VIN {vin!r} is not a usable folder name")

@@ -427,16 +427,16 @@ def locate_bundle(
     raise BundleSkip("missing", "no bundle: " + "; ".join(tried))
 
 
-def _verify(
-    trial: RankedTrial, pipeline: PipelineSpec, root: Path, staging_dir: Path, ensemble_dir: Path | None
-) -> SelectedTrial:
-    """Locate and verify one trial's bundle; raises :class:`BundleSkip` with the reason."""
-    sha256 = trial.user_attrs.get("actor_sha256")
-    if not isinstance(sha256, str) or not _SHA256.match(sha256):
-        raise BundleSkip("missing", "the trial has no actor_sha256 attribute (no bundle was saved)")
-    directory, source, where = locate_bundle(trial, root, staging_dir, ensemble_dir, sha256)
-    if not (directory / ACTOR_FILE).is_file():
-        raise BundleSkip("missing", f"{where}: no {ACTOR_FILE}")
+def verify_bundle(
+    trial: RankedTrial, directory: Path, where: str, sha256: str, pipeline: PipelineSpec | None
+) -> dict[str, Any]:
+    """Check a located bundle against its trial: sha256 of ``actor.pth``, ``model.json``
+    naming the same study, trial id and hash, the observation spec against ``pipeline``
+    (when given), and that the weights load. Returns ``model.json``.
+
+    Raises:
+        BundleSkip: with the reason (``hash``, ``invalid``, ``identity``, ``spec``).
+    """
     digest = sha256_file(directory / ACTOR_FILE)
     if digest != sha256:
         raise BundleSkip(
@@ -454,14 +454,29 @@ def _verify(
             f"{where}: model.json is study {claimed[0]!r} trial id {claimed[1]} "
             f"sha256 {str(claimed[2])[:12]}…, not study {trial.study!r} trial id {trial.trial_id}",
         )
-    try:
-        pipeline.check(spec, where)
-    except BundleError as exc:
-        raise BundleSkip("spec", str(exc)) from None
+    if pipeline is not None:
+        try:
+            pipeline.check(spec, where)
+        except BundleError as exc:
+            raise BundleSkip("spec", str(exc)) from None
     try:
         load_bundle(directory, pipeline, expect_sha256=sha256)
     except BundleError as exc:
         raise BundleSkip("invalid", str(exc)) from None
+    return meta
+
+
+def _verify(
+    trial: RankedTrial, pipeline: PipelineSpec, root: Path, staging_dir: Path, ensemble_dir: Path | None
+) -> SelectedTrial:
+    """Locate and verify one trial's bundle; raises :class:`BundleSkip` with the reason."""
+    sha256 = trial.user_attrs.get("actor_sha256")
+    if not isinstance(sha256, str) or not _SHA256.match(sha256):
+        raise BundleSkip("missing", "the trial has no actor_sha256 attribute (no bundle was saved)")
+    directory, source, where = locate_bundle(trial, root, staging_dir, ensemble_dir, sha256)
+    if not (directory / ACTOR_FILE).is_file():
+        raise BundleSkip("missing", f"{where}: no {ACTOR_FILE}")
+    meta = verify_bundle(trial, directory, where, sha256, pipeline)
     return SelectedTrial(trial, directory, source, meta)
 
 
