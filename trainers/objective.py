@@ -31,6 +31,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 
 from trainers.accounting import DEFAULT_FEE, DEFAULT_MIN_CASH, Costs
 from trainers.actor import Actor, actor_state_from_sb3
@@ -201,6 +202,9 @@ def train_fold(
         seed,
     )
     model = PPO("MlpPolicy", env, **ppo_kwargs(params, config, seed))
+    # SB3's default logger creates an empty SB3-<time> folder in the temp dir on every
+    # learn(); over a campaign that is thousands of folders. Log nowhere instead.
+    model.set_logger(Logger(folder=None, output_formats=[]))
     model.learn(total_timesteps=config.budget_steps, callback=_TrainingCallback(stop, heartbeat))
     if stop is not None and stop.is_set():
         raise TrialFailed(f"stopped during fold {fold.index} training")
