@@ -18,10 +18,11 @@ from rich.live import Live
 from rich.table import Table
 
 from daemon.cmd_study import write_current_study
-from daemon.config import ConfigError, load_config, read_current_study
+from daemon.config import ConfigError, load_config
 from daemon.preflight import run_checks
 from daemon.status_file import ensemble_summary
 from daemon.study_stats import study_stats
+from trainers.current_study import read_current_study
 
 console = Console()
 

@@ -9,28 +9,9 @@ import typer
 from ensemble.selection import DEFAULT_TOP_N, SelectionError
 from ensemble.sync import SyncError, SyncResult, sync_ensemble
 from trainers.bundle import PipelineSpec
+from trainers.current_study import require_current_study
 from trainers.data import DataError, dataset_symbols
 from trainers.storage import default_storage_url
-
-CURRENT_STUDY_FILE = ".current_study"
-
-
-def read_current_study(root: Path) -> str:
-    """The study name in ``<root>/.current_study``.
-
-    Raises:
-        ValueError: the file is missing, unreadable or empty.
-    """
-    path = root / CURRENT_STUDY_FILE
-    try:
-        name = path.read_text().strip()
-    except FileNotFoundError:
-        raise ValueError(f"no --study given and {path} does not exist (run sync_training_study)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read ({exc})") from None
-    if not name:
-        raise ValueError(f"{path} is empty; write the study name into it or pass --study")
-    return name
 
 
 def format_result(result: SyncResult) -> str:
@@ -60,7 +41,7 @@ def sync(
 ) -> None:
     """Sync the ensemble with the top-N COMPLETE trials of the study, once."""
     try:
-        name = study or read_current_study(root)
+        name = study or require_current_study(root)
         wanted = (
             [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else dataset_symbols(data)
         )

@@ -288,12 +288,3 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def read_current_study(root: Path) -> str | None:
-    """Content of ``<root>/.current_study`` (stripped), or None when absent/empty."""
-    try:
-        name = (root / ".current_study").read_text().strip()
-    except FileNotFoundError:
-        return None
-    return name or None

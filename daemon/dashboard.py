@@ -25,11 +25,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from daemon.cmd_supervise import supervisor_pid
-from daemon.config import read_current_study
 from daemon.ledger_view import LedgerReadError, ledger_path, ledger_summary
 from daemon.monitor import MonitorError, compute_monitor
 from ensemble.manifest import MANIFEST_FILE, ManifestError, read_manifest
 from ensemble.selection import SelectionError, create_engine, rank_trials
+from trainers.current_study import read_current_study
 
 TOP_N = 10
 

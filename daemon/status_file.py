@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from daemon.config import read_current_study
 from daemon.study_stats import study_stats
+from trainers.current_study import read_current_study
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

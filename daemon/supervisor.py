@@ -27,11 +27,12 @@ import psutil
 import structlog
 
 from daemon.children import Child, ChildSpec, RestartPolicy, stop_process_group
-from daemon.config import Config, load_config, read_current_study
+from daemon.config import Config, load_config
 from daemon.jobs import JobRunner
 from daemon.sdnotify import Notifier
 from daemon.status_file import build_status
 from trainers.atomic_io import atomic_write_json
+from trainers.current_study import read_current_study
 from trainers.heartbeat import heartbeat_path
 from trainers.logs import configure_logging
 from trainers.storage import default_storage_url

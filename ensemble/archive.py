@@ -78,14 +78,14 @@ from ensemble.selection import (
     rank_trials,
     verify_bundle,
 )
-from trainers.atomic_io import atomic_write_bytes
+from trainers.atomic_io import atomic_write_bytes, fsync_dir
+from trainers.current_study import require_current_study
 from trainers.naming import GRADES, grade_at_least, grade_for
 from trainers.storage import default_storage_url
 
 DEFAULT_TOP_PERCENT = 10.0
 DEFAULT_MIN_GRADE = "A"
 LOCK_FILE = ".archive.lock"
-CURRENT_STUDY_FILE = ".current_study"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
@@ -178,24 +178,6 @@ def allocate_dir(vin: str, trial_number: int, taken: set[str]) -> str:
     return f"{vin}-T{trial_number}-{k}"
 
 
-def read_current_study(root: Path) -> str:
-    """The study named in ``<root>/.current_study``.
-
-    Raises:
-        ArchiveError: the file is missing, unreadable or empty.
-    """
-    path = root / CURRENT_STUDY_FILE
-    try:
-        name = path.read_text().strip()
-    except FileNotFoundError:
-        raise ArchiveError(f"{path}: missing; pass --study or write the study name there") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArchiveError(f"{path}: cannot read ({exc})") from None
-    if not name:
-        raise ArchiveError(f"{path}: empty; pass --study or write the study name there")
-    return name
-
-
 def trial_grade(trial: RankedTrial) -> str:
     """The trial's ``grade`` attribute, or the default grade of its value when it has none."""
     grade = trial.user_attrs.get("grade")
@@ -213,14 +195,6 @@ def _archive_lock(directory: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -271,7 +245,7 @@ def _write_model(arch: Path, name: str, bundle_dir: Path, sha256: str, files: di
             trash = Path(tempfile.mkdtemp(prefix=f".trash-{name}-", dir=arch))
             os.rename(final, trash)
         os.rename(tmp, final)
-        _fsync_dir(arch)
+        fsync_dir(arch)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
     except BaseException:
@@ -322,7 +296,10 @@ def run_archive(
     root = Path(root)
     if not root.is_dir():
         raise ArchiveError(f"{root}: the runtime root does not exist (check --root / CAPPUCCINO_ROOT)")
-    name = study or read_current_study(root)
+    try:
+        name = study or require_current_study(root)
+    except ValueError as exc:
+        raise ArchiveError(str(exc)) from None
     log = log or structlog.get_logger("ensemble.archive").bind(
         component="archive", study=name, pid=os.getpid()
     )

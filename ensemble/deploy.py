@@ -59,13 +59,13 @@ from ensemble.deploy_slot import (
     swap_previous,
 )
 from trainers.bundle import PipelineSpec
+from trainers.current_study import require_current_study
 from trainers.data import DataError, load_panel
 from trainers.features import compute_features
 from trainers.storage import default_storage_url, make_storage
 
 log = logging.getLogger(__name__)
 
-CURRENT_STUDY_FILE = ".current_study"
 DEPLOY_LOG_FILE = "deploy_log.jsonl"
 LOCK_FILE = ".deploy.lock"
 
@@ -159,24 +159,6 @@ def _fmt(value: float | None) -> str:
 def _summary_of(info: dict[str, Any] | None) -> dict[str, Any] | None:
     keys = ("study", "trial_number", "trial_id", "vin", "grade", "value", "sha256", "deployed_at")
     return None if info is None else {k: info.get(k) for k in keys}
-
-
-def read_current_study(root: str | Path) -> str:
-    """Name of the active study in ``<root>/.current_study``.
-
-    Raises:
-        DeployError: the file is missing or empty.
-    """
-    path = Path(root) / CURRENT_STUDY_FILE
-    try:
-        name = path.read_text().strip()
-    except FileNotFoundError:
-        raise DeployError(f"{path}: missing; pass --study or write the study name there") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DeployError(f"{path}: cannot read ({exc})") from None
-    if not name:
-        raise DeployError(f"{path}: empty; pass --study or write the study name there")
-    return name
 
 
 def redact(url: str) -> str:
@@ -346,7 +328,10 @@ def run_deploy(
             parse_cut(holdout_cut)
         except ValueError as exc:
             raise DeployError(str(exc)) from None
-    name = study or read_current_study(root)
+    try:
+        name = study or require_current_study(root)
+    except ValueError as exc:
+        raise DeployError(str(exc)) from None
     loaded = open_study(storage or default_storage_url(root), name)
     lock = contextlib.nullcontext() if dry_run else deploy_lock(root)
     with lock:

@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from trainers.atomic_io import fsync_dir
 from trainers.bundle import (
     ACTOR_FILE,
     META_FILE,
@@ -67,14 +68,6 @@ def slot_dir(root: str | Path, slot: int) -> Path:
 def previous_dir(root: str | Path, slot: int) -> Path:
     """``<root>/deployments/model_<slot>.previous``."""
     return deployments_dir(root) / f"model_{slot}.previous"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def exchange_paths(a: Path, b: Path) -> bool:
@@ -165,7 +158,7 @@ def repair_slot(root: str | Path, slot: int) -> list[str]:
             shutil.rmtree(leftover, ignore_errors=True)
             done.append(f"removed {leftover.name}")
     if done:
-        _fsync_dir(base)
+        fsync_dir(base)
     return done
 
 
@@ -216,7 +209,7 @@ def install_slot(root: str | Path, slot: int, stage: Path) -> None:
     else:
         os.rename(current, previous)
         os.rename(stage, current)  # a crash before this line is undone by repair_slot
-    _fsync_dir(base)
+    fsync_dir(base)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -242,5 +235,5 @@ def swap_previous(root: str | Path, slot: int) -> dict[str, Any]:
         os.rename(previous, current)
         os.rename(aside, previous)
         shutil.rmtree(aside.parent, ignore_errors=True)
-    _fsync_dir(base)
+    fsync_dir(base)
     return info

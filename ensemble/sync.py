@@ -41,6 +41,7 @@ from ensemble.manifest import (
     write_manifest,
 )
 from ensemble.selection import DEFAULT_TOP_N, SelectedTrial, SkippedTrial, select_top_n
+from trainers.atomic_io import fsync_dir
 from trainers.bundle import ACTOR_FILE, META_FILE, PipelineSpec, sha256_file
 
 ENSEMBLE_DIR = "ensemble"
@@ -97,14 +98,6 @@ def _sync_lock(directory: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def member_is_intact(directory: Path, sha256: str) -> bool:
     """Whether a member directory holds ``model.json`` and an ``actor.pth`` of this sha256."""
     actor = directory / ACTOR_FILE
@@ -127,7 +120,7 @@ def _write_member(ens: Path, chosen: SelectedTrial) -> str:
         if sha256_file(tmp / ACTOR_FILE) != chosen.sha256:
             raise SyncError(f"{chosen.bundle_dir}: {ACTOR_FILE} changed while it was copied; run sync again")
         tmp.chmod(0o755)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -229,7 +222,7 @@ def _sync_locked(
             )
         added = [_write_member(ens, s) for s in selection.selected if not intact[s.trial.trial_id]]
         if added:
-            _fsync_dir(ens)
+            fsync_dir(ens)
         members = [
             Member(
                 slot=i,

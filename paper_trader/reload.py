@@ -52,8 +52,8 @@ from watchdog.observers import Observer
 from ensemble.manifest import MANIFEST_FILE, RELOAD_FILE
 from ensemble.policy import EnsembleError, EnsemblePolicy
 from trainers.bundle import PipelineSpec
+from trainers.current_study import read_current_study
 
-CURRENT_STUDY_FILE = ".current_study"
 ENSEMBLE_DIR = "ensemble"
 
 _WAKE_EVENT = b"e"  # a file event or a generation change seen by check_generation
@@ -93,15 +93,6 @@ def peek_generation(path: Path) -> int | None:
         return None
     match = _GENERATION_RE.search(raw)
     return int(match.group(1)) if match else None
-
-
-def read_current_study(root: Path) -> str | None:
-    """Content of ``<root>/.current_study`` (stripped), or None if the file is missing or empty."""
-    try:
-        name = (root / CURRENT_STUDY_FILE).read_text().strip()
-    except FileNotFoundError:
-        return None
-    return name or None
 
 
 class _EnsembleDirHandler(FileSystemEventHandler):

@@ -28,11 +28,16 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dfd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """fsync a folder, so a rename or a new entry in it survives a power loss."""
+    fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(dfd)
+        os.fsync(fd)
     finally:
-        os.close(dfd)
+        os.close(fd)
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:

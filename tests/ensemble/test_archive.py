@@ -417,7 +417,7 @@ def test_cli_errors_name_the_problem_and_change_nothing(graded: Graded, tmp_path
             1,
             "no such SQLite file",
         ),
-        ([], 1, f"error: {graded.root / '.current_study'}: missing; pass --study"),
+        ([], 1, f"error: {graded.root / '.current_study'}: missing or empty; pass --study"),
         (["--study", graded.name, "--top-percent", "0"], 2, "--top-percent must be in (0, 100]"),
         (["--study", graded.name, "--top-percent", "150"], 2, "--top-percent must be in (0, 100]"),
         (["--study", graded.name, "--min-grade", "X"], 2, "--min-grade must be one of S, A, B, C, D, F"),

@@ -278,7 +278,8 @@ def test_cli_errors_are_one_line_and_leave_the_ensemble(copied: tuple[Path, str,
     no_study = runner.invoke(app, ["sync", "--root", str(root)])
     assert no_study.exit_code == 1
     assert no_study.stderr.strip().splitlines() == [
-        f"error: no --study given and {root / '.current_study'} does not exist (run sync_training_study)"
+        f"error: {root / '.current_study'}: missing or empty; "
+        "pass --study or run bin/sync_training_study NAME"
     ]
     assert not (root / "ensemble").exists()
     absent = runner.invoke(app, ["sync", "--root", str(root), "--study", "absent"])
@@ -288,7 +289,7 @@ def test_cli_errors_are_one_line_and_leave_the_ensemble(copied: tuple[Path, str,
     before = snapshot(ens)
     (root / ".current_study").write_text("\n")
     cases = [
-        (["sync", "--root", str(root)], "is empty; write the study name into it or pass --study"),
+        (["sync", "--root", str(root)], "missing or empty; pass --study"),
         (["sync", "--root", str(root), "--study", "absent"], "no study named 'absent'"),
         (["sync", "--root", str(root), "--study", study, "--symbols", "BTCUSD"], "no usable COMPLETE trial"),
         (["sync", "--root", str(root), "--study", study, "--storage", "nosuchdb://x"], "storage URL"),
