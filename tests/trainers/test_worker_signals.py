@@ -19,6 +19,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from tests.trainers._worker_proc import TINY_ARGS, reader, trials, wait_until, workers
+from trainers.search_space import PPOParams
 from trainers.storage import default_storage_url
 
 STUDY = "signals"
@@ -41,7 +42,9 @@ def _running_with_heartbeat(url: str, db: Path) -> FrozenTrial | None:
         ).fetchone()[0]
     finally:
         con.close()
-    return running[0] if beats else None
+    # wait for the whole point of the search space too, so "same parameters" is well defined
+    complete = len(running[0].params) == len(PPOParams.__dataclass_fields__)
+    return running[0] if beats and complete else None
 
 
 @pytest.mark.slow
@@ -69,7 +72,7 @@ def test_sigkill_mid_trial_fails_and_retries_the_trial(tmp_path: Path) -> None:
     failed, retry = after
     assert failed.number == killed.number
     assert retry.system_attrs["failed_trial"] == killed.number
-    assert retry.params == killed.params
+    assert retry.params == killed.params == failed.params
     assert retry.user_attrs["vin"] and retry.user_attrs.get("fail_reason") is None
     assert not any(t.state == TrialState.RUNNING for t in after)
 
