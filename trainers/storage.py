@@ -133,9 +133,12 @@ def make_storage(
         return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
 
 
-def retry_failed_trial(study: optuna.Study, trial_number: int, max_retry: int = MAX_RETRY) -> None:
-    """Re-queue a trial that this worker failed itself (e.g. on SIGTERM) with Optuna's own
-    :class:`RetryHeartbeatStaleTrialCallback`, so the retry limit is shared with stale trials."""
+def retry_failed_trial(study: optuna.Study, trial_number: int, max_retry: int | None = None) -> None:
+    """Re-queue a trial that this worker failed itself because it was asked to stop
+    (SIGTERM), with Optuna's own :class:`RetryHeartbeatStaleTrialCallback` (the retry is
+    recorded in the same ``retry_history``). A stop is not the trial's fault, so by default
+    it does not count against the retry limit: a retry that a stopping worker picked up and
+    failed at once is re-queued again rather than lost."""
     trial = study._storage.get_trial(
         study._storage.get_trial_id_from_study_id_trial_number(study._study_id, trial_number)
     )

@@ -5,8 +5,8 @@ Optuna RDB storage with heartbeats and a stale-trial retry callback (see
 :mod:`trainers.storage`). Stops when the study has ``--n-trials`` finished (complete or
 pruned) trials, or after ``--max-trials-per-process`` trials of its own (the supervisor
 starts it afresh, which bounds memory growth). SIGTERM/SIGINT: the current trial stops at
-its next step and ends as FAIL (re-queued once), unless it is in its last fold, which
-finishes; the process then exits 0.
+its next step and ends as FAIL, re-queued with the same parameters (a stop does not use up
+its one retry), unless it is in its last fold, which finishes; the process then exits 0.
 """
 
 from __future__ import annotations
