@@ -35,7 +35,6 @@ One archive run at a time: ``trial_archive/.archive.lock`` is held with ``flock`
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -43,8 +42,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,7 +76,7 @@ from ensemble.selection import (
     rank_trials,
     verify_bundle,
 )
-from trainers.atomic_io import atomic_write_bytes, fsync_dir
+from trainers.atomic_io import atomic_write_bytes, exclusive_lock, fsync_dir
 from trainers.current_study import require_current_study
 from trainers.naming import GRADES, grade_at_least, grade_for
 from trainers.storage import default_storage_url
@@ -184,17 +182,9 @@ def trial_grade(trial: RankedTrial) -> str:
     return grade if isinstance(grade, str) and grade in GRADES else grade_for(trial.value)
 
 
-@contextmanager
-def _archive_lock(directory: Path) -> Iterator[None]:
-    with open(directory / LOCK_FILE, "a+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ArchiveBusy(f"{directory / LOCK_FILE}: another archive run is in progress") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+def _archive_lock(directory: Path) -> AbstractContextManager[None]:
+    path = directory / LOCK_FILE
+    return exclusive_lock(path, lambda: ArchiveBusy(f"{path}: another archive run is in progress"))
 
 
 def _json_bytes(data: Any) -> bytes:

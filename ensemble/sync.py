@@ -17,12 +17,10 @@ One sync at a time: ``ensemble/.sync.lock`` is held with ``flock`` for the durat
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ from ensemble.manifest import (
     write_manifest,
 )
 from ensemble.selection import DEFAULT_TOP_N, SelectedTrial, SkippedTrial, select_top_n
-from trainers.atomic_io import fsync_dir
+from trainers.atomic_io import exclusive_lock, fsync_dir
 from trainers.bundle import ACTOR_FILE, META_FILE, PipelineSpec, sha256_file
 
 ENSEMBLE_DIR = "ensemble"
@@ -85,17 +83,9 @@ def ensemble_dir(root: str | Path) -> Path:
     return Path(root) / ENSEMBLE_DIR
 
 
-@contextmanager
-def _sync_lock(directory: Path) -> Iterator[None]:
-    with open(directory / LOCK_FILE, "a+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SyncBusy(f"{directory / LOCK_FILE}: another sync is running; try again later") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+def _sync_lock(directory: Path) -> AbstractContextManager[None]:
+    path = directory / LOCK_FILE
+    return exclusive_lock(path, lambda: SyncBusy(f"{path}: another sync is running; try again later"))
 
 
 def member_is_intact(directory: Path, sha256: str) -> bool:

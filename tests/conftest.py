@@ -4,11 +4,15 @@ paper-trader tests)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import psycopg
 import pytest
 import torch
 
@@ -52,3 +56,23 @@ def trained_study(tmp_path_factory: pytest.TempPathFactory, study_data: StudyDat
     study = create_study(make_storage(url, heartbeat_interval=None), "fixture_study", seed=0)
     study.optimize(Objective(study_data, TINY, root), n_trials=3)
     return TrainedStudy(root, url, "fixture_study")
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A uniquely named database on the PostgreSQL server at 127.0.0.1:5432 (user postgres,
+    trust auth), dropped afterwards. Yields its ``postgresql://`` URL."""
+    name = f"cappuccino_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """:func:`postgres_database` as a fixture."""
+    with postgres_database() as url:
+        yield url

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +46,22 @@ def fsync_dir(directory: str | Path) -> None:
 def atomic_write_json(path: str | Path, data: Any) -> None:
     """:func:`atomic_write_bytes` of pretty-printed JSON."""
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, busy: Callable[[], Exception]) -> Iterator[None]:
+    """Hold a non-blocking exclusive ``flock`` on ``path`` (created if missing) for the
+    ``with`` block; one run at a time per file, released even if the holder dies.
+
+    Raises:
+        the exception ``busy()`` returns, when another process holds the lock.
+    """
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy() from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

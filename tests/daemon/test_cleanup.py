@@ -9,13 +9,10 @@ import shutil
 import sqlite3
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import psycopg
 import pytest
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
@@ -388,18 +385,6 @@ def test_bad_arguments_and_missing_storage_are_clear_errors(tmp_path: Path) -> N
     assert not (tmp_path / "optuna.db").exists()  # never created
     with pytest.raises(CleanupError, match="keep_top"):
         run_cleanup(tmp_path, default_storage_url(tmp_path), keep_top=0)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A uniquely named PostgreSQL database on 127.0.0.1:5432, dropped afterwards."""
-    name = f"cappuccino_cleanup_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.postgres

@@ -5,14 +5,11 @@ real status files; the monitor -> alerts -> webhook path end to end."""
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import optuna
-import psycopg
 import pytest
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
@@ -133,18 +130,6 @@ def test_figures_match_optuna(
     tmp_path: Path, at: datetime, direction: str, history: int, stagnation: int
 ) -> None:
     check_figures(f"sqlite:///{tmp_path / 'mon.db'}", "s", at, direction, history, stagnation)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A uniquely named PostgreSQL database on 127.0.0.1:5432, dropped afterwards."""
-    name = f"cappuccino_monitor_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.postgres

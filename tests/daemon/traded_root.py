@@ -9,14 +9,13 @@ import contextlib
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
-import psycopg
 from optuna.trial import TrialState
 
+from tests.conftest import postgres_database
 from tests.daemon._supervisor_proc import REPO, clean_env
 from trainers.storage import make_storage
 
@@ -54,11 +53,7 @@ def pg_study(study: str, values: list[float | None]) -> Iterator[str]:
     """A database of its own on the PostgreSQL server (127.0.0.1:5432, user postgres) holding
     a real Optuna study: one COMPLETE trial per value (VIN ``PPO-T-PG-<number>``), a FAIL
     trial per None. Yields its ``postgresql://`` URL; the database is dropped afterwards."""
-    name = f"cappuccino_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    try:
+    with postgres_database() as url:
         storage = make_storage(url, heartbeat_interval=None)
         s = optuna.create_study(storage=storage, study_name=study, direction="maximize")
         for value in values:
@@ -71,8 +66,3 @@ def pg_study(study: str, values: list[float | None]) -> Iterator[str]:
             s.tell(trial, value)
         storage.engine.dispose()
         yield url
-    finally:
-        with psycopg.connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True
-        ) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

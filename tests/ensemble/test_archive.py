@@ -8,14 +8,11 @@ import json
 import re
 import shutil
 import statistics
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
-import psycopg
 import pytest
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
@@ -469,18 +466,6 @@ def test_unknown_study_raises_before_touching_the_root(graded: Graded) -> None:
     with pytest.raises(SelectionError, match="no study named 'absent'"):
         run_archive(graded.root, graded.url, "absent")
     assert not graded.arch.exists()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A uniquely named PostgreSQL database on 127.0.0.1:5432, dropped afterwards."""
-    name = f"cappuccino_archive_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.postgres

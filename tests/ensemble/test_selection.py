@@ -6,12 +6,11 @@ import itertools
 import random
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
-import psycopg
 import pytest
 import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -247,18 +246,6 @@ def test_unknown_study_is_one_clear_error(tmp_path: Path) -> None:
     engine.dispose()
     with pytest.raises(SelectionError, match="storage URL"):
         create_engine("nosuchdb://x")
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A uniquely named PostgreSQL database on 127.0.0.1:5432, dropped afterwards."""
-    name = f"cappuccino_selection_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.postgres

@@ -3,17 +3,15 @@ auth), in a database of its own that is dropped afterwards."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from optuna.trial import TrialState
 
+from tests.conftest import postgres_database
 from tests.trainers._worker_proc import TINY_ARGS, open_fresh_storage_at_once, reader, trials, workers
 
-SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 STUDY = "pg_study"
 N_WORKERS = 2
 PER_WORKER = 2
@@ -21,14 +19,8 @@ PER_WORKER = 2
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    name = f"cappuccino_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(SERVER, autocommit=True) as con:
-        con.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(SERVER, autocommit=True) as con:
-            con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database() as url:
+        yield url.replace("postgresql://", "postgresql+psycopg://")
 
 
 @pytest.mark.slow
