@@ -5,7 +5,6 @@ progress view, and a summary when Ctrl-C or ``--duration`` stops it."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from importlib import resources
@@ -22,6 +21,7 @@ from daemon.config import ConfigError, load_config
 from daemon.preflight import run_checks
 from daemon.status_file import ensemble_summary
 from daemon.study_stats import study_stats
+from trainers.atomic_io import read_json_object
 from trainers.current_study import read_current_study
 
 console = Console()
@@ -30,14 +30,6 @@ console = Console()
 def quickstart_config() -> Path:
     """Path of the packaged quickstart configuration."""
     return Path(str(resources.files("daemon") / "quickstart.toml"))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def snapshot(root: Path, storage: str, study: str) -> dict[str, Any]:
@@ -49,7 +41,7 @@ def snapshot(root: Path, storage: str, study: str) -> dict[str, Any]:
     return {
         "study": stats,
         "ensemble": ensemble_summary(root) or {},
-        "trader": _read_json(root / "paper_trader" / "status.json"),
+        "trader": (read_json_object(root / "paper_trader" / "status.json") or {}),
     }
 
 

@@ -30,16 +30,9 @@ from daemon.monitor import MonitorError, compute_monitor
 from ensemble.manifest import MANIFEST_FILE, ManifestError, read_manifest
 from ensemble.selection import SelectionError, create_engine, rank_trials
 from trainers.current_study import read_current_study
+from trainers.storage import redact_url
 
 TOP_N = 10
-
-
-def redact(url: str) -> str:
-    """A storage URL with its password hidden (safe for a screen or a log)."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparsable storage URL>"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -107,7 +100,7 @@ def study_section(storage_url: str, study: str | None, stagnation_trials: int = 
         return {"study": study, "error": str(exc)}
     except sa.exc.SQLAlchemyError as exc:
         first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        return {"study": study, "error": f"storage {redact(storage_url)}: {type(exc).__name__}: {first}"}
+        return {"study": study, "error": f"storage {redact_url(storage_url)}: {type(exc).__name__}: {first}"}
 
 
 def _fold_summary(folds: Any) -> tuple[float | None, float | None]:
@@ -271,7 +264,7 @@ class Collector:
         return {
             "time": datetime.fromtimestamp(now, UTC).isoformat(),
             "root": str(self.root),
-            "storage": redact(self.storage_url),
+            "storage": redact_url(self.storage_url),
             "study": study,
             "n_trials": self.n_trials,
             "supervisor": supervisor_section(self.root, now),

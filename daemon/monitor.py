@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from daemon.alerts import Alert
+from trainers.atomic_io import read_json_object
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -218,12 +219,6 @@ def _rates(con: sa.Connection, sid: int, history: int, out: dict[str, Any]) -> N
 
 
 # --------------------------------------------------------------------------- alert conditions
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def monitor_alerts(
@@ -292,7 +287,7 @@ def monitor_alerts(
                 },
             )
         )
-    trader = _read_json(Path(root) / "paper_trader" / "status.json") or {}
+    trader = read_json_object(Path(root) / "paper_trader" / "status.json") or {}
     study = trader.get("study")
     drawdown = trader.get("drawdown")
     if isinstance(drawdown, (int, float)) and drawdown > drawdown_limit:

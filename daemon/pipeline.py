@@ -71,10 +71,10 @@ from daemon.pipeline_plan import (
     StepResult,
     first_line,
     make_plan,
-    redact,
 )
 from daemon.pipeline_steps import Training, step_archive, step_clean, step_deploy
 from trainers.atomic_io import atomic_write_json
+from trainers.storage import redact_url
 
 __all__ = [
     "EXIT_FAILED",
@@ -250,7 +250,7 @@ class PipelineResult:
             "mode": self.mode,
             "study": self.study,
             "root": str(self.root),
-            "storage": redact(self.storage),
+            "storage": redact_url(self.storage),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(end),
             "duration_s": round(end - self.started_at, 1),

@@ -157,17 +157,6 @@ class StepResult:
         }
 
 
-def redact(url: str) -> str:
-    """A storage URL with its password hidden (for the summary and logs)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable storage URL>"
-
-
 def first_line(exc: BaseException) -> str:
     """``Type: first line of the message`` of an exception (one summary line)."""
     text = str(exc).strip().splitlines()

@@ -14,7 +14,8 @@ from typing import Any
 
 import structlog
 
-from daemon.pipeline_plan import Outcome, Plan, StepResult, first_line, fmt_value, redact
+from daemon.pipeline_plan import Outcome, Plan, StepResult, first_line, fmt_value
+from trainers.storage import redact_url
 
 log = structlog.get_logger("pipeline")
 
@@ -192,7 +193,7 @@ class Training:
         try:
             sup.ensure_study()
         except Exception as exc:
-            return StepResult("training", "failed", f"storage {redact(plan.storage)}: {first_line(exc)}")
+            return StepResult("training", "failed", f"storage {redact_url(plan.storage)}: {first_line(exc)}")
         policy = sup.restart_policy()
         specs = [s for s in sup.child_specs() if s.name.startswith("worker-")]
         before = _finished(self._stats())

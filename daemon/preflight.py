@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from daemon.config import Config
-from trainers.storage import default_storage_url
+from trainers.storage import default_storage_url, redact_url
 
 REQUIRED_MODULES = (
     "torch",
@@ -99,9 +99,9 @@ def run_checks(config: Config) -> list[Check]:
         with engine.connect() as con:
             con.execute(text("SELECT 1"))
         engine.dispose()
-        checks.append(Check("storage", True, f"{_redact(url)} reachable"))
+        checks.append(Check("storage", True, f"{redact_url(url)} reachable"))
     except Exception as exc:
-        checks.append(Check("storage", False, f"{_redact(url)}: {type(exc).__name__}: {exc}"))
+        checks.append(Check("storage", False, f"{redact_url(url)}: {type(exc).__name__}: {exc}"))
     try:
         import torch
 
@@ -111,9 +111,3 @@ def run_checks(config: Config) -> list[Check]:
         detail = f"unknown ({exc})"
     checks.append(Check("gpu", None, detail))
     return checks
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

@@ -28,11 +28,11 @@ import numpy as np
 import sqlalchemy as sa
 from matplotlib.figure import Figure
 
-from daemon.dashboard import redact
 from daemon.ledger_view import EquityCurve, LedgerReadError, equity_curve, ledger_path
 from ensemble.selection import SelectionError, create_engine
 from trainers.atomic_io import atomic_write_bytes
 from trainers.naming import DEFAULT_GRADE_THRESHOLDS
+from trainers.storage import redact_url
 
 EQUITY_PNG = "equity.png"
 BEST_VALUE_PNG = "best_value.png"
@@ -94,7 +94,7 @@ def study_values(storage_url: str, study: str) -> StudyValues:
                 sa.text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": study}
             ).scalar()
             if sid is None:
-                raise ReportError(f"storage {redact(storage_url)}: no study named {study!r}")
+                raise ReportError(f"storage {redact_url(storage_url)}: no study named {study!r}")
             direction = con.execute(
                 sa.text(
                     "SELECT direction FROM study_directions WHERE study_id = :s ORDER BY objective LIMIT 1"
@@ -120,7 +120,9 @@ def study_values(storage_url: str, study: str) -> StudyValues:
             ).all()
     except sa.exc.SQLAlchemyError as exc:
         first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        raise ReportError(f"storage {redact(storage_url)}: cannot read study {study!r} ({first})") from None
+        raise ReportError(
+            f"storage {redact_url(storage_url)}: cannot read study {study!r} ({first})"
+        ) from None
     finally:
         engine.dispose()
     maximize = str(getattr(direction, "name", direction)).upper() != "MINIMIZE"

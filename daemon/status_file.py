@@ -3,25 +3,17 @@ each component owns (so ``cappuccino status`` works with the supervisor down too
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from daemon.study_stats import study_stats
+from trainers.atomic_io import read_json_object
 from trainers.current_study import read_current_study
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def ensemble_summary(root: Path) -> dict[str, Any] | None:
     """Generation, study and members of the live manifest (None when there is none)."""
-    manifest = _read_json(root / "ensemble" / "ensemble_manifest.json")
+    manifest = read_json_object(root / "ensemble" / "ensemble_manifest.json")
     if manifest is None:
         return None
     return {
@@ -48,9 +40,9 @@ def build_status(
     except Exception as exc:  # storage down: say so, keep the rest
         out["study"] = {"study": current, "error": f"{type(exc).__name__}: {exc}"}
     out["ensemble"] = ensemble_summary(root)
-    out["paper_trader"] = _read_json(root / "paper_trader" / "status.json")
+    out["paper_trader"] = read_json_object(root / "paper_trader" / "status.json")
     out["deployments"] = {
-        p.name: _read_json(p / "deployment_info.json")
+        p.name: read_json_object(p / "deployment_info.json")
         for p in sorted((root / "deployments").glob("model_*"))
         if p.is_dir() and not p.name.endswith(".previous")
     }

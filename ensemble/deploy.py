@@ -62,7 +62,7 @@ from trainers.bundle import PipelineSpec
 from trainers.current_study import require_current_study
 from trainers.data import DataError, load_panel
 from trainers.features import compute_features
-from trainers.storage import default_storage_url, make_storage
+from trainers.storage import default_storage_url, make_storage, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +161,6 @@ def _summary_of(info: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if info is None else {k: info.get(k) for k in keys}
 
 
-def redact(url: str) -> str:
-    """A storage URL with its password hidden (for messages and logs)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable storage URL>"
-
-
 def open_study(storage_url: str, study: str) -> optuna.Study:
     """Load an existing maximising study; never creates a storage or a study.
 
@@ -179,7 +171,7 @@ def open_study(storage_url: str, study: str) -> optuna.Study:
     try:
         url = make_url(storage_url)
     except ArgumentError:
-        raise DeployError(f"storage URL {redact(storage_url)!r} cannot be parsed") from None
+        raise DeployError(f"storage URL {redact_url(storage_url)!r} cannot be parsed") from None
     if url.get_backend_name() == "sqlite":
         database = url.database
         if not database or database == ":memory:" or not Path(database).is_file():
@@ -190,9 +182,9 @@ def open_study(storage_url: str, study: str) -> optuna.Study:
         storage = make_storage(storage_url, heartbeat_interval=None)
         loaded = optuna.load_study(study_name=study, storage=storage)
     except KeyError:
-        raise DeployError(f"unknown study {study!r} in storage {redact(storage_url)}") from None
+        raise DeployError(f"unknown study {study!r} in storage {redact_url(storage_url)}") from None
     except (ValueError, SQLAlchemyError) as exc:
-        raise DeployError(f"storage {redact(storage_url)}: {type(exc).__name__}: {exc}") from None
+        raise DeployError(f"storage {redact_url(storage_url)}: {type(exc).__name__}: {exc}") from None
     if loaded.direction != StudyDirection.MAXIMIZE:
         raise DeployError(f"study {study!r} is not maximising; the deployer promotes the highest value")
     return loaded

@@ -56,7 +56,7 @@ from trainers.bundle import (
     sha256_file,
     unpack_bundle,
 )
-from trainers.storage import normalize_url
+from trainers.storage import normalize_url, redact_url
 
 DEFAULT_TOP_N = 10
 SkipReason = Literal["missing", "hash", "identity", "spec", "invalid"]
@@ -179,14 +179,7 @@ def create_engine(storage_url: str) -> Engine:
             kwargs["pool_pre_ping"] = True
         return sa.create_engine(url, **kwargs)
     except (sa.exc.ArgumentError, ImportError, sa.exc.NoSuchModuleError) as exc:
-        raise SelectionError(f"storage URL {_redact(storage_url)}: {exc}") from None
-
-
-def _redact(storage_url: str) -> str:
-    try:
-        return sa.engine.make_url(storage_url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparsable URL>"
+        raise SelectionError(f"storage URL {redact_url(storage_url)}: {exc}") from None
 
 
 def _study_row(conn: sa.Connection, study: str) -> tuple[int, bool]:
@@ -315,7 +308,7 @@ def rank_trials(
                     params[int(tid)][name] = json_to_distribution(dist).to_external_repr(internal)
     except sa.exc.SQLAlchemyError as exc:
         raise SelectionError(
-            f"storage {_redact(str(engine.url))}: cannot read study {study!r} ({type(exc).__name__}: "
+            f"storage {redact_url(str(engine.url))}: cannot read study {study!r} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0]})"
         ) from None
     return [
@@ -348,7 +341,7 @@ def count_ranked(engine: Engine, study: str) -> int:
             return int(conn.execute(query).scalar_one())
     except sa.exc.SQLAlchemyError as exc:
         raise SelectionError(
-            f"storage {_redact(str(engine.url))}: cannot read study {study!r} ({type(exc).__name__}: "
+            f"storage {redact_url(str(engine.url))}: cannot read study {study!r} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0]})"
         ) from None
 

@@ -48,6 +48,16 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object written atomically by another process, or None when the file is
+    missing, unreadable or not a JSON object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 @contextmanager
 def exclusive_lock(path: str | Path, busy: Callable[[], Exception]) -> Iterator[None]:
     """Hold a non-blocking exclusive ``flock`` on ``path`` (created if missing) for the

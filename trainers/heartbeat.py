@@ -4,13 +4,12 @@ supervisor's watchdog restarts a child whose heartbeat is older than its timeout
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from trainers.atomic_io import atomic_write_json
+from trainers.atomic_io import atomic_write_json, read_json_object
 
 
 def heartbeat_path(root: Path, component: str) -> Path:
@@ -42,8 +41,4 @@ class Heartbeat:
 
 def read_heartbeat(path: Path) -> dict[str, Any] | None:
     """The heartbeat's content, or None when missing or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_object(path)

@@ -44,6 +44,14 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def redact_url(url: str) -> str:
+    """A storage URL with its password hidden, safe for messages, screens and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return "<unparsable storage URL>"
+
+
 def default_storage_url(root: str | Path) -> str:
     """``sqlite:///<root>/optuna.db`` (relative roots stay relative)."""
     return f"sqlite:///{Path(root) / 'optuna.db'}"

@@ -36,6 +36,7 @@ from trainers.storage import (
     default_storage_url,
     fail_orphaned_trials,
     make_storage,
+    redact_url,
     retry_failed_trial,
 )
 
@@ -174,7 +175,7 @@ def run_worker(opts: WorkerOptions) -> int:
         if stop.is_set() or finished_trials(study) >= opts.n_trials:
             study.stop()
 
-    log.info("worker_started", storage=_redact(opts.storage_url), mode=opts.mode, folds=len(data.folds))
+    log.info("worker_started", storage=redact_url(opts.storage_url), mode=opts.mode, folds=len(data.folds))
     study.optimize(
         objective,
         n_trials=min(remaining, opts.max_trials_per_process),
@@ -184,12 +185,6 @@ def run_worker(opts: WorkerOptions) -> int:
     )
     log.info("worker_exiting", stopped=stop.is_set())
     return 0
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 app = typer.Typer(add_completion=False, help="Run training trials of one Optuna study.")
