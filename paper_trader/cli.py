@@ -18,7 +18,7 @@ from paper_trader.logs import configure_logging
 from trainers.data import DEFAULT_HOLDOUT_CUT, DataError
 
 if TYPE_CHECKING:  # the trading machinery (torch) loads when a trader runs, not for --help
-    from paper_trader.broker import Broker
+    from paper_trader.brokers import Broker
     from paper_trader.model_source import ModelSource
 
 ALLOW_LIVE_ENV = "CAPPUCCINO_PAPER_TRADER__ALLOW_LIVE"
@@ -34,13 +34,14 @@ def build_broker(
     """The broker the settings name.
 
     Raises:
-        DataError: bad replay data. paper_trader.alpaca.AlpacaError: Alpaca settings or keys.
+        DataError: bad replay data.
+        paper_trader.brokers.alpaca_errors.AlpacaError: Alpaca settings or keys.
     """
-    from paper_trader.broker import SimBroker
+    from paper_trader.brokers import SimBroker
 
     if config.broker == "sim":
         return SimBroker(config.data, config.holdout_cut, config.speed, config.fee, config.slippage)
-    from paper_trader.alpaca_broker import AlpacaBroker
+    from paper_trader.brokers.alpaca import AlpacaBroker
 
     return AlpacaBroker.from_settings(config, alpaca_url, alpaca_data_url)
 
@@ -67,7 +68,7 @@ def run(config: TraderConfig, alpaca_url: str | None = None, alpaca_data_url: st
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from paper_trader.broker import BrokerError
+    from paper_trader.brokers import BrokerError
     from paper_trader.ledger import LedgerError
     from paper_trader.loop import TraderError
 
@@ -79,7 +80,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         BrokerError,
     ]
     try:
-        from paper_trader.alpaca import AlpacaError
+        from paper_trader.brokers.alpaca_errors import AlpacaError
 
         errors.append(AlpacaError)
     except ImportError:  # pragma: no cover - alpaca-py is a dependency

@@ -36,7 +36,7 @@ import numpy as np
 import structlog
 
 from ensemble.policy import EnsemblePolicy
-from paper_trader.broker import Bar, Broker, BrokerError
+from paper_trader.brokers import Bar, Broker, BrokerError
 from paper_trader.config import TraderConfig
 from paper_trader.ledger import AccountState, BarTx, Ledger, Order
 from paper_trader.model_source import ModelSource

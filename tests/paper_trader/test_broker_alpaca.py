@@ -1,4 +1,4 @@
-"""The Alpaca broker adapter (paper_trader.alpaca_broker) driving the real alpaca-py clients
+"""The Alpaca broker adapter (paper_trader.brokers.alpaca) driving the real alpaca-py clients
 against the local server that speaks Alpaca's documented API (tests/paper_trader/
 alpaca_server.py), with the real loop, ledger and ensemble. Keys are made up here."""
 
@@ -17,14 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paper_trader.alpaca import KEY_ID_VARS, SECRET_KEY_VARS, AlpacaClient, AlpacaSettings
-from paper_trader.alpaca_broker import AlpacaBroker
+from paper_trader.brokers.alpaca import AlpacaBroker
+from paper_trader.brokers.alpaca_client import AlpacaClient
+from paper_trader.brokers.alpaca_settings import KEY_ID_VARS, SECRET_KEY_VARS
 from paper_trader.config import TraderConfig
 from paper_trader.ledger import CANCELLED, FILLED, PENDING, Ledger, Order
 from paper_trader.loop import Trader
 from paper_trader.model_source import EnsembleSource
 from tests.conftest import TrainedStudy
 from tests.paper_trader.alpaca_server import FakeAlpaca
+from tests.paper_trader.conftest import local_settings
 from tests.paper_trader.ensemble_root import PIPELINE, REPO, bars_done, ensemble_root, wait_until
 from trainers.data import DEFAULT_HOLDOUT_CUT, Panel
 
@@ -41,23 +43,13 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def keys(monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
-    for name in (*KEY_ID_VARS, *SECRET_KEY_VARS):
-        monkeypatch.delenv(name, raising=False)
-    key_id, secret = "PKFAKE" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
-    monkeypatch.setenv(KEY_ID_VARS[0], key_id)
-    monkeypatch.setenv(SECRET_KEY_VARS[0], secret)
-    return key_id, secret
-
-
 def when(panel: Panel, i: int) -> datetime:
     return datetime.fromtimestamp(int(panel.timestamps[i].astype("int64")), UTC)
 
 
 @pytest.fixture
 def server(keys: tuple[str, str], panel: Panel) -> Iterator[FakeAlpaca]:
-    """The server with the embedded bars around the hold-out cut."""
+    """The server with the embedded bars around the hold-out cut (instead of conftest's)."""
     cut = panel.index_of(DEFAULT_HOLDOUT_CUT)
     prices = {s: float(panel.prices[cut, j, 0]) for j, s in enumerate(panel.symbols)}
     with FakeAlpaca(*keys, cash=10_000.0, prices=prices) as fake:
@@ -85,7 +77,7 @@ def test_the_loop_trades_alpaca_bars_and_orders_each_order_once(
     config = TraderConfig.build(
         root=root, broker="alpaca", max_bars=N_BARS, poll_s=0.02, min_notional=10.0, initial_cash=10_000.0
     )
-    client = AlpacaClient(AlpacaSettings(url_override=server.url, data_url_override=server.url))
+    client = AlpacaClient(local_settings(server))
     clock = Clock(when(panel, cut) + timedelta(hours=1))  # bar `cut` has just closed
     broker = AlpacaBroker(client, panel.symbols, config.fee, clock)
     trader = Trader(config, broker, EnsembleSource(root, PIPELINE, debounce_s=0.0))
@@ -155,7 +147,7 @@ def order(symbol: str, side: str, qty: float, target: float, cid: str) -> Order:
 def test_sells_never_exceed_the_alpaca_position_and_refused_orders_are_cancelled(
     server: FakeAlpaca, panel: Panel
 ) -> None:
-    client = AlpacaClient(AlpacaSettings(url_override=server.url, data_url_override=server.url))
+    client = AlpacaClient(local_settings(server))
     broker = AlpacaBroker(client, panel.symbols, 0.0025)
     server.set_position("LTCUSD", 2.0, 100.0)
     sell_all = order("LTCUSD", "sell", 2.0001, 0.0, "t-sell-all")  # ledger thinks a hair more

@@ -1,4 +1,4 @@
-"""The simulated broker (paper_trader.broker.SimBroker) against the one backtest routine, on
+"""The simulated broker (paper_trader.brokers.sim.SimBroker) against the one backtest routine, on
 a real ensemble trained by the ``trained_study`` fixture."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from ensemble.manifest import MANIFEST_FILE
 from ensemble.policy import EnsemblePolicy
-from paper_trader.broker import BrokerError, SimBroker
+from paper_trader.brokers import BrokerError, SimBroker
 from paper_trader.config import TraderConfig
 from paper_trader.ledger import Ledger
 from paper_trader.loop import Trader

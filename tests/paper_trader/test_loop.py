@@ -19,7 +19,7 @@ from daemon.cli import app as cappuccino_app
 from ensemble.deploy_slot import install_slot, stage_slot
 from ensemble.manifest import MANIFEST_FILE, read_manifest
 from ensemble.sync import sync_ensemble
-from paper_trader.broker import SimBroker
+from paper_trader.brokers import SimBroker
 from paper_trader.cli import app as trader_app
 from paper_trader.config import TraderConfig
 from paper_trader.ledger import CANCELLED, FILLED, PENDING, Ledger

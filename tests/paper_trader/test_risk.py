@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from paper_trader.broker import SimBroker
+from paper_trader.brokers import SimBroker
 from paper_trader.ledger import Fill, Ledger
 from paper_trader.loop import record_orders, settle
 from paper_trader.risk import LIMIT_EPS, decide, min_trade_for

@@ -1,9 +1,6 @@
-"""Brokers: where bars come from and where orders go.
-
-:class:`Broker` is what the trading loop needs. :class:`SimBroker` replays a dataset from
-the hold-out cut on (bars the study never saw) and fills orders at the next bar's open with
-the one portfolio accounting, :func:`trainers.accounting.rebalance_step`. The Alpaca paper
-broker adapter lives in :mod:`paper_trader.alpaca_broker`.
+"""The simulated broker: :class:`SimBroker` replays a dataset from the hold-out cut on (bars
+the study never saw) and fills orders at the next bar's open with the one portfolio
+accounting, :func:`trainers.accounting.rebalance_step`.
 
 Timing (as in :mod:`trainers.accounting`): the decision at the close of bar ``t`` places
 orders; they fill at the open of bar ``t + 1``, which the loop processes next.
@@ -12,101 +9,14 @@ orders; they fill at the open of bar ``t + 1``, which the loop processes next.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
+from paper_trader.brokers._base import Bar, BrokerError, FillReport, StopToken
 from paper_trader.ledger import Order
 from trainers.accounting import Costs, drifted_weights, rebalance_step
 from trainers.data import DEFAULT_HOLDOUT_CUT, DataError, Panel, load_panel
-
-
-class BrokerError(RuntimeError):
-    """The broker cannot serve the request; the message says what and why."""
-
-
-@dataclass(frozen=True)
-class Bar:
-    """One closed bar of every symbol.
-
-    Attributes:
-        ts: bar start time, UTC epoch seconds.
-        open, close: ``(n_assets,)`` prices in the quote currency, symbol order.
-    """
-
-    ts: int
-    open: np.ndarray
-    close: np.ndarray
-
-    @property
-    def iso(self) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.ts))
-
-
-@dataclass(frozen=True)
-class FillReport:
-    """A fill of one order: signed ``qty`` (> 0 bought) at ``price`` per unit (slippage
-    included), ``fee`` in the quote currency. ``qty == 0`` means nothing was traded and the
-    order is cancelled with ``reason``."""
-
-    client_order_id: str
-    qty: float
-    price: float
-    fee: float
-    reason: str = ""
-
-
-class StopToken(Protocol):
-    """A stop request (:class:`paper_trader.stopping.StopSignal` or ``threading.Event``)."""
-
-    def is_set(self) -> bool: ...
-
-    def wait(self, timeout: float | None = None) -> bool: ...
-
-
-class Broker(Protocol):
-    """What the trading loop needs from a broker.
-
-    Attributes:
-        name: ``sim`` or ``alpaca`` (recorded in the ledger).
-        symbols: traded symbols; every vector is in this order.
-    """
-
-    name: str
-    symbols: tuple[str, ...]
-
-    @property
-    def finished(self) -> bool:
-        """True once a replay has delivered its last bar (always False for a live feed)."""
-        ...
-
-    def next_bar(self, after_ts: int | None, stop: StopToken, timeout_s: float) -> Bar | None:
-        """The first closed bar after ``after_ts`` (None: the first bar to trade), waiting at
-        most ``timeout_s`` seconds for it (replay pacing, or a live bar still open).
-
-        Returns None when no bar is available yet, the replay is over (then
-        :attr:`finished`), or ``stop`` is set; the loop writes its heartbeat and asks again.
-        """
-        ...
-
-    def history(self, bar: Bar, n_bars: int) -> np.ndarray:
-        """OHLCV ``(<= n_bars, n_assets, 5)`` of the bars up to and including ``bar``."""
-        ...
-
-    def execute(self, orders: list[Order], cash: float, qty: np.ndarray, bar: Bar) -> list[FillReport]:
-        """Fills of the pending ``orders`` (placed at an earlier bar) at ``bar``'s open.
-
-        Args:
-            orders: pending orders of one decision bar.
-            cash, qty: the account before the fills (quote currency; ``(n_assets,)`` units).
-        """
-        ...
-
-    def submit(self, orders: list[Order]) -> None:
-        """Send new orders; idempotent per ``client_order_id`` (a retried bar re-sends them)."""
-        ...
 
 
 class SimBroker:

@@ -1,5 +1,5 @@
-"""The Alpaca paper broker: :class:`~paper_trader.broker.Broker` over
-:class:`paper_trader.alpaca.AlpacaClient` (alpaca-py's ``TradingClient(paper=True)`` and
+"""The Alpaca paper broker: :class:`~paper_trader.brokers.Broker` over
+:class:`~paper_trader.brokers.alpaca_client.AlpacaClient` (alpaca-py's ``TradingClient(paper=True)`` and
 crypto historical data client; keys from the environment only).
 
 * Bars: closed hourly bars from Alpaca's crypto bars endpoint, aligned like the dataset.
@@ -10,7 +10,7 @@ crypto historical data client; keys from the environment only).
   than Alpaca holds (Alpaca takes crypto fees in the asset, so its position can be a hair
   below the ledger's); a full exit sells Alpaca's whole position. An order Alpaca refuses
   (HTTP 4xx, e.g. insufficient balance) is cancelled in the ledger; no answer at all is a
-  :class:`~paper_trader.broker.BrokerError` and the bar is retried.
+  :class:`~paper_trader.brokers.BrokerError` and the bar is retried.
 * Fills: the order's filled quantity and average price as Alpaca reports them; the fee is
   estimated as ``fee * |qty| * price`` (the order snapshot carries no fee). An order still
   working stays pending and is looked at again next bar.
@@ -26,15 +26,17 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from paper_trader.alpaca import AlpacaAPIError, AlpacaClient, AlpacaError, AlpacaSettings
-from paper_trader.broker import Bar, BrokerError, FillReport, StopToken
+from paper_trader.brokers._base import Bar, BrokerError, FillReport, StopToken
+from paper_trader.brokers.alpaca_client import AlpacaClient
+from paper_trader.brokers.alpaca_errors import AlpacaAPIError, AlpacaError
+from paper_trader.brokers.alpaca_orders import QTY_DECIMALS
+from paper_trader.brokers.alpaca_settings import AlpacaSettings
 from paper_trader.config import TraderConfig
 from paper_trader.ledger import CANCELLED, Order
 from trainers.data import BAR_SECONDS, embedded_dataset_dir, symbol_from_path
 from trainers.features import HISTORY_BARS
 
 FETCH_MARGIN_BARS = 48  # extra hours fetched so gaps dropped by the alignment still leave full history
-QTY_DECIMALS = 9
 REFRESH_RETRY_S = 5.0  # a bar due but not yet published by Alpaca is asked for again after this
 
 
@@ -86,7 +88,7 @@ class AlpacaBroker:
         """Connect as the settings say (``--live`` needs the configuration's ``allow_live``).
 
         Raises:
-            paper_trader.alpaca.AlpacaError: missing keys or a refused live endpoint.
+            paper_trader.brokers.alpaca_errors.AlpacaError: missing keys or a refused live endpoint.
         """
         settings = AlpacaSettings(
             paper=not config.live, allow_live=config.allow_live, url_override=url, data_url_override=data_url
@@ -112,7 +114,7 @@ class AlpacaBroker:
             self._ts, self._px = ts.astype("datetime64[s]").astype(np.int64), px
 
     def next_bar(self, after_ts: int | None, stop: StopToken, timeout_s: float) -> Bar | None:
-        """The newest closed bar after ``after_ts`` (see :class:`~paper_trader.broker.Broker`)."""
+        """The newest closed bar after ``after_ts`` (see :class:`~paper_trader.brokers.Broker`)."""
         if stop.is_set():
             return None
         newest = int(self._ts[-1]) if len(self._ts) else None

@@ -1,12 +1,11 @@
 """AlpacaClient: the real alpaca-py clients against a local server speaking Alpaca's documented
-API (tests/paper_trader/alpaca_server.py), with fake keys made up here."""
+API (tests/paper_trader/alpaca_server.py), with fake keys made up here (tests/paper_trader/
+conftest.py)."""
 
 from __future__ import annotations
 
 import logging
 import math
-import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,43 +13,11 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from paper_trader.alpaca import (
-    KEY_ID_VARS,
-    SECRET_KEY_VARS,
-    AlpacaAPIError,
-    AlpacaClient,
-    AlpacaConfigError,
-    AlpacaSettings,
-    LiveTradingRefused,
-    OrderConflict,
-    to_alpaca_symbol,
-    to_dataset_symbol,
-)
+from paper_trader.brokers.alpaca_client import AlpacaClient
+from paper_trader.brokers.alpaca_errors import AlpacaAPIError, LiveTradingRefused, OrderConflict
 from tests.paper_trader.alpaca_server import FakeAlpaca
+from tests.paper_trader.conftest import PRICES, local_settings
 from trainers.data import DataError, load_panel
-
-PRICES = {"ETHUSD": 2000.0, "LTCUSD": 80.0}
-
-
-@pytest.fixture
-def keys(monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
-    """A fresh fake key pair in ALPACA_API_KEY_ID / ALPACA_API_SECRET_KEY (APCA_* unset)."""
-    for name in (*KEY_ID_VARS, *SECRET_KEY_VARS):
-        monkeypatch.delenv(name, raising=False)
-    key_id, secret = "PKFAKE" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
-    monkeypatch.setenv("ALPACA_API_KEY_ID", key_id)
-    monkeypatch.setenv("ALPACA_API_SECRET_KEY", secret)
-    return key_id, secret
-
-
-@pytest.fixture
-def server(keys: tuple[str, str]) -> Iterator[FakeAlpaca]:
-    with FakeAlpaca(*keys, cash=10_000.0, prices=PRICES) as fake:
-        yield fake
-
-
-def local_settings(fake: FakeAlpaca, **kw: object) -> AlpacaSettings:
-    return AlpacaSettings(url_override=fake.url, data_url_override=fake.url, **kw)
 
 
 @pytest.fixture
@@ -59,15 +26,6 @@ def client(server: FakeAlpaca) -> AlpacaClient:
 
 
 # ----------------------------------------------------------------------------- account, positions
-
-
-def test_symbol_mapping() -> None:
-    assert to_alpaca_symbol("ETHUSD") == "ETH/USD"
-    assert to_alpaca_symbol("ethusdt") == "ETH/USDT"
-    assert to_alpaca_symbol("LTC/USD") == "LTC/USD"
-    assert to_dataset_symbol("XRP/USD") == to_dataset_symbol("XRPUSD") == "XRPUSD"
-    with pytest.raises(ValueError, match="AAPL"):
-        to_alpaca_symbol("AAPL")
 
 
 def test_account_and_positions_are_parsed(server: FakeAlpaca, client: AlpacaClient) -> None:
@@ -308,77 +266,7 @@ def test_time_without_timezone_is_refused(client: AlpacaClient) -> None:
         client.closed_bars(["ETHUSD"], datetime(2024, 3, 1))
 
 
-# ----------------------------------------------------------------------------- live switch, keys
-
-
-@pytest.mark.parametrize(("live", "allow_live"), [(False, False), (True, False), (False, True)])
-def test_live_endpoint_refused_without_both_switches(
-    server: FakeAlpaca, live: bool, allow_live: bool
-) -> None:
-    settings = local_settings(server, paper=False, allow_live=allow_live)
-    with pytest.raises(LiveTradingRefused, match=r"--live.*allow_live"):
-        AlpacaClient(settings, live=live)
-    assert server.requests == []
-
-
-def test_url_override_to_the_live_host_counts_as_live(keys: tuple[str, str]) -> None:
-    with pytest.raises(LiveTradingRefused):
-        AlpacaClient(AlpacaSettings(url_override="https://api.alpaca.markets"))
-
-
-def test_live_endpoint_allowed_with_both_switches(server: FakeAlpaca) -> None:
-    client = AlpacaClient(local_settings(server, paper=False, allow_live=True), live=True)
-    assert client.live
-    assert client.account().cash == 10_000.0
-    real = AlpacaClient(AlpacaSettings(paper=False, allow_live=True), live=True)
-    assert real.live and real.trading_url == "https://api.alpaca.markets"
-    paper = AlpacaClient(AlpacaSettings())
-    assert not paper.live and paper.trading_url == "https://paper-api.alpaca.markets"
-
-
-def test_live_flag_with_paper_settings_is_an_error(keys: tuple[str, str]) -> None:
-    with pytest.raises(AlpacaConfigError, match="paper = false"):
-        AlpacaClient(AlpacaSettings(allow_live=True), live=True)
-
-
-def test_missing_keys_error_names_the_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (*KEY_ID_VARS, *SECRET_KEY_VARS):
-        monkeypatch.delenv(name, raising=False)
-    with pytest.raises(AlpacaConfigError, match="ALPACA_API_KEY_ID and ALPACA_API_SECRET_KEY"):
-        AlpacaClient(AlpacaSettings())
-    monkeypatch.setenv("ALPACA_API_KEY_ID", "PKFAKEONLYID")
-    with pytest.raises(AlpacaConfigError, match="set ALPACA_API_SECRET_KEY in the environment"):
-        AlpacaClient(AlpacaSettings())
-    monkeypatch.setenv("ALPACA_API_SECRET_KEY", "")
-    with pytest.raises(AlpacaConfigError, match="ALPACA_API_SECRET_KEY"):
-        AlpacaClient(AlpacaSettings())
-
-
-def test_apca_variable_names_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (*KEY_ID_VARS, *SECRET_KEY_VARS):
-        monkeypatch.delenv(name, raising=False)
-    key_id, secret = "PKAPCA" + secrets.token_hex(6).upper(), secrets.token_urlsafe(24)
-    monkeypatch.setenv("APCA_API_KEY_ID", key_id)
-    monkeypatch.setenv("APCA_API_SECRET_KEY", secret)
-    with FakeAlpaca(key_id, secret, cash=5.0) as fake:
-        assert AlpacaClient(local_settings(fake)).account().cash == 5.0
-        assert all(r.authorized for r in fake.requests)
-
-
-def test_keys_only_from_the_environment_and_nothing_else_from_it(
-    keys: tuple[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for bad in ({"api_key_id": "x"}, {"ALPACA_API_SECRET_KEY": "x"}, {"APCA_API_KEY_ID": "x"}):
-        with pytest.raises(AlpacaConfigError, match="environment only"):
-            AlpacaSettings(**bad)
-    monkeypatch.setenv("PAPER", "false")
-    monkeypatch.setenv("ALLOW_LIVE", "true")
-    monkeypatch.setenv("URL_OVERRIDE", "https://api.alpaca.markets")
-    settings = AlpacaSettings()
-    assert settings.paper and not settings.allow_live and settings.url_override is None
-    assert settings.api_key_id is not None and settings.api_key_id.get_secret_value() == keys[0]
-    with pytest.raises(ValueError, match="bogus"):
-        AlpacaSettings(bogus=1)
+# ----------------------------------------------------------------------------- errors, secrets
 
 
 def test_wrong_keys_are_an_api_error(keys: tuple[str, str]) -> None:
