@@ -7,7 +7,7 @@ written first, then ``os.replace`` of the manifest with ``generation`` + 1, then
 ``ensemble/.reload``) and measures, for each, the time from ``os.replace`` to the first bar
 decided by the new generation. That time is read from the trader's heartbeat file, which the
 trader writes after every bar with the generation that decided it and its wall-clock time
-(``unix_time``, the same clock as this process's ``time.time()``). The ledger's ``decisions``
+(``time``, the same clock as this process's ``time.time()``). The ledger's ``decisions``
 table is checked afterwards: every generation decided bars, in order.
 
 Baseline, measured in the same run: a restart (launch of a fresh trader process until its
@@ -200,7 +200,7 @@ def main() -> int:
     decided_at: dict[int, float] = {}
     try:
         first = wait_for_generation(hb_path, 1, proc)
-        restart_s = first["unix_time"] - launched
+        restart_s = first["time"] - launched
         rng = random.Random(0)
         for i, newcomer in enumerate(newcomers):
             generation = i + 2
@@ -209,8 +209,8 @@ def main() -> int:
             hb = wait_for_generation(hb_path, generation, proc)
             if hb["generation"] != generation:
                 raise RuntimeError(f"heartbeat jumped to generation {hb['generation']} past {generation}")
-            latencies.append(hb["unix_time"] - t0)
-            replaced_at[generation], decided_at[generation] = t0, hb["unix_time"]
+            latencies.append(hb["time"] - t0)
+            replaced_at[generation], decided_at[generation] = t0, hb["time"]
             time.sleep(args.gap + rng.uniform(0.0, 2.0 / max(args.speed, 1.0)))  # vary the bar phase
     finally:
         if proc.poll() is None:

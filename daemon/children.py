@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from trainers.heartbeat import read_heartbeat
+from trainers.runtime.heartbeat import heartbeat_age, read_heartbeat
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,8 @@ class Child:
             return f"memory {rss / 2**20:.0f} MB over the limit {self.spec.memory_limit_mb} MB"
         if self.spec.heartbeat is not None and self.started_at is not None:
             beat = read_heartbeat(self.spec.heartbeat)
-            last = beat.get("unix_time", beat.get("time")) if beat and beat.get("pid") == self.pid else None
-            since = now - (last if isinstance(last, (int, float)) else self.started_at)
+            age = heartbeat_age(beat, now) if beat and beat.get("pid") == self.pid else None
+            since = now - self.started_at if age is None else age
             if since > self.spec.heartbeat_timeout_s:
                 return f"no heartbeat for {since:.0f} s"
         return None

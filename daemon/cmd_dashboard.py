@@ -18,7 +18,7 @@ from rich.text import Text
 from daemon.config import Config, ConfigError, load_config
 from daemon.dashboard import Collector
 from daemon.dashboard_view import render_frame, render_layout
-from trainers.current_study import read_current_study
+from trainers.runtime.current_study import read_current_study
 from trainers.storage import default_storage_url
 
 PLAIN_WIDTH = 140  # columns of a frame written to a file or pipe (VINs fit on one line)

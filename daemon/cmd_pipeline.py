@@ -36,7 +36,7 @@ from daemon.pipeline import (
     result_path,
     run_pipeline,
 )
-from trainers.logs import configure_logging
+from trainers.runtime.logs import configure_logging
 
 BACKGROUND_WAIT_S = 60.0
 

@@ -16,13 +16,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from daemon.cmd_study import write_current_study
 from daemon.config import ConfigError, load_config
 from daemon.preflight import run_checks
 from daemon.status_file import ensemble_summary
 from daemon.study_stats import study_stats
 from trainers.atomic_io import read_json_object
-from trainers.current_study import read_current_study
+from trainers.runtime.current_study import read_current_study, write_current_study
 
 console = Console()
 

@@ -12,17 +12,11 @@ from pathlib import Path
 
 import typer
 
-from daemon.cmd_supervise import supervisor_pid
 from daemon.config import TRAINING_OVERLAY, ConfigError, load_config
 from trainers.atomic_io import atomic_write_bytes
+from trainers.runtime.current_study import write_current_study
+from trainers.runtime.pidlock import supervisor_pid
 from trainers.storage import default_storage_url, make_storage
-
-
-def write_current_study(root: Path, name: str) -> None:
-    """Write ``<root>/.current_study`` atomically (the single source of truth)."""
-    if not name or "\n" in name or len(name) > 200:
-        raise ValueError(f"invalid study name {name!r}")
-    atomic_write_bytes(root / ".current_study", (name + "\n").encode())
 
 
 def _sync_now(root: Path, storage: str, study: str) -> int:

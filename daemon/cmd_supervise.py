@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -17,7 +16,8 @@ from rich.table import Table
 from daemon.config import ConfigError, load_config
 from daemon.preflight import run_checks
 from daemon.status_file import build_status
-from trainers.logs import log_path
+from trainers.runtime.logs import log_path
+from trainers.runtime.pidlock import supervisor_pid
 from trainers.storage import default_storage_url
 
 console = Console()
@@ -75,15 +75,6 @@ def doctor(
         worst = max(worst, 1 if c.ok is False else 0)
     console.print(table)
     raise typer.Exit(worst)
-
-
-def supervisor_pid(root: Path) -> int | None:
-    """Pid of the running supervisor on this root, or None."""
-    try:
-        pid = int((root / "run" / "supervisor.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if psutil.pid_exists(pid) else None
 
 
 def status(

@@ -9,8 +9,8 @@ import typer
 from ensemble.selection import DEFAULT_TOP_N, SelectionError
 from ensemble.sync import SyncError, SyncResult, sync_ensemble
 from trainers.bundle import PipelineSpec
-from trainers.current_study import require_current_study
 from trainers.data import DataError, dataset_symbols
+from trainers.runtime.current_study import require_current_study
 from trainers.storage import default_storage_url
 
 

@@ -24,12 +24,13 @@ import psutil
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from daemon.cmd_supervise import supervisor_pid
 from daemon.ledger_view import LedgerReadError, ledger_path, ledger_summary
 from daemon.monitor import MonitorError, compute_monitor
 from ensemble.manifest import MANIFEST_FILE, ManifestError, read_manifest
 from ensemble.selection import SelectionError, create_engine, rank_trials
-from trainers.current_study import read_current_study
+from trainers.runtime.current_study import read_current_study
+from trainers.runtime.heartbeat import heartbeat_age
+from trainers.runtime.pidlock import supervisor_pid
 from trainers.storage import redact_url
 
 TOP_N = 10
@@ -192,8 +193,8 @@ def trader_section(root: Path, now: float) -> dict[str, Any]:
         out["heartbeat"] = None
     latest = out["heartbeat"] or out["status"] or {}
     out["alive"] = latest.get("state") != "stopped" and _pid_alive(latest.get("pid"))
-    out["status_age_s"] = _age_s((out["status"] or {}).get("time"), now)
-    out["heartbeat_age_s"] = _age_s((out["heartbeat"] or {}).get("time"), now)
+    out["status_age_s"] = heartbeat_age(out["status"], now)
+    out["heartbeat_age_s"] = heartbeat_age(out["heartbeat"], now)
     try:
         out["ledger"] = ledger_summary(ledger_path(root))
     except LedgerReadError as exc:

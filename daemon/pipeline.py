@@ -47,18 +47,17 @@ them first (:func:`stop_stale_workers`, by pid + create time from ``run/pipeline
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psutil
 import structlog
@@ -74,6 +73,8 @@ from daemon.pipeline_plan import (
 )
 from daemon.pipeline_steps import Training, step_archive, step_clean, step_deploy
 from trainers.atomic_io import atomic_write_json
+from trainers.runtime.layout import Layout
+from trainers.runtime.pidlock import PidLock, holding, lock_holder
 from trainers.storage import redact_url
 
 __all__ = [
@@ -122,68 +123,28 @@ def log_file(root: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- ownership
-def lock_holder(path: Path) -> int | None:
-    """Pid of the process holding an ``flock`` on ``path`` (the pid written inside), or None.
-
-    The lock, not the file alone, decides: a pid file left by a process that died (its lock
-    went with it) does not count, and a reused pid is never mistaken for the holder.
-    Returns ``-1`` when the lock is held but the file names no pid yet.
-    """
-    try:
-        fh = open(path)  # noqa: SIM115
-    except FileNotFoundError:
-        return None
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = fh.read().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return None
-
-
 def supervisor_holding(root: Path) -> int | None:
     """Pid of the supervisor holding ``<root>/run/supervisor.pid``, or None."""
-    return lock_holder(root / "run" / "supervisor.pid")
+    return lock_holder(Layout(root).supervisor_pid)
 
 
-@contextlib.contextmanager
-def pipeline_lock(root: Path) -> Iterator[None]:
-    """Hold ``<root>/run/pipeline.lock`` (exclusive ``flock``, our pid inside).
+def pipeline_lock(root: Path) -> AbstractContextManager[PidLock]:
+    """Hold ``<root>/run/pipeline.lock`` (the pipeline's pid lock).
 
     Raises:
         PipelineRefused: another pipeline holds it (the message names its pid).
     """
-    path = root / "run" / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh: IO[str] = open(path, "a+")  # noqa: SIM115
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            raise PipelineRefused(
-                f"another pipeline is running on {root} (pid {holder}); see {result_path(root)}"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    finally:
-        fh.close()
+    return holding(
+        Layout(root).pipeline_lock,
+        lambda held: PipelineRefused(
+            f"another pipeline is running on {root} ({held.holder}); see {result_path(root)}"
+        ),
+    )
 
 
 def pipeline_holding(root: Path) -> int | None:
     """Pid of a pipeline holding ``<root>/run/pipeline.lock``, or None."""
-    return lock_holder(root / "run" / LOCK_FILE)
+    return lock_holder(Layout(root).pipeline_lock)
 
 
 def check_free(root: Path, mode: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from daemon.config import Config, ConfigError, load_config
-from trainers.current_study import read_current_study
+from trainers.runtime.current_study import read_current_study
 from trainers.storage import default_storage_url
 
 Mode = Literal["full", "training", "archive", "deploy"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from daemon.study_stats import study_stats
 from trainers.atomic_io import read_json_object
-from trainers.current_study import read_current_study
+from trainers.runtime.current_study import read_current_study
 
 
 def ensemble_summary(root: Path) -> dict[str, Any] | None:

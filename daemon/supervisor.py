@@ -8,7 +8,6 @@ and ``.current_study`` and realigns children and jobs.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 import psutil
 import structlog
@@ -32,9 +31,11 @@ from daemon.jobs import JobRunner
 from daemon.sdnotify import Notifier
 from daemon.status_file import build_status
 from trainers.atomic_io import atomic_write_json
-from trainers.current_study import read_current_study
-from trainers.heartbeat import heartbeat_path
-from trainers.logs import configure_logging
+from trainers.runtime.current_study import read_current_study
+from trainers.runtime.heartbeat import heartbeat_path
+from trainers.runtime.layout import Layout
+from trainers.runtime.logs import configure_logging
+from trainers.runtime.pidlock import LockHeld, PidLock, lock_holder
 from trainers.storage import default_storage_url
 
 log = structlog.get_logger("supervisor")
@@ -50,42 +51,6 @@ def run_dir(root: Path) -> Path:
 
 def children_file(root: Path) -> Path:
     return run_dir(root) / "children.json"
-
-
-@dataclass
-class SupervisorLock:
-    """``run/supervisor.pid`` held with ``flock``: a second supervisor on the same root is refused."""
-
-    path: Path
-    fh: IO[str] | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")  # noqa: SIM115
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            fh.close()
-            raise SupervisorError(
-                f"another supervisor is running on this root (pid {holder}, lock {self.path}); "
-                "stop it first (bin/stop_automation.sh)"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-        self.fh = fh
-
-    def release(self) -> None:
-        if self.fh is not None:
-            self.fh.seek(0)
-            self.fh.truncate()
-            fcntl.flock(self.fh, fcntl.LOCK_UN)
-            self.fh.close()
-            self.fh = None
 
 
 def stop_stale_children(root: Path, timeout_s: float) -> list[dict[str, Any]]:
@@ -132,7 +97,7 @@ class Supervisor:
         self.root = self.config.root
         self.children: dict[str, Child] = {}
         self.notifier = Notifier()
-        self.lock = SupervisorLock(run_dir(self.root) / "supervisor.pid")
+        self.lock = PidLock(Layout(self.root).supervisor_pid)
         self.jobs = JobRunner(self.config.jobs.misfire_grace_s, self.config.jobs.job_timeout_s)
         self.study: str | None = None
         self.started_at = time.time()
@@ -545,11 +510,15 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._on_hup)
         configure_logging("supervisor", self.root, self.config.log_level, console=self.console_logs)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.lock.acquire()
         try:
-            from daemon.pipeline import lock_holder
-
-            holder = lock_holder(run_dir(self.root) / "pipeline.lock")
+            self.lock.acquire()
+        except LockHeld as held:
+            raise SupervisorError(
+                f"another supervisor is running on this root ({held.holder}, lock {held.path}); "
+                "stop it first (bin/stop_automation.sh)"
+            ) from None
+        try:
+            holder = lock_holder(Layout(self.root).pipeline_lock)
             if holder is not None:
                 raise SupervisorError(
                     f"a `cappuccino pipeline` run (pid {holder}) owns the workers on this root; "

@@ -76,9 +76,10 @@ from ensemble.selection import (
     rank_trials,
     verify_bundle,
 )
-from trainers.atomic_io import atomic_write_bytes, exclusive_lock, fsync_dir
-from trainers.current_study import require_current_study
+from trainers.atomic_io import atomic_write_bytes, fsync_dir
 from trainers.naming import GRADES, grade_at_least, grade_for
+from trainers.runtime.current_study import require_current_study
+from trainers.runtime.pidlock import PidLock, holding
 from trainers.storage import default_storage_url
 
 DEFAULT_TOP_PERCENT = 10.0
@@ -182,9 +183,11 @@ def trial_grade(trial: RankedTrial) -> str:
     return grade if isinstance(grade, str) and grade in GRADES else grade_for(trial.value)
 
 
-def _archive_lock(directory: Path) -> AbstractContextManager[None]:
+def _archive_lock(directory: Path) -> AbstractContextManager[PidLock]:
     path = directory / LOCK_FILE
-    return exclusive_lock(path, lambda: ArchiveBusy(f"{path}: another archive run is in progress"))
+    return holding(
+        path, lambda held: ArchiveBusy(f"{path}: another archive run is in progress ({held.holder})")
+    )
 
 
 def _json_bytes(data: Any) -> bytes:

@@ -20,7 +20,6 @@ Deploys and rollbacks of one root are serialised by an ``flock`` on
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -59,9 +58,10 @@ from ensemble.deploy_slot import (
     swap_previous,
 )
 from trainers.bundle import PipelineSpec
-from trainers.current_study import require_current_study
 from trainers.data import DataError, load_panel
 from trainers.features import compute_features
+from trainers.runtime.current_study import require_current_study
+from trainers.runtime.pidlock import holding
 from trainers.storage import default_storage_url, make_storage, redact_url
 
 log = logging.getLogger(__name__)
@@ -263,14 +263,8 @@ def rolled_back_from(root: str | Path, slot: int, study: str, trial_id: int) -> 
 @contextlib.contextmanager
 def deploy_lock(root: str | Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``deployments/.deploy.lock`` (waits for another deployer)."""
-    path = deployments_dir(root) / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with holding(deployments_dir(root) / LOCK_FILE, blocking=True):
+        yield
 
 
 def _record(root: Path, decision: DeployDecision) -> DeployDecision:

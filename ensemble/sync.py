@@ -39,8 +39,9 @@ from ensemble.manifest import (
     write_manifest,
 )
 from ensemble.selection import DEFAULT_TOP_N, SelectedTrial, SkippedTrial, select_top_n
-from trainers.atomic_io import exclusive_lock, fsync_dir
+from trainers.atomic_io import fsync_dir
 from trainers.bundle import ACTOR_FILE, META_FILE, PipelineSpec, sha256_file
+from trainers.runtime.pidlock import PidLock, holding
 
 ENSEMBLE_DIR = "ensemble"
 LOCK_FILE = ".sync.lock"
@@ -83,9 +84,11 @@ def ensemble_dir(root: str | Path) -> Path:
     return Path(root) / ENSEMBLE_DIR
 
 
-def _sync_lock(directory: Path) -> AbstractContextManager[None]:
+def _sync_lock(directory: Path) -> AbstractContextManager[PidLock]:
     path = directory / LOCK_FILE
-    return exclusive_lock(path, lambda: SyncBusy(f"{path}: another sync is running; try again later"))
+    return holding(
+        path, lambda held: SyncBusy(f"{path}: another sync is running ({held.holder}); try again later")
+    )
 
 
 def member_is_intact(directory: Path, sha256: str) -> bool:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from paper_trader.config import ConfigError, TraderConfig
-from paper_trader.logs import configure_logging
 from trainers.data import DEFAULT_HOLDOUT_CUT, DataError
+from trainers.runtime.logs import configure_logging
 
 if TYPE_CHECKING:  # the trading machinery (torch) loads when a trader runs, not for --help
     from paper_trader.brokers import Broker
@@ -134,7 +134,7 @@ def trade(
         )
         if log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"--log-level: use debug, info, warning or error, not {log_level!r}")
-        configure_logging(config.log_path, log_level)
+        configure_logging("paper_trader", config.root, log_level)
         code = run(config, alpaca_url, alpaca_data_url)
     except _user_errors() as exc:
         if debug:

@@ -21,12 +21,10 @@ a reload of the model.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import signal
 import time
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -41,10 +39,11 @@ from paper_trader.config import TraderConfig
 from paper_trader.ledger import AccountState, BarTx, Ledger, Order
 from paper_trader.model_source import ModelSource
 from paper_trader.risk import RiskDecision, decide
-from paper_trader.status import iso_ts, write_heartbeat, write_status
+from paper_trader.status import iso_ts, write_status, write_trader_heartbeat
 from paper_trader.stopping import StopSignal
 from trainers.accounting import update_hwm
 from trainers.features import HISTORY_BARS, compute_features
+from trainers.runtime.pidlock import PidLock, holding
 
 WAIT_POLL_S = 0.05  # look for a first model this often (a stat of the manifest)
 STATUS_INTERVAL_S = 0.5  # status.json at most this often while trading fast (and at every stop)
@@ -66,26 +65,15 @@ class BarResult:
     n_orders: int
 
 
-@contextlib.contextmanager
-def process_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (one trader per root).
+def process_lock(path: Path) -> AbstractContextManager[PidLock]:
+    """Hold the trader's :class:`~trainers.runtime.pidlock.PidLock` (one trader per root).
 
     Raises:
         TraderError: another process holds it (its pid is named).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise TraderError(f"{path}: another paper trader (pid {other}) runs on this root") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+    return holding(
+        path, lambda held: TraderError(f"{path}: another paper trader ({held.holder}) runs on this root")
+    )
 
 
 @dataclass(frozen=True)
@@ -329,7 +317,7 @@ class Trader:
 
     def _write_files(self, state: AccountState, force: bool = False) -> None:
         generation = None if self.policy is None else self.policy.generation
-        hb = write_heartbeat(
+        hb = write_trader_heartbeat(
             self.config.heartbeat_path, self.state_name, state.last_bar_ts, state.bars_processed, generation
         )
         now = time.monotonic()

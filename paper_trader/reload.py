@@ -52,7 +52,7 @@ from watchdog.observers import Observer
 from ensemble.manifest import MANIFEST_FILE, RELOAD_FILE
 from ensemble.policy import EnsembleError, EnsemblePolicy
 from trainers.bundle import PipelineSpec
-from trainers.current_study import read_current_study
+from trainers.runtime.current_study import read_current_study
 
 ENSEMBLE_DIR = "ensemble"
 

@@ -1,8 +1,9 @@
 """Files other processes read about the paper trader, each written atomically
 (:func:`trainers.bundle.atomic_write_json`):
 
-* heartbeat ``<root>/run/heartbeats/paper_trader.json``, every bar and every poll while
-  waiting: ``pid``, ``time`` (UTC ISO), ``unix_time`` (epoch s), ``state``
+* heartbeat ``<root>/run/heartbeats/paper_trader.json`` in the one heartbeat format
+  (:mod:`trainers.runtime.heartbeat`), every bar and every poll while waiting:
+  ``component``, ``pid``, ``time`` (unix s), ``at`` (UTC ISO), ``state``
   (``starting`` | ``waiting_for_model`` | ``trading`` | ``stopped``), ``last_bar`` (UTC ISO
   or None), ``bars_processed``, ``generation``. The supervisor's watchdog reads it.
 * status ``<root>/paper_trader/status.json``: the heartbeat's fields plus ``broker``,
@@ -14,13 +15,14 @@
 
 from __future__ import annotations
 
-import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from trainers.atomic_io import atomic_write_json
+from trainers.runtime.heartbeat import write_heartbeat as write_runtime_heartbeat
+
+COMPONENT = "paper_trader"
 
 
 def iso_ts(ts: int | None) -> str | None:
@@ -28,23 +30,18 @@ def iso_ts(ts: int | None) -> str | None:
     return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def write_heartbeat(
+def write_trader_heartbeat(
     path: Path, state: str, last_bar_ts: int | None, bars_processed: int, generation: int | None
 ) -> dict[str, Any]:
     """Write the heartbeat file atomically; returns what was written."""
-    now = time.time()
-    data = {
-        "component": "paper_trader",
-        "pid": os.getpid(),
-        "time": datetime.fromtimestamp(now, UTC).isoformat(),
-        "unix_time": now,
-        "state": state,
-        "last_bar": iso_ts(last_bar_ts),
-        "bars_processed": bars_processed,
-        "generation": generation,
-    }
-    atomic_write_json(path, data)
-    return data
+    return write_runtime_heartbeat(
+        path,
+        COMPONENT,
+        state=state,
+        last_bar=iso_ts(last_bar_ts),
+        bars_processed=bars_processed,
+        generation=generation,
+    )
 
 
 def write_status(path: Path, heartbeat: dict[str, Any], details: dict[str, Any]) -> None:

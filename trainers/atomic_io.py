@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,22 +53,3 @@ def read_json_object(path: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-@contextmanager
-def exclusive_lock(path: str | Path, busy: Callable[[], Exception]) -> Iterator[None]:
-    """Hold a non-blocking exclusive ``flock`` on ``path`` (created if missing) for the
-    ``with`` block; one run at a time per file, released even if the holder dies.
-
-    Raises:
-        the exception ``busy()`` returns, when another process holds the lock.
-    """
-    with open(path, "a+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise busy() from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

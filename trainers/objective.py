@@ -52,8 +52,8 @@ from trainers.features import (
     NormStats,
     compute_features,
 )
-from trainers.heartbeat import Heartbeat
 from trainers.naming import grade_for, vin_for
+from trainers.runtime.heartbeat import Heartbeat
 from trainers.search_space import DEFAULT_BUDGET_STEPS, PPOParams, activation_class, suggest_params
 from trainers.splits import DEFAULT_EMBARGO, Fold, Mode, walk_forward_folds
 

@@ -16,7 +16,6 @@ SQLite file, a session advisory lock on PostgreSQL.
 
 from __future__ import annotations
 
-import fcntl
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +26,8 @@ import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
+
+from trainers.runtime.pidlock import holding
 
 DEFAULT_HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
 DEFAULT_GRACE_PERIOD = 120  # seconds without a heartbeat before a trial is stale
@@ -81,14 +82,8 @@ def schema_lock(url: str) -> Iterator[None]:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
-        lock_path = Path(f"{parsed.database}-init.lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with holding(f"{parsed.database}-init.lock", blocking=True):
+            yield
     elif backend == "postgresql":
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         try:

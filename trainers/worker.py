@@ -26,8 +26,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import OperationalError
 
 from trainers.data import DEFAULT_HOLDOUT_CUT, DataError
-from trainers.heartbeat import Heartbeat, heartbeat_path
-from trainers.logs import configure_logging
+from trainers.runtime.heartbeat import Heartbeat, heartbeat_path
+from trainers.runtime.logs import configure_logging
 from trainers.search_space import DEFAULT_BUDGET_STEPS
 from trainers.splits import Mode
 from trainers.storage import (
@@ -129,7 +129,7 @@ def run_worker(opts: WorkerOptions) -> int:
         raise ValueError("--budget-steps, --n-trials and --max-trials-per-process must be >= 1")
     torch.set_num_threads(opts.torch_threads)
     log = configure_logging(opts.component, opts.root, opts.log_level).bind(study=opts.study)
-    heartbeat = Heartbeat(heartbeat_path(opts.root, opts.component))
+    heartbeat = Heartbeat(heartbeat_path(opts.root, opts.component), opts.component)
     heartbeat.beat(force=True, state="starting")
     if opts.budget_steps < DEFAULT_BUDGET_STEPS:
         log.warning("budget_below_default", budget_steps=opts.budget_steps, note="for tests only")

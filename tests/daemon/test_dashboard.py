@@ -32,7 +32,8 @@ from tests.conftest import TrainedStudy
 from tests.daemon._supervisor_proc import REPO, Supervisors, clean_env, run_cli, trials, write_config
 from tests.daemon.traded_root import REPLAY_BARS, make_traded_root, pg_study
 from trainers.atomic_io import atomic_write_json
-from trainers.heartbeat import read_heartbeat
+from trainers.runtime.heartbeat import read_heartbeat
+from trainers.runtime.pidlock import PidLock
 from trainers.storage import default_storage_url
 
 ANSI = "\x1b["
@@ -149,9 +150,9 @@ def test_once_shows_workers_and_jobs_from_a_live_supervisors_status(
         child.total_restarts = 2
         doc = _status_doc(root, trained_study.study_name, os.getpid(), child)
         atomic_write_json(root / "run" / "status.json", doc)
-        (root / "run" / "supervisor.pid").write_text(f"{os.getpid()}\n")  # a live pid
-
-        out = _once(root).stdout
+        lock = PidLock(root / "run" / "supervisor.pid")  # held by a live process: this one
+        with lock:
+            out = _once(root).stdout
         assert f"supervisor running: pid {os.getpid()}" in out
         assert "uptime 2h 00m" in out
         worker_rows = [line for line in out.splitlines() if "worker-0" in line]
@@ -165,7 +166,8 @@ def test_once_shows_workers_and_jobs_from_a_live_supervisors_status(
         # the study part is still read from the storage, not from the status document
         assert f"COMPLETE {len(trials(root, trained_study.study_name))}" in out
 
-        # a supervisor that died (its pid is gone): its last status is not shown as live
+        # a supervisor that died (its lock went with it; its pid file stays): its last status
+        # is not shown as live
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait()
         (root / "run" / "supervisor.pid").write_text(f"{gone.pid}\n")

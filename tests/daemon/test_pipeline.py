@@ -26,11 +26,11 @@ import pytest
 from optuna.trial import TrialState
 
 from daemon.pipeline import pipeline_lock
-from daemon.supervisor import SupervisorLock
 from ensemble.deploy import read_log
 from ensemble.registry import read_registry
 from tests.conftest import TrainedStudy
 from tests.daemon._supervisor_proc import REPO, clean_env, proc_gone, run_cli, trials, write_config
+from trainers.runtime.pidlock import PidLock
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT_SECONDS = 240.0
@@ -471,7 +471,7 @@ def test_training_is_refused_while_a_supervisor_holds_the_root(
 ) -> None:
     root = _copy(trained_study, tmp_path)
     cfg = _config(tmp_path, root, archive=ALL_ARCHIVED)
-    lock = SupervisorLock(root / "run" / "supervisor.pid")
+    lock = PidLock(root / "run" / "supervisor.pid")
     lock.acquire()  # the real lock a supervisor holds, with this process's pid
     try:
         before = _finished(root, trained_study.study_name)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cmd_study import write_current_study
 from tests.daemon._supervisor_proc import (
     REPO,
     Supervisors,
@@ -19,6 +18,7 @@ from tests.daemon._supervisor_proc import (
     proc_gone,
     write_config,
 )
+from trainers.runtime.current_study import write_current_study
 
 
 def _study_arg(pid: int) -> str | None:

@@ -10,8 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from daemon.cmd_study import write_current_study
 from tests.daemon._supervisor_proc import Supervisors, run_cli, write_config
+from trainers.runtime.current_study import write_current_study
 from trainers.storage import default_storage_url, make_storage
 
 STUDY = "status_study"

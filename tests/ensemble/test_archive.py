@@ -119,9 +119,12 @@ def graded(trained_study: TrainedStudy, tmp_path: Path) -> Graded:
 
 
 def tree(directory: Path) -> dict[str, tuple[bytes | None, int]]:
-    """Bytes (files) and mtime (ns) of a folder and everything below it, by relative path."""
+    """Bytes (files) and mtime (ns) of a folder and everything below it, by relative path;
+    the run lock is left out (it holds the pid of whoever runs, not archive content)."""
     out: dict[str, tuple[bytes | None, int]] = {".": (None, directory.stat().st_mtime_ns)}
     for path in sorted(directory.rglob("*")):
+        if path.name == ".archive.lock":
+            continue
         out[str(path.relative_to(directory))] = (
             path.read_bytes() if path.is_file() else None,
             path.stat().st_mtime_ns,

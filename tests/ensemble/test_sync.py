@@ -46,9 +46,12 @@ def copied(trained_study: TrainedStudy, tmp_path: Path) -> tuple[Path, str, str]
 
 
 def snapshot(directory: Path) -> dict[str, int]:
-    """mtime (ns) of the folder and of everything below it, by relative path."""
+    """mtime (ns) of the folder and of everything below it, by relative path; the sync's
+    pid lock is left out (it records who runs, not ensemble content)."""
     out = {".": directory.stat().st_mtime_ns}
     for path in directory.rglob("*"):
+        if path.name == ".sync.lock":
+            continue
         out[str(path.relative_to(directory))] = path.stat().st_mtime_ns
     return out
 

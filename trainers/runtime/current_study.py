@@ -1,11 +1,15 @@
 """``<root>/.current_study``: the name of the active study, the single source of truth every
-component reads (written atomically by ``cappuccino set-study`` / ``bin/sync_training_study``)."""
+component reads. Written atomically by :func:`write_current_study` (``cappuccino
+set-study`` / ``bin/sync_training_study`` and ``cappuccino start-training``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-CURRENT_STUDY_FILE = ".current_study"
+from trainers.atomic_io import atomic_write_bytes
+from trainers.runtime.layout import Layout
+
+MAX_STUDY_NAME = 200
 
 
 def read_current_study(root: str | Path) -> str | None:
@@ -15,7 +19,7 @@ def read_current_study(root: str | Path) -> str | None:
     Raises:
         ValueError: the file exists but cannot be read.
     """
-    path = Path(root) / CURRENT_STUDY_FILE
+    path = Layout(root).current_study
     try:
         name = path.read_text().strip()
     except FileNotFoundError:
@@ -33,6 +37,18 @@ def require_current_study(root: str | Path) -> str:
     """
     name = read_current_study(root)
     if name is None:
-        path = Path(root) / CURRENT_STUDY_FILE
+        path = Layout(root).current_study
         raise ValueError(f"{path}: missing or empty; pass --study or run bin/sync_training_study NAME")
     return name
+
+
+def write_current_study(root: str | Path, name: str) -> None:
+    """Write ``<root>/.current_study`` atomically.
+
+    Raises:
+        ValueError: an empty name, one with a line break, or one over 200 characters.
+        OSError: the file cannot be written.
+    """
+    if not name or "\n" in name or len(name) > MAX_STUDY_NAME:
+        raise ValueError(f"invalid study name {name!r}")
+    atomic_write_bytes(Layout(root).current_study, (name + "\n").encode())

@@ -18,6 +18,8 @@ from typing import Any
 import optuna
 import structlog
 
+from trainers.runtime.layout import Layout
+
 MAX_BYTES = 10 * 1024 * 1024
 BACKUP_COUNT = 5
 
@@ -30,9 +32,9 @@ _SHARED: list[Any] = [
 ]
 
 
-def log_path(root: Path, component: str) -> Path:
+def log_path(root: str | Path, component: str) -> Path:
     """``<root>/logs/<component>.log``."""
-    return root / "logs" / f"{component}.log"
+    return Layout(root).log(component)
 
 
 def configure_logging(
