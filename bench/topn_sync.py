@@ -11,7 +11,7 @@ trials so the full selection (hash and spec checks) runs.
 
 Timed, in one run:
 
-* ``rank``: :func:`ensemble.selection.rank_trials`, top 10 (one engine, median of runs);
+* ``rank``: :func:`trainers.study_db.rank_trials`, top 10 (one engine, median of runs);
 * ``select``: :func:`ensemble.selection.select_top_n`, top 10, as the sync job calls it
   (new engine, ranking, 10 bundles unpacked-or-read and verified; median of runs);
 * ``sync``: :func:`ensemble.sync.sync_ensemble` without a membership change (median);
@@ -42,13 +42,14 @@ import torch
 from optuna.distributions import distribution_to_json
 from optuna.trial import TrialState
 
-from ensemble.selection import create_engine, rank_trials, select_top_n
+from ensemble.selection import select_top_n
 from ensemble.sync import sync_ensemble
 from trainers.actor import Actor
 from trainers.bundle import ObservationSpec, PipelineSpec, save_bundle
 from trainers.features import FEATURE_NAMES, FEATURE_PIPELINE_VERSION, NormStats
 from trainers.search_space import suggest_params
 from trainers.storage import default_storage_url
+from trainers.study_db import open_engine, rank_trials
 
 STUDY = "bench_topn"
 OTHER = "bench_other"
@@ -263,7 +264,7 @@ def main() -> None:
     url = default_storage_url(root)
     pipeline = PipelineSpec(SYMBOLS)
 
-    engine = create_engine(url)
+    engine = open_engine(url)
     rank_trials(engine, STUDY, TOP)  # warm the page cache the same way for both approaches
     t_rank, ranked = timed(lambda: rank_trials(engine, STUDY, TOP), args.runs)
     engine.dispose()

@@ -19,6 +19,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from trainers.accounting import (
+    DEFAULT_FEE,
+    DEFAULT_MIN_CASH,
+    DEFAULT_TRAILING_STOP,
+    TRADER_SLIPPAGE,
+    Rate,
+    Weight,
+)
+
 DEFAULT_CONFIG_FILE = "cappuccino.toml"
 TRAINING_OVERLAY = "training.toml"  # <root>/training.toml, written by `cappuccino start-training`
 ENV_PREFIX = "CAPPUCCINO_"
@@ -68,12 +77,12 @@ class PaperTraderConfig(_Section):
     speed: float = Field(1.0, ge=0, description="sim replay speed in bars/s; 0 = as fast as possible")
     deployment: str | None = Field(None, description="trade this deployment slot instead of the ensemble")
     initial_cash: float = Field(10_000.0, gt=0)
-    trailing_stop: float = Field(0.10, ge=0, lt=1)
-    max_weight: float = Field(1.0, gt=0, le=1)
-    min_cash: float = Field(0.05, ge=0, lt=1)
+    trailing_stop: Rate = DEFAULT_TRAILING_STOP
+    max_weight: Weight = 1.0
+    min_cash: Rate = DEFAULT_MIN_CASH
     min_notional: float = Field(10.0, ge=0)
-    fee: float = Field(0.0025, ge=0, lt=1)
-    slippage: float = Field(0.0005, ge=0, lt=1)
+    fee: Rate = DEFAULT_FEE
+    slippage: Rate = TRADER_SLIPPAGE
     allow_live: bool = False
     memory_limit_mb: int = Field(2048, ge=64)
     heartbeat_timeout_s: float = Field(300.0, gt=0)

@@ -14,42 +14,27 @@ round trips. Works on SQLite (>= 3.25, window functions) and PostgreSQL.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from daemon.alerts import Alert
 from trainers.atomic_io import read_json_object
-
-FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+from trainers.study_db import (
+    StudyDBError,
+    best_progression,
+    best_summary,
+    complete_after,
+    ended_between,
+    find_study,
+    open_engine,
+    recent_outcomes,
+    state_counts,
+)
 
 
 class MonitorError(RuntimeError):
     """The storage URL cannot be used; the message says why."""
-
-
-@lru_cache(maxsize=8)
-def _engine(url: str) -> sa.Engine:
-    try:
-        parsed = sa.engine.make_url(url)
-        if parsed.drivername == "postgresql":
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:" and not Path(parsed.database).is_file():
-                raise MonitorError(f"storage {parsed.database}: no such SQLite file")
-            return sa.create_engine(parsed, connect_args={"timeout": 30})
-        return sa.create_engine(parsed, pool_pre_ping=True)
-    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-        raise MonitorError(f"storage URL: {exc}") from None
-
-
-def _naive_utc(dt: datetime) -> datetime:
-    """Optuna's RDB storage keeps trial datetimes as naive UTC."""
-    return dt.astimezone(UTC).replace(tzinfo=None)
 
 
 def compute_monitor(
@@ -74,8 +59,9 @@ def compute_monitor(
 
     Returns:
         ``{"study", "exists", "time", "direction", "trials": {state: count},
-        "finished_last_hour": {state: count}, "trials_per_hour": finished in the last hour,
-        "trials_per_hour_24h": finished in the last 24 h / 24,
+        "ended_last_hour": {state: count}`` (trials that ended, COMPLETE, PRUNED or
+        FAIL, in the last hour), ``"ended_per_hour"``: their number, ``"ended_per_hour_24h"``:
+        trials ended in the last 24 h / 24,
         "best": {"number", "value", "vin", "grade"} | None,
         "best_over_time": [[trial number, best value so far], ...]`` (only the trials that
         improved the best value, in trial-number order: a step function), ``"rates":
@@ -97,9 +83,9 @@ def compute_monitor(
         "time": at.isoformat(),
         "direction": None,
         "trials": {},
-        "finished_last_hour": {},
-        "trials_per_hour": 0.0,
-        "trials_per_hour_24h": 0.0,
+        "ended_last_hour": {},
+        "ended_per_hour": 0.0,
+        "ended_per_hour_24h": 0.0,
         "best": None,
         "best_over_time": [],
         "rates": {
@@ -112,110 +98,44 @@ def compute_monitor(
         },
         "stagnation": {"trials_since_best": 0, "limit": stagnation_trials, "stagnant": False},
     }
-    with _engine(storage_url).connect() as con:
-        row = con.execute(sa.text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": study}).first()
+    try:
+        engine = open_engine(storage_url)
+    except StudyDBError as exc:
+        raise MonitorError(str(exc)) from None
+    with engine.connect() as con:
+        row = find_study(con, study)
         if row is None:
             return out
-        sid = int(row[0])
-        direction = con.execute(
-            sa.text("SELECT direction FROM study_directions WHERE study_id = :s ORDER BY objective LIMIT 1"),
-            {"s": sid},
-        ).scalar()
-        maximize = str(getattr(direction, "name", direction)).upper() != "MINIMIZE"
-        out.update(exists=True, direction="maximize" if maximize else "minimize")
-        out["trials"] = {
-            str(getattr(s, "name", s)): int(n)
-            for s, n in con.execute(
-                sa.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state"), {"s": sid}
-            )
+        out.update(exists=True, direction="maximize" if row.maximize else "minimize")
+        out["trials"] = state_counts(con, row)
+        last_day = ended_between(con, row, at - timedelta(hours=24), at)
+        last_hour = ended_between(con, row, at - timedelta(hours=1), at)
+        out["ended_last_hour"] = last_hour
+        out["ended_per_hour"] = float(sum(last_hour.values()))
+        out["ended_per_hour_24h"] = round(sum(last_day.values()) / 24.0, 3)
+        progression = best_progression(con, row, max_points)
+        if progression:
+            out["best_over_time"] = [[n, v] for _, n, v in progression]
+            out["best"] = best_summary(con, *progression[-1])
+        counts = recent_outcomes(con, row, history)
+        window = sum(counts.values())
+        pruned, failed = counts.get("PRUNED", 0), counts.get("FAIL", 0)
+        out["rates"] = {
+            "window": window,
+            "complete": counts.get("COMPLETE", 0),
+            "pruned": pruned,
+            "failed": failed,
+            "fail_rate": failed / window if window else None,
+            "prune_rate": pruned / window if window else None,
         }
-        _throughput(con, sid, at, out)
-        _best(con, sid, maximize, max_points, out)
-        _rates(con, sid, history, out)
-        best = out["best"]
-        if best is not None:
-            since = con.execute(
-                sa.text(
-                    "SELECT COUNT(*) FROM trials WHERE study_id = :s AND state = 'COMPLETE' AND number > :n"
-                ),
-                {"s": sid, "n": best["number"]},
-            ).scalar_one()
+        if out["best"] is not None:
+            since = complete_after(con, row, out["best"]["number"])
             out["stagnation"] = {
-                "trials_since_best": int(since),
+                "trials_since_best": since,
                 "limit": stagnation_trials,
-                "stagnant": int(since) >= stagnation_trials,
+                "stagnant": since >= stagnation_trials,
             }
     return out
-
-
-def _throughput(con: sa.Connection, sid: int, at: datetime, out: dict[str, Any]) -> None:
-    hour, day = _naive_utc(at - timedelta(hours=1)), _naive_utc(at - timedelta(hours=24))
-    rows = con.execute(
-        sa.text(
-            "SELECT state, SUM(CASE WHEN datetime_complete >= :h THEN 1 ELSE 0 END), COUNT(*) "
-            "FROM trials WHERE study_id = :s AND state IN ('COMPLETE', 'PRUNED', 'FAIL') "
-            "AND datetime_complete >= :d AND datetime_complete <= :now GROUP BY state"
-        ),
-        {"s": sid, "h": hour, "d": day, "now": _naive_utc(at)},
-    ).all()
-    last_hour = {str(getattr(s, "name", s)): int(h or 0) for s, h, _ in rows}
-    out["finished_last_hour"] = {k: v for k, v in last_hour.items() if v}
-    out["trials_per_hour"] = float(sum(last_hour.values()))
-    out["trials_per_hour_24h"] = round(sum(int(n) for *_, n in rows) / 24.0, 3)
-
-
-def _best(con: sa.Connection, sid: int, maximize: bool, max_points: int, out: dict[str, Any]) -> None:
-    agg, better = ("MAX", ">") if maximize else ("MIN", "<")
-    rows = con.execute(
-        sa.text(
-            "SELECT trial_id, number, value FROM ("
-            "  SELECT t.trial_id AS trial_id, t.number AS number, v.value AS value, "
-            f"   {agg}(v.value) OVER (ORDER BY t.number ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) "
-            "     AS previous "
-            "  FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-            "  WHERE t.study_id = :s AND t.state = 'COMPLETE' AND v.value_type = 'FINITE'"
-            f") x WHERE previous IS NULL OR value {better} previous ORDER BY number DESC LIMIT :k"
-        ),
-        {"s": sid, "k": max_points},
-    ).all()
-    if not rows:
-        return
-    out["best_over_time"] = [[int(n), float(v)] for _, n, v in reversed(rows)]
-    trial_id, number, value = rows[0]
-    attrs = {
-        k: json.loads(v)
-        for k, v in con.execute(
-            sa.text(
-                "SELECT key, value_json FROM trial_user_attributes "
-                "WHERE trial_id = :t AND key IN ('vin', 'grade')"
-            ),
-            {"t": trial_id},
-        )
-    }
-    out["best"] = {"number": int(number), "value": float(value), **attrs}
-
-
-def _rates(con: sa.Connection, sid: int, history: int, out: dict[str, Any]) -> None:
-    counts = {
-        str(getattr(s, "name", s)): int(n)
-        for s, n in con.execute(
-            sa.text(
-                "SELECT state, COUNT(*) FROM (SELECT state FROM trials WHERE study_id = :s "
-                "AND state IN ('COMPLETE', 'PRUNED', 'FAIL') ORDER BY number DESC LIMIT :n) x GROUP BY state"
-            ),
-            {"s": sid, "n": history},
-        )
-    }
-    window = sum(counts.values())
-    complete, pruned, failed = counts.get("COMPLETE", 0), counts.get("PRUNED", 0), counts.get("FAIL", 0)
-    out["rates"] = {
-        "window": window,
-        "complete": complete,
-        "pruned": pruned,
-        "failed": failed,
-        "fail_rate": failed / window if window else None,
-        "prune_rate": pruned / window if window else None,
-    }
 
 
 # --------------------------------------------------------------------------- alert conditions

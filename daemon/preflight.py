@@ -89,16 +89,12 @@ def run_checks(config: Config) -> list[Check]:
         checks.append(Check("dataset", False, str(exc)))
     url = config.study.storage or default_storage_url(root)
     try:
-        from sqlalchemy import create_engine, text
-
         from trainers.storage import prepare_sqlite
+        from trainers.study_db.engine import ping
 
         if url.startswith("sqlite"):
             prepare_sqlite(url)
-        engine = create_engine(url, pool_pre_ping=True)
-        with engine.connect() as con:
-            con.execute(text("SELECT 1"))
-        engine.dispose()
+        ping(url)
         checks.append(Check("storage", True, f"{redact_url(url)} reachable"))
     except Exception as exc:
         checks.append(Check("storage", False, f"{redact_url(url)}: {type(exc).__name__}: {exc}"))

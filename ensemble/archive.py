@@ -67,20 +67,13 @@ from ensemble.registry import (
     registry_path,
     summarise_folds,
 )
-from ensemble.selection import (
-    BundleSkip,
-    RankedTrial,
-    count_ranked,
-    create_engine,
-    locate_bundle,
-    rank_trials,
-    verify_bundle,
-)
+from ensemble.selection import BundleSkip, locate_bundle, verify_bundle
 from trainers.atomic_io import atomic_write_bytes, fsync_dir
 from trainers.naming import GRADES, grade_at_least, grade_for
 from trainers.runtime.current_study import require_current_study
 from trainers.runtime.pidlock import PidLock, holding
 from trainers.storage import default_storage_url
+from trainers.study_db import RankedTrial, count_ranked, open_engine, rank_trials
 
 DEFAULT_TOP_PERCENT = 10.0
 DEFAULT_MIN_GRADE = "A"
@@ -296,7 +289,7 @@ def run_archive(
     log = log or structlog.get_logger("ensemble.archive").bind(
         component="archive", study=name, pid=os.getpid()
     )
-    engine = create_engine(storage or default_storage_url(root))
+    engine = open_engine(storage or default_storage_url(root))
     try:
         n_ranked = count_ranked(engine, name)
         k = top_count(n_ranked, top_percent)

@@ -12,7 +12,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from trainers.accounting import Costs
+from trainers.accounting import (
+    DEFAULT_FEE,
+    DEFAULT_MIN_CASH,
+    DEFAULT_TRAILING_STOP,
+    TRADER_SLIPPAGE,
+    Costs,
+    Rate,
+    Weight,
+)
 from trainers.data import DEFAULT_HOLDOUT_CUT
 
 LEDGER_FILE = "ledger.db"
@@ -64,12 +72,12 @@ class TraderConfig(BaseModel):
     broker: Literal["sim", "alpaca"] = "sim"
     live: bool = False
     allow_live: bool = False
-    trailing_stop: float = Field(0.10, ge=0, lt=1)
-    max_weight: float = Field(1.0, gt=0, le=1)
-    min_cash: float = Field(0.05, ge=0, lt=1)
+    trailing_stop: Rate = DEFAULT_TRAILING_STOP
+    max_weight: Weight = 1.0
+    min_cash: Rate = DEFAULT_MIN_CASH
     min_notional: float = Field(10.0, ge=0)
-    fee: float = Field(0.0025, ge=0, lt=1)
-    slippage: float = Field(0.0005, ge=0, lt=1)
+    fee: Rate = DEFAULT_FEE
+    slippage: Rate = TRADER_SLIPPAGE
     initial_cash: float = Field(10_000.0, gt=0)
     poll_s: float = Field(1.0, gt=0)
 

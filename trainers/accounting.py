@@ -24,19 +24,29 @@ Framework for the Financial Portfolio Management Problem", eq. 14) whose error i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 DEFAULT_FEE = 0.0025  # per side, fraction of traded notional
 DEFAULT_MIN_CASH = 0.05  # minimum cash reserve, fraction of value
 DEFAULT_TRAILING_STOP = 0.10  # fraction below the high-water mark since entry
 DEFAULT_MIN_TRADE = 0.01  # smallest trade per asset, fraction of value (a no-trade band)
+TRADER_SLIPPAGE = 0.0005  # slippage per side the paper trader assumes by default
 
 
-@dataclass(frozen=True)
+Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
+"""A fraction in [0, 1): fee, slippage, cash reserve, trailing stop, minimum trade."""
+Weight = Annotated[float, Field(gt=0.0, le=1.0)]
+"""A fraction in (0, 1]: the maximum weight of one asset."""
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Costs:
-    """Trading frictions and risk limits (all fractions, not percent).
+    """Trading frictions and risk limits (all fractions, not percent): the one execution
+    model. The configuration models reuse its bound types (:data:`Rate`, :data:`Weight`).
 
     Attributes:
         fee: commission per side on traded notional (default 0.25%).
@@ -48,22 +58,17 @@ class Costs:
         min_trade: smallest trade per asset as a fraction of value; a smaller change of
             weight is not traded (the asset keeps its drifted weight). The paper trader's
             minimum order notional maps onto it as ``min_notional / value``.
+
+    Raises:
+        pydantic.ValidationError (a ValueError): a value outside its bounds, naming it.
     """
 
-    fee: float = DEFAULT_FEE
-    slippage: float = 0.0
-    min_cash: float = DEFAULT_MIN_CASH
-    max_weight: float = 1.0
-    trailing_stop: float = DEFAULT_TRAILING_STOP
-    min_trade: float = DEFAULT_MIN_TRADE
-
-    def __post_init__(self) -> None:
-        for name in ("fee", "slippage", "min_cash", "trailing_stop", "min_trade"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        if not 0.0 < self.max_weight <= 1.0:
-            raise ValueError(f"max_weight must be in (0, 1], got {self.max_weight}")
+    fee: Rate = DEFAULT_FEE
+    slippage: Rate = 0.0
+    min_cash: Rate = DEFAULT_MIN_CASH
+    max_weight: Weight = 1.0
+    trailing_stop: Rate = DEFAULT_TRAILING_STOP
+    min_trade: Rate = DEFAULT_MIN_TRADE
 
 
 def action_to_weights(action: np.ndarray, costs: Costs) -> np.ndarray:

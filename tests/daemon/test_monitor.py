@@ -115,8 +115,8 @@ def check_figures(
     assert rates["window"] == ref["window"]
     assert rates["fail_rate"] == pytest.approx(ref["fail_rate"])
     assert rates["prune_rate"] == pytest.approx(ref["prune_rate"])
-    assert got["trials_per_hour"] == ref["last_hour"]
-    assert got["trials_per_hour_24h"] == pytest.approx(ref["last_day"] / 24, abs=1e-3)
+    assert got["ended_per_hour"] == ref["last_hour"]
+    assert got["ended_per_hour_24h"] == pytest.approx(ref["last_day"] / 24, abs=1e-3)
     assert got["stagnation"] == {
         "trials_since_best": ref["since"],
         "limit": stagnation,
@@ -149,7 +149,7 @@ def test_the_plan_exercises_what_it_should(tmp_path: Path, at: datetime) -> None
     # last 10 finished: trials 8..17 -> FAIL 8, 14; PRUNED 10, 16
     assert (got["rates"]["fail_rate"], got["rates"]["prune_rate"]) == (0.2, 0.2)
     assert got["stagnation"] == {"trials_since_best": 7, "limit": 10, "stagnant": False}
-    assert got["trials_per_hour"] == 7  # trials 11..17 finished within the hour
+    assert got["ended_per_hour"] == 7  # trials 11..17 finished within the hour
     got = compute_monitor(url, "s", stagnation_trials=7, max_points=2, now=at)
     assert got["stagnation"]["stagnant"] and got["best_over_time"] == [[5, 0.45], [6, 0.5]]
 

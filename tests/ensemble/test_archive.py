@@ -31,13 +31,13 @@ from ensemble.registry import (
     registry_path,
     summarise_folds,
 )
-from ensemble.selection import SelectionError
 from tests.conftest import TrainedStudy
 from tests.ensemble.test_selection import rewrite_bundle
 from trainers.bundle import ACTOR_FILE, META_FILE, pack_bundle, read_meta, save_bundle, sha256_file
 from trainers.naming import GRADES, grade_for, vin_for
 from trainers.search_space import ACTIVATIONS, BATCH_SIZE_CHOICES, suggest_params
 from trainers.storage import default_storage_url
+from trainers.study_db import StudyDBError
 
 CREATED = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)  # one day for every clone: equal params -> equal VIN
 runner = CliRunner()
@@ -466,7 +466,7 @@ def test_one_archive_run_at_a_time(graded: Graded) -> None:
 
 
 def test_unknown_study_raises_before_touching_the_root(graded: Graded) -> None:
-    with pytest.raises(SelectionError, match="no study named 'absent'"):
+    with pytest.raises(StudyDBError, match="no study named 'absent'"):
         run_archive(graded.root, graded.url, "absent")
     assert not graded.arch.exists()
 

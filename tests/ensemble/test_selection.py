@@ -17,14 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from structlog.testing import capture_logs
 
-from ensemble.selection import (
-    SelectionError,
-    _study_filter,
-    create_engine,
-    iter_ranked,
-    rank_trials,
-    select_top_n,
-)
+from ensemble.selection import select_top_n
 from tests.conftest import TrainedStudy
 from trainers.bundle import (
     ACTOR_FILE,
@@ -37,6 +30,8 @@ from trainers.bundle import (
 )
 from trainers.data import Panel
 from trainers.storage import default_storage_url, prepare_sqlite
+from trainers.study_db import StudyDBError, iter_ranked, open_engine, rank_trials
+from trainers.study_db.ranking import _study_filter
 
 # ---------------------------------------------------------------- helpers (also used by test_sync)
 
@@ -163,7 +158,7 @@ def assert_ranked_like_optuna(url: str, name: str, k: int) -> None:
         study.get_trials(states=(TrialState.COMPLETE,)),
         key=lambda t: ((-t.value if maximize else t.value), t.number),
     )
-    engine = create_engine(url)
+    engine = open_engine(url)
     try:
         got = rank_trials(engine, name, k)
         want = ref[:k]
@@ -190,7 +185,7 @@ def test_rank_order_tie_break_params_and_state_filter(tmp_path: Path) -> None:
     assert_ranked_like_optuna(url, "ties", 10)
     assert_ranked_like_optuna(url, "ties", 1000)  # more than there are
 
-    engine = create_engine(url)
+    engine = open_engine(url)
     ranked = rank_trials(engine, "ties", 10)
     engine.dispose()
     # ties: equal values in trial-number order; a categorical param decodes to its choice
@@ -219,7 +214,7 @@ def test_rank_never_returns_another_studys_trials(tmp_path: Path) -> None:
     for t in a.trials:  # same numbers, better values
         b.add_trial(optuna.trial.create_trial(value=100.0 + t.number, params={}, distributions={}))
     populate(url, "big", 90, seed=8)
-    engine = create_engine(url)
+    engine = open_engine(url)
     try:
         got = rank_trials(engine, "a", 50)
         with engine.connect() as conn:
@@ -240,12 +235,12 @@ def test_rank_never_returns_another_studys_trials(tmp_path: Path) -> None:
 def test_unknown_study_is_one_clear_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'rank.db'}"
     populate(url, "present", 3, seed=4)
-    engine = create_engine(url)
-    with pytest.raises(SelectionError, match=r"no study named 'absent' .*present"):
+    engine = open_engine(url)
+    with pytest.raises(StudyDBError, match=r"no study named 'absent' .*present"):
         rank_trials(engine, "absent", 10)
     engine.dispose()
-    with pytest.raises(SelectionError, match="storage URL"):
-        create_engine("nosuchdb://x")
+    with pytest.raises(StudyDBError, match="storage URL"):
+        open_engine("nosuchdb://x")
 
 
 @pytest.mark.postgres
@@ -257,8 +252,8 @@ def test_rank_on_postgresql(pg_url: str) -> None:
     assert_ranked_like_optuna(pg_url, "pg_ties", 10)  # plain postgresql:// URL (psycopg 3)
     assert_ranked_like_optuna(driver_url, "pg_other", 10)
     assert_ranked_like_optuna(driver_url, "pg_min", 5)
-    with pytest.raises(SelectionError, match="no study named 'nope'"):
-        rank_trials(create_engine(pg_url), "nope", 3)
+    with pytest.raises(StudyDBError, match="no study named 'nope'"):
+        rank_trials(open_engine(pg_url), "nope", 3)
 
 
 # ---------------------------------------------------------------- selection with bundles

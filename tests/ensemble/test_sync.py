@@ -19,7 +19,6 @@ from watchdog.observers import Observer
 from daemon.cli import app
 from ensemble.manifest import MANIFEST_FILE, RELOAD_FILE, member_dir_name, read_manifest
 from ensemble.policy import EnsemblePolicy
-from ensemble.selection import SelectionError
 from ensemble.sync import LOCK_FILE, SyncError, sync_ensemble
 from tests.conftest import TrainedStudy
 from tests.ensemble.test_selection import (
@@ -31,6 +30,7 @@ from tests.ensemble.test_selection import (
 )
 from trainers.bundle import ACTOR_FILE, PipelineSpec, load_bundle, sha256_file
 from trainers.data import Panel
+from trainers.study_db import StudyDBError
 
 
 @pytest.fixture
@@ -234,7 +234,7 @@ def test_failed_sync_leaves_the_ensemble_untouched(
     sync_ensemble(root, url, study, pipeline)
     ens = root / "ensemble"
     before = snapshot(ens)
-    with pytest.raises(SelectionError, match="no study named 'absent'"):
+    with pytest.raises(StudyDBError, match="no study named 'absent'"):
         sync_ensemble(root, url, "absent", pipeline)
     with pytest.raises(SyncError, match=r"no usable COMPLETE trial \(3 skipped"):
         sync_ensemble(root, url, study, PipelineSpec(("BTCUSD", "ETHUSD")))
