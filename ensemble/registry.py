@@ -17,7 +17,6 @@ totals by grade and by algorithm. An entry is identified by (study, trial id, sh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import Counter
@@ -26,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from trainers.atomic_io import read_json, sha256_file
 from trainers.naming import GRADES
 
 SCHEMA_VERSION = 1
@@ -152,20 +152,13 @@ def read_registry(root: str | Path) -> Registry | None:
         ) from None
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (same as :func:`trainers.bundle.sha256_file`)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RegistryError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+        return read_json(path)
+    except (OSError, ValueError) as exc:
+        raise RegistryError(
+            str(exc) if isinstance(exc, ValueError) else f"{path}: unreadable ({exc})"
+        ) from None
 
 
 def read_metadata(directory: Path) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def max_drawdown(equity: np.ndarray) -> float:
     return float(np.max(1.0 - equity / peak)) if len(equity) else 0.0
 
 
-def summarize(equity: np.ndarray, turnover: float, bars_per_year: int = BARS_PER_YEAR) -> Metrics:
+def summarise(equity: np.ndarray, turnover: float, bars_per_year: int = BARS_PER_YEAR) -> Metrics:
     """:class:`Metrics` of an equity curve."""
     return Metrics(
         total_return=float(equity[-1] / equity[0] - 1.0),
@@ -169,8 +169,8 @@ def backtest(
     return BacktestResult(
         equity=equity,
         weights=held,
-        metrics=summarize(equity, turnover, bars_per_year),
+        metrics=summarise(equity, turnover, bars_per_year),
         benchmark_equity=bench_equity,
-        benchmark=summarize(bench_equity, bench_turnover, bars_per_year),
+        benchmark=summarise(bench_equity, bench_turnover, bars_per_year),
         bars_per_year=bars_per_year,
     )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers.atomic_io import atomic_write_bytes, atomic_write_json
+from trainers.atomic_io import atomic_write_bytes, atomic_write_json, sha256_file
 from trainers.features import FEATURE_NAMES, FEATURE_PIPELINE_VERSION, NormStats
 from trainers.observation import observation_dim
 
@@ -128,15 +128,6 @@ class Bundle:
     @property
     def sha256(self) -> str:
         return str(self.meta["actor_sha256"])
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_bundle(directory: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from trainers.backtest import (
     buy_and_hold,
     max_drawdown,
     sharpe_ratio,
-    summarize,
+    summarise,
 )
 from trainers.data import BARS_PER_YEAR
 from trainers.env import PortfolioEnv
@@ -63,7 +63,7 @@ def test_max_drawdown_by_hand() -> None:
 
 def test_summarize_by_hand() -> None:
     equity = np.array([2.0, 2.2, 1.98, 2.178])
-    m = summarize(equity, turnover=1.5, bars_per_year=1)
+    m = summarise(equity, turnover=1.5, bars_per_year=1)
     assert isinstance(m, Metrics)
     assert m.total_return == pytest.approx(0.089)
     assert m.sharpe == pytest.approx(math.sqrt(3) / 6)
