@@ -84,7 +84,7 @@ class Alert:
         return {**self.details, **base}
 
 
-def redact_url(url: str) -> str:
+def url_host(url: str) -> str:
     """``https://hooks.example.org/T000/secret`` -> ``https://hooks.example.org`` (for logs)."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
@@ -277,7 +277,7 @@ class AlertSink:
                         alert=payload["alert"],
                         attempts=attempts,
                         error=error,
-                        webhook=redact_url(str(self.url)),
+                        webhook=url_host(str(self.url)),
                     )
                 with self._lock:
                     self._pending -= 1
@@ -334,7 +334,7 @@ class AlertSink:
         """Active alerts, recent ones and delivery counts (JSON-ready, for ``status.json``)."""
         with self._lock:
             return {
-                "webhook": None if self.url is None else redact_url(self.url),
+                "webhook": None if self.url is None else url_host(self.url),
                 "active": {k: dict(v) for k, v in self.active.items()},
                 "recent": [dict(r) for r in self.recent],
                 "delivery": dict(self.delivery),

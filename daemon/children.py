@@ -1,11 +1,9 @@
 """Managed child processes: each in its own process group, identified by pid + create time
-(psutil), restarted with exponential backoff within a restart budget.
+(psutil).
 
 A child is *unhealthy* when it has exited, is a zombie, its heartbeat file is older than
-its timeout, or its resident memory (the whole process tree) exceeds its limit. The
-watchdog restarts it after a backoff of ``initial * 2**k`` seconds (capped), where ``k`` is
-the number of restarts in the last hour; past ``budget_per_hour`` restarts in an hour the
-child is marked ``failed`` and left stopped (an alert is logged).
+its timeout, or its resident memory (the whole process tree) exceeds its limit. Who runs
+and how an unhealthy child is restarted is :mod:`daemon.fleet`.
 """
 
 from __future__ import annotations
@@ -46,18 +44,6 @@ class ChildSpec:
     memory_limit_mb: int = 4096
     restart_on_success: bool = True
     env: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass
-class RestartPolicy:
-    """Exponential backoff and an hourly restart budget (seconds)."""
-
-    initial_s: float = 5.0
-    max_s: float = 300.0
-    budget_per_hour: int = 3
-
-    def backoff(self, recent_restarts: int) -> float:
-        return min(self.max_s, self.initial_s * 2.0**recent_restarts)
 
 
 @dataclass

@@ -22,17 +22,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import psutil
 import structlog
 
-from daemon.children import Child, ChildSpec, RestartPolicy, stop_process_group
+from daemon import fleet, jobs
+from daemon.children import Child, ChildSpec
 from daemon.config import Config, load_config
-from daemon.jobs import JobRunner
+from daemon.scheduler import JobRunner
 from daemon.sdnotify import Notifier
-from daemon.status_file import build_status
+from daemon.views.status import build_status
 from trainers.atomic_io import atomic_write_json
 from trainers.runtime.current_study import read_current_study
-from trainers.runtime.heartbeat import heartbeat_path
 from trainers.runtime.layout import Layout
 from trainers.runtime.logs import configure_logging
 from trainers.runtime.pidlock import LockHeld, PidLock, lock_holder
@@ -45,39 +44,17 @@ class SupervisorError(RuntimeError):
     """Start-up refused (lock held, no study); the message says why and what to do."""
 
 
-def run_dir(root: Path) -> Path:
-    return root / "run"
-
-
-def children_file(root: Path) -> Path:
-    return run_dir(root) / "children.json"
-
-
 def stop_stale_children(root: Path, timeout_s: float) -> list[dict[str, Any]]:
-    """Stop children recorded by a supervisor that died without cleaning up.
-
-    Only processes whose pid AND create time match a record are touched; a reused pid or an
-    unrelated process with a similar command line is left alone.
-    """
-    path = children_file(root)
+    """Stop the children recorded in ``run/children.json`` by a supervisor that died without
+    cleaning up (:func:`daemon.fleet.stop_stale`), then forget the record."""
+    path = Layout(root).children
     try:
         records = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
-    stopped = []
-    for rec in records if isinstance(records, list) else []:
-        pid, ctime = rec.get("pid"), rec.get("create_time")
-        if not isinstance(pid, int) or not isinstance(ctime, (int, float)):
-            continue
-        try:
-            proc = psutil.Process(pid)
-            if abs(proc.create_time() - ctime) > 0.01:
-                continue
-        except psutil.NoSuchProcess:
-            continue
-        if stop_process_group(pid, ctime, timeout_s):
-            log.warning("stale_child_stopped", child=rec.get("name"), child_pid=pid)
-            stopped.append(rec)
+    stopped = fleet.stop_stale(records if isinstance(records, list) else [], timeout_s)
+    for rec in stopped:
+        log.warning("stale_child_stopped", child=rec.get("name"), child_pid=rec.get("pid"))
     path.unlink(missing_ok=True)
     return stopped
 
@@ -126,67 +103,12 @@ class Supervisor:
         return name
 
     def child_specs(self) -> list[ChildSpec]:
-        cfg, root, py = self.config, self.root, sys.executable
-        specs = []
-        for i in range(cfg.workers.count):
-            name = f"worker-{i}"
-            argv = [py, "-m", "trainers.worker", "--study", str(self.study), "--storage", self.storage_url]
-            argv += ["--root", str(root), "--n-trials", str(cfg.study.n_trials), "--mode", cfg.study.mode]
-            argv += ["--max-trials-per-process", str(cfg.workers.max_trials_per_process)]
-            argv += ["--device", cfg.workers.device, "--budget-steps", str(cfg.study.budget_steps)]
-            argv += ["--n-envs", str(cfg.study.n_envs), "--holdout-cut", cfg.study.holdout_cut]
-            argv += ["--heartbeat-interval", str(cfg.workers.optuna_heartbeat_interval_s)]
-            argv += ["--grace-period", str(cfg.workers.optuna_grace_period_s)]
-            argv += ["--torch-threads", str(cfg.workers.torch_threads), "--component", name]
-            argv += ["--log-level", cfg.log_level]
-            if cfg.study.data:
-                argv += ["--data", cfg.study.data]
-            specs.append(
-                ChildSpec(
-                    name,
-                    tuple(argv),
-                    heartbeat_path(root, name),
-                    cfg.workers.heartbeat_timeout_s,
-                    cfg.workers.memory_limit_mb,
-                    env=(("OMP_NUM_THREADS", str(cfg.workers.torch_threads)),),
-                )
-            )
-        if cfg.paper_trader.enabled:
-            pt = cfg.paper_trader
-            argv = [py, "-m", "paper_trader", "--root", str(root), "--broker", pt.broker]
-            argv += ["--speed", str(pt.speed), "--initial-cash", str(pt.initial_cash)]
-            argv += ["--trailing-stop", str(pt.trailing_stop), "--max-weight", str(pt.max_weight)]
-            argv += ["--min-cash", str(pt.min_cash), "--min-notional", str(pt.min_notional)]
-            argv += ["--fee", str(pt.fee), "--slippage", str(pt.slippage)]
-            argv += ["--holdout-cut", cfg.study.holdout_cut, "--log-level", cfg.log_level]
-            if pt.deployment is not None:
-                argv += ["--deployment", pt.deployment]
-            if cfg.study.data:
-                argv += ["--data", cfg.study.data]
-            specs.append(
-                ChildSpec(
-                    "paper_trader",
-                    tuple(argv),
-                    heartbeat_path(root, "paper_trader"),
-                    pt.heartbeat_timeout_s,
-                    pt.memory_limit_mb,
-                    restart_on_success=False,
-                    env=(
-                        ("OMP_NUM_THREADS", "1"),
-                        ("CAPPUCCINO_PAPER_TRADER__ALLOW_LIVE", "true" if pt.allow_live else "false"),
-                    ),
-                )
-            )
-        return specs
-
-    def restart_policy(self) -> RestartPolicy:
-        r = self.config.restart
-        return RestartPolicy(r.backoff_initial_s, r.backoff_max_s, r.budget_per_hour)
+        return fleet.child_specs(self.config, str(self.study), self.storage_url)
 
     # ------------------------------------------------------------------ children
     def record_children(self) -> None:
         atomic_write_json(
-            children_file(self.root),
+            Layout(self.root).children,
             [
                 {"name": c.spec.name, "pid": c.pid, "create_time": c.create_time, "argv": list(c.spec.argv)}
                 for c in self.children.values()
@@ -198,7 +120,7 @@ class Supervisor:
         child = self.children.get(spec.name)
         if child is None or child.spec != spec:
             old = child
-            child = Child(spec, self.root / "logs")
+            child = Child(spec, Layout(self.root).logs_dir)
             if old is not None:
                 child.restarts, child.total_restarts = old.restarts, old.total_restarts
             self.children[spec.name] = child
@@ -247,45 +169,25 @@ class Supervisor:
             log.info("child_done", child=child.spec.name, reason="study reached its trial target")
             self.record_children()
             return
-        policy = self.restart_policy()
-        now = time.monotonic()
-        recent = child.recent_restarts(now)
         child.last_reason = reason
         planned = code == 0 and reason.startswith("exited")  # a worker's per-process trial quota
-        if not planned and recent >= policy.budget_per_hour:
+        delay = fleet.schedule_restart(child, fleet.RestartPolicy.from_config(self.config), planned)
+        if delay is None:
             child.state = "failed"
             log.error(
                 "alert_child_failed",
                 child=child.spec.name,
                 reason=reason,
-                restarts_last_hour=recent,
+                restarts_last_hour=child.recent_restarts(time.monotonic()),
                 note="restart budget exhausted; not restarting",
             )
-            self.record_children()
-            return
-        delay = 0.0 if planned else policy.backoff(recent)
-        if not planned:
-            child.restarts.append(now)
-            child.total_restarts += 1
-        child.state = "backoff"
-        child.restart_at = now + delay
-        log.warning("child_unhealthy", child=child.spec.name, reason=reason, restart_in_s=delay)
+        else:
+            log.warning("child_unhealthy", child=child.spec.name, reason=reason, restart_in_s=delay)
         self.record_children()
 
     def ensure_study(self) -> None:
-        """Create the storage schema and the study before workers start (so concurrent
-        workers never race to create tables on a fresh database)."""
-        import optuna  # not trainers.worker.create_study: that module loads torch (~200 MB RSS)
-
-        from trainers.storage import make_storage
-
-        storage = make_storage(self.storage_url, heartbeat_interval=None)
-        try:  # the direction is all a study stores; workers bring their own sampler and pruner
-            optuna.create_study(
-                storage=storage, study_name=str(self.study), direction="maximize", load_if_exists=True
-            )
-        finally:
-            storage.engine.dispose()
+        """Create the storage schema and the study before workers start."""
+        fleet.ensure_study(self.storage_url, str(self.study))
 
     def study_finished(self, refresh: bool = False) -> bool:
         """Whether the study reached its trial target; ``refresh`` reads the storage now (a
@@ -297,9 +199,7 @@ class Supervisor:
                 self.monitor_cache["study"] = study_stats(self.storage_url, str(self.study))
             except Exception as exc:  # storage down: keep the cached figures
                 log.warning("study_stats_failed", error=str(exc))
-        stats = self.monitor_cache.get("study") or {}
-        trials = stats.get("trials") or {}
-        return trials.get("COMPLETE", 0) + trials.get("PRUNED", 0) >= self.config.study.n_trials
+        return fleet.finished_trials(self.monitor_cache.get("study") or {}) >= self.config.study.n_trials
 
     def check_children(self, deep: bool) -> None:
         """Fast path each tick: exits and due restarts. ``deep`` (watchdog job): also
@@ -327,123 +227,28 @@ class Supervisor:
                     self.start_child(child.spec)
 
     # ------------------------------------------------------------------ jobs
-    def _cli(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "daemon.cli", *args]
-
-    def job_sync(self) -> str:
-        cfg = self.config
-        argv = self._cli("sync", "--study", str(self.study), "--root", str(self.root))
-        argv += ["--storage", self.storage_url, "--top-n", str(cfg.ensemble.top_n)]
-        if cfg.study.data:
-            argv += ["--data", cfg.study.data]
-        outcome, detail = self.jobs.run_command(
-            argv, cfg.jobs.job_timeout_s * 0.9, self.root / "logs" / "sync.out"
-        )
-        return detail if outcome == "ok" else f"{outcome}: {detail}"
-
-    def job_deploy(self) -> str:
-        d = self.config.deploy
-        argv = self._cli("deploy", "--study", str(self.study), "--root", str(self.root))
-        argv += ["--storage", self.storage_url, "--slot", d.slot, "--min-improvement", str(d.min_improvement)]
-        argv += ["--min-grade", d.min_grade, "--min-sharpe", str(d.min_sharpe)]
-        argv += ["--max-drawdown", str(d.max_drawdown), "--holdout-cut", self.config.study.holdout_cut]
-        if self.config.study.data:
-            argv += ["--data", self.config.study.data]
-        outcome, detail = self.jobs.run_command(
-            argv, self.config.jobs.job_timeout_s * 0.9, self.root / "logs" / "deploy.out"
-        )
-        return detail if outcome == "ok" else f"{outcome}: {detail}"
+    def job_context(self) -> jobs.JobContext:
+        return jobs.JobContext(self.config, self.root, str(self.study), self.storage_url, self.jobs)
 
     def job_watchdog(self) -> str:
         self.check_children(deep=True)
         states = [c.state for c in self.children.values()]
         return f"{states.count('running')}/{len(states)} running"
 
-    def job_archive(self) -> str:
-        a = self.config.archive
-        argv = self._cli("archive", "--study", str(self.study), "--root", str(self.root))
-        argv += [
-            "--storage",
-            self.storage_url,
-            "--top-percent",
-            str(a.top_percent),
-            "--min-grade",
-            a.min_grade,
-        ]
-        timeout = self.config.jobs.job_timeout_s * 0.9
-        outcome, detail = self.jobs.run_command(argv, timeout, self.root / "logs" / "archive.out")
-        return detail if outcome == "ok" else f"{outcome}: {detail}"
-
-    def job_cleanup(self) -> str:
-        """Archive first (cleanup never removes what the archive refers to, but it may remove
-        scratch of trials the archive has not copied yet), then clean."""
-        cfg = self.config
-        if cfg.archive.enabled:
-            self.job_archive()
-        keep_top = max(cfg.cleanup.keep_top, cfg.ensemble.top_n)
-        argv = self._cli("clean", "--root", str(self.root), "--storage", self.storage_url)
-        argv += ["--keep-days", str(cfg.cleanup.keep_days), "--keep-top", str(keep_top)]
-        timeout = cfg.jobs.job_timeout_s * 0.9
-        outcome, detail = self.jobs.run_command(argv, timeout, self.root / "logs" / "cleanup.out")
-        return detail if outcome == "ok" else f"{outcome}: {detail}"
-
     def job_monitor(self) -> str:
-        """Trials/hour, best value over time, fail and prune rates, stagnation; alerts."""
-        from daemon.monitor import compute_monitor, monitor_alerts
-
-        a = self.config.alerts
-        figures = compute_monitor(
-            self.storage_url, str(self.study), history=a.rate_window, stagnation_trials=a.stagnation_trials
-        )
-        self.monitor_cache["study"] = figures
-        self.monitor_cache["at"] = datetime.now(UTC).isoformat()
-        kids = [
-            {
-                "name": c.spec.name,
-                "state": c.state,
-                "restarts": c.total_restarts,
-                "restarts_last_hour": len(c.restarts),
-                "last_reason": c.last_reason,
-                "last_exit": c.last_exit,
-            }
-            for c in self.children.values()
-        ]
-        if self.alerts is not None:
-            self.alerts.update(monitor_alerts(self.root, figures, kids, a.drawdown_limit))
-            self.monitor_cache["alerts"] = self.alerts.snapshot()
-        best = figures.get("best") or {}
-        log.info(
-            "monitor",
-            study=self.study,
-            trials=figures.get("trials"),
-            trials_per_hour=figures.get("trials_per_hour"),
-            fail_rate=figures.get("fail_rate"),
-            prune_rate=figures.get("prune_rate"),
-            stagnation=figures.get("stagnation"),
-            best_value=best.get("value"),
-            best_vin=best.get("vin"),
-        )
-        return f"{sum((figures.get('trials') or {}).values())} trials, best {best.get('value')}"
+        return jobs.monitor(self.job_context(), list(self.children.values()), self.alerts, self.monitor_cache)
 
     def schedule_jobs(self) -> None:
-        j = self.config.jobs
-        self.jobs.add("watchdog", j.watchdog_interval_s, self.job_watchdog, first_in_s=j.watchdog_interval_s)
-        self.jobs.add("monitor", j.monitor_interval_s, self.job_monitor, first_in_s=0.5)
-        self.jobs.add(
-            "ensemble_sync", j.sync_interval_s, self.job_sync, first_in_s=min(5.0, j.sync_interval_s)
-        )
-        self.jobs.add(
-            "deploy", j.deploy_interval_s, self.job_deploy, first_in_s=min(60.0, j.deploy_interval_s)
-        )
-        cfg = self.config
-        if cfg.archive.enabled:
-            self.jobs.add(
-                "archive", cfg.archive.interval_s, self.job_archive, first_in_s=cfg.archive.interval_s
-            )
-        if cfg.cleanup.enabled:
-            self.jobs.add(
-                "cleanup", cfg.cleanup.interval_s, self.job_cleanup, first_in_s=cfg.cleanup.interval_s
-            )
+        ctx = self.job_context
+        bodies: dict[str, Callable[[], str]] = {
+            "watchdog": self.job_watchdog,
+            "monitor": self.job_monitor,
+            "ensemble_sync": lambda: jobs.sync(ctx()),
+            "deploy": lambda: jobs.deploy(ctx()),
+            "archive": lambda: jobs.archive(ctx()),
+            "cleanup": lambda: jobs.cleanup(ctx()),
+        }
+        jobs.schedule(self.jobs, self.config, bodies)
 
     # ------------------------------------------------------------------ signals
     def _on_term(self, signum: int, _frame: FrameType | None) -> None:
@@ -467,15 +272,7 @@ class Supervisor:
                 self.ensure_study()
             except Exception as exc:  # storage down: the workers retry; the supervisor stays up
                 log.error("ensure_study_failed", study=self.study, error=str(exc))
-        j = new.jobs
-        for name, interval in (
-            ("watchdog", j.watchdog_interval_s),
-            ("monitor", j.monitor_interval_s),
-            ("ensemble_sync", j.sync_interval_s),
-            ("deploy", j.deploy_interval_s),
-        ):
-            self.jobs.reschedule(name, interval)
-        self.jobs.timeout_s = j.job_timeout_s
+        jobs.reschedule(self.jobs, new)
         log.info("reloaded", study=self.study, previous_study=old_study)
         self.align_children()
         if self.study != old_study:
@@ -485,7 +282,7 @@ class Supervisor:
     # ------------------------------------------------------------------ status
     def write_status(self) -> None:
         status = build_status(self.root, self.storage_url, self.study, supervisor=self.status_self())
-        atomic_write_json(run_dir(self.root) / "status.json", status)
+        atomic_write_json(Layout(self.root).status, status)
 
     def status_self(self) -> dict[str, Any]:
         return {
@@ -534,7 +331,7 @@ class Supervisor:
         self.ensure_study()
         from daemon.alerts import AlertSink
 
-        self.alerts = AlertSink.from_config(self.config.alerts, self.root, run_dir(self.root) / "alerts.json")
+        self.alerts = AlertSink.from_config(self.config.alerts, self.root, Layout(self.root).alerts_state)
         log.info("supervisor_started", study=self.study, root=str(self.root), storage=self.storage_url)
         self.align_children()
         self.schedule_jobs()
@@ -577,7 +374,7 @@ class Supervisor:
                 list(pool.map(lambda c: c.stop(self.config.restart.stop_timeout_s), running))
         for c in running:
             log.info("child_stopped", child=c.spec.name, child_pid=c.pid)
-        children_file(self.root).unlink(missing_ok=True)
+        Layout(self.root).children.unlink(missing_ok=True)
         if self.alerts is not None:
             self.alerts.close(5.0)
         with contextlib.suppress(Exception):

@@ -25,8 +25,8 @@ import pytest
 from optuna.trial import TrialState
 
 from daemon.children import Child, ChildSpec
-from daemon.jobs import JobRecord
-from daemon.status_file import build_status
+from daemon.scheduler import JobRecord
+from daemon.views.status import build_status
 from ensemble.manifest import read_manifest
 from tests.conftest import TrainedStudy
 from tests.daemon._supervisor_proc import REPO, Supervisors, clean_env, run_cli, trials, write_config

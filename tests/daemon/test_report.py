@@ -13,8 +13,8 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
-from daemon.ledger_view import LedgerReadError, equity_curve, ledger_path
-from daemon.report import BEST_VALUE_PNG, DPI, EQUITY_PNG, ReportError, plot_equity, study_values
+from daemon.views.ledger import LedgerReadError, equity_curve, ledger_path
+from daemon.views.report import BEST_VALUE_PNG, DPI, EQUITY_PNG, ReportError, plot_equity, study_values
 from paper_trader.ledger import Ledger
 from tests.conftest import TrainedStudy
 from tests.daemon._supervisor_proc import run_cli, trials

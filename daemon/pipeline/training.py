@@ -1,6 +1,7 @@
-"""The steps of :mod:`daemon.pipeline`: clean, training, archive, deploy. Each returns a
-:class:`daemon.pipeline_plan.StepResult`; none raises for an error a user can meet (the
-result says ``failed`` and why)."""
+"""The ``training`` step of :mod:`daemon.pipeline`: ``W`` worker processes (the
+supervisor's command lines, :func:`daemon.fleet.worker_specs`) until the study has ``N``
+finished trials, restarted by the fleet's rules (:func:`daemon.fleet.schedule_restart`:
+backoff within ``restart.budget_per_hour`` restarts an hour)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import structlog
 
-from daemon.pipeline_plan import Outcome, Plan, StepResult, first_line, fmt_value
+from daemon.children import Child
+from daemon.fleet import RestartPolicy, ensure_study, finished_trials, schedule_restart, worker_specs
+from daemon.pipeline.plan import Outcome, Plan, StepResult, first_line, fmt_value
+from trainers.runtime.layout import Layout
 from trainers.storage import redact_url
 
 log = structlog.get_logger("pipeline")
@@ -23,108 +26,10 @@ POLL_S = 0.2
 STATS_EVERY_S = 1.0
 
 
-def step_clean(plan: Plan) -> StepResult:
-    """Run :func:`daemon.cleanup.run_cleanup` (all studies, the config's keep rules)."""
-    from sqlalchemy.engine import make_url
-
-    from daemon.cleanup import CleanupError, run_cleanup
-
-    cfg = plan.config
-    url = make_url(plan.storage)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
-        return StepResult("clean", "skipped", "no storage yet: nothing to clean")
-    keep_top = max(cfg.cleanup.keep_top, cfg.ensemble.top_n)
-    try:
-        res = run_cleanup(plan.root, plan.storage, cfg.cleanup.keep_days, keep_top)
-    except CleanupError as exc:
-        return StepResult("clean", "failed", str(exc))
-    figures = {
-        "removed": len(res.removed),
-        "freed_bytes": res.freed_bytes,
-        "protected": len(res.protected),
-        "errors": list(res.errors),
-        "keep_days": cfg.cleanup.keep_days,
-        "keep_top": keep_top,
-    }
-    outcome: Outcome = "failed" if res.errors else "ok"
-    return StepResult("clean", outcome, res.summary(), figures, [f"failed: {e}" for e in res.errors])
-
-
-def step_archive(plan: Plan) -> StepResult:
-    """Run :func:`ensemble.archive.run_archive` with the config's ``[archive]`` cut."""
-    from ensemble.archive import ArchiveError, run_archive
-    from ensemble.selection import SelectionError
-
-    a = plan.config.archive
-    try:
-        res = run_archive(plan.root, plan.storage, plan.study, a.top_percent, a.min_grade)
-    except (ArchiveError, SelectionError, ValueError) as exc:
-        return StepResult("archive", "failed", str(exc))
-    figures = {
-        "ranked": res.ranked,
-        "top": res.top,
-        "eligible": res.eligible,
-        "added": list(res.added),
-        "repaired": list(res.repaired),
-        "unchanged": len(res.unchanged),
-        "skipped": [{"trial": s.trial_number, "reason": s.reason, "detail": s.detail} for s in res.skipped],
-        "total": res.total,
-        "top_percent": res.top_percent,
-        "min_grade": res.min_grade,
-    }
-    detail = (
-        f"{len(res.added)} archived, {len(res.repaired)} repaired, {len(res.unchanged)} unchanged, "
-        f"{len(res.skipped)} skipped (top {res.top_percent:g}% of {res.ranked} = {res.top}, "
-        f"{res.eligible} graded {res.min_grade} or better); registry {res.total} models"
-    )
-    notes = [f"archived {n}" for n in res.added] + [f"repaired {n}" for n in res.repaired]
-    notes += [f"skipped trial {s.trial_number}: {s.reason}: {s.detail}" for s in res.skipped]
-    return StepResult("archive", "ok", detail, figures, notes)
-
-
-def step_deploy(plan: Plan) -> StepResult:
-    """Run :func:`ensemble.deploy.run_deploy` with the config's ``[deploy]`` thresholds."""
-    from ensemble.deploy import DeployError, run_deploy
-    from ensemble.deploy_gate import DeployThresholds
-
-    d, st = plan.config.deploy, plan.config.study
-    try:
-        thresholds = DeployThresholds(d.min_improvement, d.min_grade, d.min_sharpe, d.max_drawdown)
-        dec = run_deploy(
-            plan.root, plan.study, plan.storage, int(d.slot), thresholds, st.data, st.holdout_cut
-        )
-    except (DeployError, ValueError) as exc:
-        return StepResult("deploy", "failed", str(exc))
-    figures = {
-        "decision": dec.decision,
-        "slot": dec.slot,
-        "trial": dec.trial_number,
-        "vin": dec.vin,
-        "grade": dec.grade,
-        "value": dec.value,
-        "deployed_value": dec.deployed_value,
-        "reasons": list(dec.reasons),
-        "thresholds": thresholds.as_dict(),
-    }
-    outcome: Outcome = "ok" if dec.decision in ("promoted", "unchanged") else "refused"
-    detail = dec.summary()
-    notes: list[str] = []
-    if dec.decision == "refused":  # the reasons go on lines of their own
-        who = f"trial {dec.trial_number} ({dec.vin}, value {fmt_value(dec.value)})"
-        detail, notes = f"refused {who} for slot {dec.slot}", list(dec.reasons)
-    return StepResult("deploy", outcome, detail, figures, notes)
-
-
-def _finished(stats: dict[str, Any]) -> int:
-    trials = stats.get("trials") or {}
-    return int(trials.get("COMPLETE", 0)) + int(trials.get("PRUNED", 0))
-
-
 @dataclass
 class _Worker:
-    child: Any  # daemon.children.Child
+    child: Child
     finished_at_start: int = 0
-    crashes: int = 0
     restarts: int = 0
     state: str = "running"  # running | backoff | done | given_up
     restart_at: float = 0.0
@@ -167,7 +72,7 @@ class Training:
         """Running state for ``run/pipeline.json``."""
         return {
             "target": self.plan.trials,
-            "finished": _finished(self.stats),
+            "finished": finished_trials(self.stats),
             "trials": self.stats.get("trials") or {},
             "best": self.stats.get("best"),
             "workers": [
@@ -183,20 +88,14 @@ class Training:
         }
 
     def run(self) -> StepResult:
-        from daemon.children import Child
-        from daemon.supervisor import Supervisor
-
         plan, cfg = self.plan, self.plan.config
-        # the supervisor's own command lines for its workers: one place decides the flags
-        sup = Supervisor(plan.config_path, plan.overrides, console_logs=False)
-        sup.study = plan.study
         try:
-            sup.ensure_study()
+            ensure_study(plan.storage, plan.study)
         except Exception as exc:
             return StepResult("training", "failed", f"storage {redact_url(plan.storage)}: {first_line(exc)}")
-        policy = sup.restart_policy()
-        specs = [s for s in sup.child_specs() if s.name.startswith("worker-")]
-        before = _finished(self._stats())
+        policy = RestartPolicy.from_config(cfg)
+        specs = worker_specs(cfg, plan.study, plan.storage)  # the supervisor's command lines
+        before = finished_trials(self._stats())
         figures: dict[str, Any] = {
             "target": plan.trials,
             "finished_before": before,
@@ -207,7 +106,7 @@ class Training:
         last_stats, last_seen = 0.0, before
         try:
             for spec in specs:
-                child = Child(spec, plan.root / "logs")
+                child = Child(spec, Layout(plan.root).logs_dir)
                 self.workers[spec.name] = _Worker(child, before)
                 child.start()
                 log.info("worker_started", worker=spec.name, worker_pid=child.pid, study=plan.study)
@@ -217,7 +116,7 @@ class Training:
                 now = time.monotonic()
                 if now - last_stats >= STATS_EVERY_S:
                     last_stats = now
-                    finished = _finished(self._stats())
+                    finished = finished_trials(self._stats())
                     if finished != last_seen:
                         last_seen = finished
                         best = self.stats.get("best") or {}
@@ -226,14 +125,14 @@ class Training:
                             f"{fmt_value(best.get('value'))} {best.get('vin') or ''}".rstrip()
                         )
                         self.on_change(self.state())
-                if self._tick(policy, cfg.restart.budget_per_hour):
+                if self._tick(policy):
                     self.on_change(self.state())
                 if all(w.state in ("done", "given_up") for w in self.workers.values()):
                     break
                 time.sleep(POLL_S)
         finally:
             self._stop_all(cfg.restart.stop_timeout_s)
-        finished = _finished(self._stats())
+        finished = finished_trials(self._stats())
         figures.update(self.state(), finished=finished)
         figures["restarts"] = sum(w.restarts for w in self.workers.values())
         figures["exit_codes"] = {n: w.exits for n, w in self.workers.items()}
@@ -244,13 +143,13 @@ class Training:
             what = f"{before} -> {finished} finished trials (target {plan.trials})"
             return self._result("ok", what, figures)
         notes = [
-            f"{n}: exit codes {w.exits}; see {plan.root / 'logs' / (n + '.stdout')}"
+            f"{n}: exit codes {w.exits}; see {Layout(plan.root).child_output(n)}"
             for n, w in self.workers.items()
             if w.state == "given_up"
         ]
         result = self._result(
             "failed",
-            f"every worker gave up after {cfg.restart.budget_per_hour} restarts; "
+            f"every worker gave up after {cfg.restart.budget_per_hour} restarts in an hour; "
             f"{finished}/{plan.trials} finished trials",
             figures,
         )
@@ -273,13 +172,13 @@ class Training:
             )
         return StepResult("training", outcome, what, figures, notes)
 
-    def _tick(self, policy: Any, budget: int) -> bool:
+    def _tick(self, policy: RestartPolicy) -> bool:
         """Reap exits, restart workers that are due; True when something changed."""
         changed = False
         now = time.monotonic()
         for name, w in self.workers.items():
             if w.state == "backoff" and now >= w.restart_at:
-                w.finished_at_start = _finished(self._stats())
+                w.finished_at_start = finished_trials(self._stats())
                 if w.finished_at_start >= self.plan.trials:
                     w.state, changed = "done", True
                     continue
@@ -294,7 +193,7 @@ class Training:
                 continue
             changed = True
             w.exits.append(code)
-            finished = _finished(self._stats())
+            finished = finished_trials(self._stats())
             if code == 0 and finished >= self.plan.trials:
                 w.state = "done"
                 log.info("worker_done", worker=name, finished=finished)
@@ -302,14 +201,14 @@ class Training:
             if code == 0 and finished > w.finished_at_start:  # its per-process trial quota
                 w.state, w.restart_at = "backoff", now
                 continue
-            w.crashes += 1
             reason = f"exited with code {code}" if code else "exited without a finished trial"
-            if w.crashes > budget:
+            delay = schedule_restart(w.child, policy)
+            if delay is None:
                 w.state = "given_up"
-                log.error("worker_given_up", worker=name, reason=reason, crashes=w.crashes)
-                self.progress(f"training: {name} {reason}; given up after {budget} restarts")
+                budget = policy.budget_per_hour
+                log.error("worker_given_up", worker=name, reason=reason, restarts_last_hour=budget)
+                self.progress(f"training: {name} {reason}; given up after {budget} restarts in an hour")
                 continue
-            delay = policy.backoff(w.crashes - 1)
             w.state, w.restart_at = "backoff", now + delay
             log.warning("worker_crashed", worker=name, reason=reason, restart_in_s=delay)
             self.progress(f"training: {name} {reason}; restarting in {delay:g} s")

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from daemon.config import ConfigError, load_config
 from daemon.preflight import run_checks
-from daemon.status_file import build_status
+from daemon.views.status import build_status
 from trainers.runtime.logs import log_path
 from trainers.runtime.pidlock import supervisor_pid
 from trainers.storage import default_storage_url

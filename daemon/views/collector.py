@@ -8,7 +8,7 @@ ledger (opened read-only). Only the workers and the jobs need the supervisor: th
 from ``<root>/run/status.json`` while ``run/supervisor.pid`` names a live process.
 
 Every section that cannot be read holds an ``error`` line naming the file or storage and
-why, so one broken part never hides the rest. :mod:`daemon.dashboard_view` renders it.
+why, so one broken part never hides the rest. :mod:`daemon.views.dashboard` renders it.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import psutil
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from daemon.ledger_view import LedgerReadError, ledger_path, ledger_summary
 from daemon.monitor import MonitorError, compute_monitor
+from daemon.views.ledger import LedgerReadError, ledger_path, ledger_summary
 from ensemble.manifest import MANIFEST_FILE, ManifestError, read_manifest
-from ensemble.selection import SelectionError, create_engine, rank_trials
 from trainers.runtime.current_study import read_current_study
 from trainers.runtime.heartbeat import heartbeat_age
 from trainers.runtime.pidlock import supervisor_pid
 from trainers.storage import redact_url
+from trainers.study_db import StudyDBError, open_engine, rank_trials
 
 TOP_N = 10
 
@@ -116,7 +116,7 @@ def _fold_summary(folds: Any) -> tuple[float | None, float | None]:
 
 
 def top_section(engine: Engine | None, study: str | None, n: int = TOP_N) -> dict[str, Any]:
-    """The best ``n`` COMPLETE trials (:func:`ensemble.selection.rank_trials`: one ordered
+    """The best ``n`` COMPLETE trials (:func:`trainers.study_db.rank_trials`: one ordered
     ``LIMIT n`` query plus their attributes), as ``{"trials": [{"rank", "number",
     "trial_id", "value", "vin", "grade", "sharpe" (mean over folds, annualised),
     "max_drawdown" (worst fold, fraction)}]}`` or ``{"error"}``."""
@@ -124,7 +124,7 @@ def top_section(engine: Engine | None, study: str | None, n: int = TOP_N) -> dic
         return {"trials": [], "error": "no storage or no study"}
     try:
         ranked = rank_trials(engine, study, n)
-    except SelectionError as exc:
+    except StudyDBError as exc:
         return {"trials": [], "error": str(exc)}
     rows = []
     for i, t in enumerate(ranked, 1):
@@ -181,7 +181,7 @@ def trader_section(root: Path, now: float) -> dict[str, Any]:
     generation in use, last reload, rejected generation), ``{"heartbeat"}``, ``"alive"``
     (the heartbeat's pid runs and its state is not ``stopped``), ``"status_age_s"``,
     ``"heartbeat_age_s"``, ``{"ledger"}``
-    (:func:`daemon.ledger_view.ledger_summary`), with ``status_error`` / ``ledger_error``."""
+    (:func:`daemon.views.ledger.ledger_summary`), with ``status_error`` / ``ledger_error``."""
     out: dict[str, Any] = {"status": None, "heartbeat": None, "alive": False, "ledger": None}
     try:
         out["status"] = _read_json(root / "paper_trader" / "status.json")
@@ -239,8 +239,8 @@ class Collector:
         """The engine on the storage (created on first success; None while unusable)."""
         if self._engine is None:
             try:
-                self._engine = create_engine(self.storage_url)
-            except SelectionError:
+                self._engine = open_engine(self.storage_url)
+            except StudyDBError:
                 return None
         return self._engine
 

@@ -16,8 +16,8 @@ from rich.live import Live
 from rich.text import Text
 
 from daemon.config import Config, ConfigError, load_config
-from daemon.dashboard import Collector
-from daemon.dashboard_view import render_frame, render_layout
+from daemon.views.collector import Collector
+from daemon.views.dashboard import render_frame, render_layout
 from trainers.runtime.current_study import read_current_study
 from trainers.storage import default_storage_url
 
@@ -133,7 +133,7 @@ def report(
     A plot whose input is missing (no ledger yet, no storage, no study) is reported on one
     line and the other is still written; the exit code is then 1.
     """
-    from daemon.report import write_report  # matplotlib only for this command
+    from daemon.views.report import write_report  # matplotlib only for this command
 
     cfg = _config(config, root)
     name = study or read_current_study(cfg.root) or cfg.study.name

@@ -28,11 +28,11 @@ import numpy as np
 import sqlalchemy as sa
 from matplotlib.figure import Figure
 
-from daemon.ledger_view import EquityCurve, LedgerReadError, equity_curve, ledger_path
-from ensemble.selection import SelectionError, create_engine
+from daemon.views.ledger import EquityCurve, LedgerReadError, equity_curve, ledger_path
 from trainers.atomic_io import atomic_write_bytes
 from trainers.naming import DEFAULT_GRADE_THRESHOLDS
 from trainers.storage import redact_url
+from trainers.study_db import StudyDBError, open_engine
 
 EQUITY_PNG = "equity.png"
 BEST_VALUE_PNG = "best_value.png"
@@ -85,8 +85,8 @@ def study_values(storage_url: str, study: str) -> StudyValues:
         ReportError: unusable storage URL, no SQLite file, unknown study, unreadable storage.
     """
     try:
-        engine = create_engine(storage_url)
-    except SelectionError as exc:
+        engine = open_engine(storage_url)
+    except StudyDBError as exc:
         raise ReportError(str(exc)) from None
     try:
         with engine.connect() as con:

@@ -1,4 +1,4 @@
-"""Rich rendering of a :func:`daemon.dashboard.Collector.collect` snapshot.
+"""Rich rendering of a :func:`daemon.views.collector.Collector.collect` snapshot.
 
 :func:`render_frame` stacks the panels (``--once``, and the plain-text frame written when
 stdout is not a terminal: ASCII boxes, no colour codes). :func:`render_layout` arranges the

@@ -18,8 +18,8 @@ from rich.table import Table
 
 from daemon.config import ConfigError, load_config
 from daemon.preflight import run_checks
-from daemon.status_file import ensemble_summary
 from daemon.study_stats import study_stats
+from daemon.views.status import ensemble_summary
 from trainers.atomic_io import read_json_object
 from trainers.runtime.current_study import read_current_study, write_current_study
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.jobs import JobRunner
+from daemon.scheduler import JobRunner
 from tests.daemon._supervisor_proc import proc_gone
 
 WAIT_SECONDS = 120.0

@@ -11,15 +11,16 @@ Steps:
 * ``clean``: :func:`daemon.cleanup.run_cleanup` with the config's ``[cleanup]`` settings
   (``keep_top`` at least ``ensemble.top_n``, like the supervisor's job); skipped when the
   SQLite storage does not exist yet (a fresh root has nothing to clean).
-* ``training``: creates the study if needed, then runs ``W`` training workers (the
-  supervisor's command lines, :meth:`daemon.supervisor.Supervisor.child_specs`, so the
-  config's ``[study]`` and ``[workers]`` settings apply) each in its own process group,
+* ``training`` (:mod:`daemon.pipeline.training`): creates the study if needed, then runs
+  ``W`` training workers (the supervisor's command lines, :func:`daemon.fleet.worker_specs`,
+  so the config's ``[study]`` and ``[workers]`` settings apply) each in its own process group,
   until the study has ``N`` finished (COMPLETE + PRUNED) trials in total and every worker
   has exited. ``N`` counts the study's trials, not new ones: a study that already has ``N``
   is left as it is. A worker that exits 0 after its per-process trial quota is started
   afresh; one that crashes (or exits without any trial finishing in the study meanwhile)
-  is restarted with the config's backoff, at most ``restart.budget_per_hour`` times; past
-  that it is given up, and when every worker is given up the step fails.
+  is restarted with the config's backoff, at most ``restart.budget_per_hour`` times an hour
+  (:func:`daemon.fleet.schedule_restart`, the supervisor's rule); past that it is given up,
+  and when every worker is given up the step fails.
 * ``archive``: :func:`ensemble.archive.run_archive` with ``[archive]`` ``top_percent`` and
   ``min_grade``.
 * ``deploy``: :func:`ensemble.deploy.run_deploy` with the ``[deploy]`` thresholds, slot,
@@ -42,7 +43,8 @@ pipeline runs that file holds ``state: running`` with the current step and the w
 One pipeline per root at a time: ``run/pipeline.lock`` is held with ``flock``. Workers run
 in their own sessions, so a pipeline killed with SIGKILL leaves them running (each stops by
 itself at the trial target or its per-process quota); the next pipeline on the root stops
-them first (:func:`stop_stale_workers`, by pid + create time from ``run/pipeline.json``).
+them first (:func:`stop_stale_workers`, by pid + create time from ``run/pipeline.json``,
+with the supervisor's reaper :func:`daemon.fleet.stop_stale`).
 """
 
 from __future__ import annotations
@@ -59,10 +61,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
 import structlog
 
-from daemon.pipeline_plan import (
+from daemon import fleet
+from daemon.pipeline.plan import (
     MODES,
     STEPS,
     PipelineError,
@@ -71,7 +73,8 @@ from daemon.pipeline_plan import (
     first_line,
     make_plan,
 )
-from daemon.pipeline_steps import Training, step_archive, step_clean, step_deploy
+from daemon.pipeline.steps import step_archive, step_clean, step_deploy
+from daemon.pipeline.training import Training
 from trainers.atomic_io import atomic_write_json
 from trainers.runtime.layout import Layout
 from trainers.runtime.pidlock import PidLock, holding, lock_holder
@@ -114,12 +117,12 @@ class PipelineRefused(RuntimeError):
 
 def result_path(root: Path) -> Path:
     """``<root>/run/pipeline.json``: the running state, then the final summary."""
-    return root / "run" / RESULT_FILE
+    return Layout(root).pipeline_result
 
 
 def log_file(root: Path) -> Path:
     """``<root>/logs/pipeline.log``."""
-    return root / "logs" / f"{LOG_COMPONENT}.log"
+    return Layout(root).log(LOG_COMPONENT)
 
 
 # --------------------------------------------------------------------------- ownership
@@ -259,30 +262,19 @@ def stop_stale_workers(root: Path, timeout_s: float) -> list[int]:
     still match are stopped (SIGTERM to the process group, SIGKILL after ``timeout_s``);
     a reused pid is left alone. Returns the pids stopped.
     """
-    from daemon.children import stop_process_group
-
     try:
         doc = json.loads(result_path(root).read_text())
     except (OSError, ValueError):
         return []
     if not isinstance(doc, dict) or doc.get("state") != "running":
         return []
-    stopped = []
-    for w in (doc.get("training") or {}).get("workers") or []:
-        pid, ctime = w.get("pid"), w.get("create_time")
-        if not isinstance(pid, int) or not isinstance(ctime, (int, float)):
-            continue
-        try:
-            if abs(psutil.Process(pid).create_time() - ctime) > 0.01:
-                continue
-        except psutil.NoSuchProcess:
-            continue
-        if stop_process_group(pid, ctime, timeout_s):
-            log.warning(
-                "stale_worker_stopped", worker=w.get("name"), worker_pid=pid, pipeline_pid=doc.get("pid")
-            )
-            stopped.append(pid)
-    return stopped
+    workers = (doc.get("training") or {}).get("workers") or []
+    stopped = fleet.stop_stale(workers if isinstance(workers, list) else [], timeout_s)
+    for w in stopped:
+        log.warning(
+            "stale_worker_stopped", worker=w.get("name"), worker_pid=w.get("pid"), pipeline_pid=doc.get("pid")
+        )
+    return [w["pid"] for w in stopped]
 
 
 def run_pipeline(

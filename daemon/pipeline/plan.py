@@ -34,7 +34,6 @@ class Plan:
         mode: ``full``, ``training``, ``archive`` or ``deploy``.
         config: the loaded configuration (``--root``, ``--workers`` and ``--trials`` applied).
         config_path: the ``--config`` file (None: ``./cappuccino.toml`` if present).
-        overrides: what the command line overrides in the config (for the worker specs).
         study: study name.
         storage: storage URL.
         workers: training worker processes (training modes).
@@ -44,7 +43,6 @@ class Plan:
     mode: str
     config: Config
     config_path: Path | None
-    overrides: dict[str, Any]
     study: str
     storage: str
     workers: int
@@ -118,7 +116,6 @@ def make_plan(
         mode=mode,
         config=cfg,
         config_path=config_path,
-        overrides=overrides,
         study=name,
         storage=cfg.study.storage or default_storage_url(cfg.root),
         workers=cfg.workers.count,

@@ -1,0 +1,192 @@
+"""Planning a cleanup (the dry run): which logs, trial scratch directories and artifacts
+go, which are kept by a reference and which are left alone (see :mod:`daemon.cleanup`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from daemon.cleanup.files import inside, log_kind, open_files_under, path_size, read_meta
+from daemon.cleanup.references import References, UnreadableReference, collect_references
+from daemon.cleanup.result import CleanupError, CleanupResult, Kept, Removal
+from daemon.cleanup.storage import _engine, _Storage, _Trial
+
+
+def read_references(root: Path) -> References:
+    """:func:`daemon.cleanup.references.collect_references`, its error as a :class:`CleanupError`."""
+    try:
+        return collect_references(root)
+    except UnreadableReference as exc:
+        raise CleanupError(f"{exc}; cleanup removed nothing") from None
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _trial_verdict(trial: _Trial | None, storage: _Storage, keep_top: int) -> str | None:
+    """Why this trial's files go, or None when they stay by rule."""
+    if trial is None:
+        return None
+    if trial.state in ("FAIL", "PRUNED"):
+        return f"{trial.state} trial {trial.number} of study {trial.study}"
+    if trial.state == "COMPLETE" and trial.trial_id not in storage.top(trial.study):
+        return f"COMPLETE trial {trial.number} of study {trial.study}, ranked outside the top {keep_top}"
+    return None
+
+
+def plan_cleanup(
+    root: Path,
+    storage: str,
+    keep_days: float,
+    keep_top: int,
+    study: str | None = None,
+    now: float | None = None,
+) -> CleanupResult:
+    """Decide what goes, touching nothing (the dry run).
+
+    Args:
+        root: runtime root.
+        storage: Optuna storage URL.
+        keep_days: logs not modified for this many days go (>= 0).
+        keep_top: COMPLETE trials kept per study, best first (>= 1).
+        study: only this study's scratch directories and artifacts (default: every study).
+        now: epoch seconds the log ages are measured from (default: now).
+
+    Raises:
+        CleanupError: bad argument, unreadable reference file, or unreachable storage.
+    """
+    if keep_days < 0 or keep_top < 1:
+        raise CleanupError(f"keep_days must be >= 0 and keep_top >= 1 (got {keep_days}, {keep_top})")
+    root = Path(root)
+    if not root.is_dir():
+        raise CleanupError(f"root {root}: no such folder (check --root)")
+    result = CleanupResult(root, dry_run=True)
+    refs = read_references(root)
+    engine = _engine(storage)
+    try:
+        with engine.connect() as conn:
+            db = _Storage(conn, keep_top)
+            protected_ids = db.referenced_trial_ids(refs)
+            _plan_artifacts(root, db, refs, protected_ids, study, keep_top, result)
+            _plan_scratch(root, db, refs, protected_ids, study, keep_top, result)
+    except sa.exc.SQLAlchemyError as exc:
+        raise CleanupError(
+            f"storage: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0]}); nothing was removed"
+        ) from None
+    finally:
+        engine.dispose()
+    _plan_logs(root, keep_days, time.time() if now is None else now, result)
+    return result
+
+
+def _plan_scratch(
+    root: Path,
+    db: _Storage,
+    refs: References,
+    protected_ids: dict[int, str],
+    only: str | None,
+    keep_top: int,
+    result: CleanupResult,
+) -> None:
+    base = root / "trials"
+    if not base.is_dir():
+        return
+    for study_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        name = study_dir.name
+        if only is not None and name != only:
+            continue
+        if study_dir.is_symlink() or not inside(root, study_dir / "x"):
+            result.skipped.append(Kept(_rel(root, study_dir), "symbolic link; left alone"))
+            continue
+        dirs = {int(p.name): p for p in study_dir.iterdir() if p.name.isdigit()}
+        if not dirs:
+            continue
+        if db.study(name) is None:
+            result.skipped.append(Kept(_rel(root, study_dir), f"study {name!r} is not in the storage"))
+            continue
+        trials = db.trials_by_number(name, sorted(dirs))
+        for number, path in sorted(dirs.items()):
+            trial = trials.get(number)
+            rel = _rel(root, path)
+            if trial is None:
+                result.skipped.append(Kept(rel, f"trial {number} of study {name} is not in the storage"))
+                continue
+            reason = _trial_verdict(trial, db, keep_top)
+            if reason is None:
+                continue
+            where = protected_ids.get(trial.trial_id) or (
+                None if path.is_symlink() else refs.match_meta(read_meta(path), name, number)
+            )
+            if where:
+                result.protected.append(Kept(rel, f"referenced by {where}"))
+                continue
+            result.removed.append(
+                Removal(rel, path_size(path), "scratch", reason, name, trial.trial_id, trial.number)
+            )
+
+
+def _plan_artifacts(
+    root: Path,
+    db: _Storage,
+    refs: References,
+    protected_ids: dict[int, str],
+    only: str | None,
+    keep_top: int,
+    result: CleanupResult,
+) -> None:
+    base = root / "artifacts"
+    if not base.is_dir() or base.is_symlink():
+        return
+    files = {p.name: p for p in base.iterdir() if not p.name.startswith(".") and not p.is_dir()}
+    owners, study_level = db.artifact_owners(sorted(files))
+    for artifact_id, path in sorted(files.items()):
+        rel = _rel(root, path)
+        trial = owners.get(artifact_id)
+        if trial is None:
+            if artifact_id not in study_level:
+                result.skipped.append(Kept(rel, "no trial in the storage owns this artifact"))
+            continue
+        if only is not None and trial.study != only:
+            continue
+        reason = _trial_verdict(trial, db, keep_top)
+        if reason is None:
+            continue
+        where = protected_ids.get(trial.trial_id) or refs.numbers.get((trial.study, trial.number))
+        if where:
+            result.protected.append(Kept(rel, f"referenced by {where}"))
+            continue
+        result.removed.append(
+            Removal(rel, path_size(path), "artifact", reason, trial.study, trial.trial_id, trial.number)
+        )
+
+
+def _plan_logs(root: Path, keep_days: float, now: float, result: CleanupResult) -> None:
+    base = root / "logs"
+    if not base.is_dir() or base.is_symlink():
+        return
+    cutoff = now - keep_days * 86400.0
+    old: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(base):  # never follows folder links
+        for fname in sorted(filenames):
+            path = Path(dirpath) / fname
+            try:
+                if path.lstat().st_mtime < cutoff:
+                    old.append(path)
+            except FileNotFoundError:
+                continue
+        dirnames.sort()
+    if not old:
+        return
+    held = open_files_under(base)
+    for path in old:
+        rel = _rel(root, path)
+        if os.path.realpath(path) in held and not path.is_symlink():
+            result.skipped.append(Kept(rel, "held open by a running process"))
+            continue
+        age = (now - path.lstat().st_mtime) / 86400.0
+        reason = f"{log_kind(path.name)} not modified for {age:.1f} days (keep {keep_days:g})"
+        result.removed.append(Removal(rel, path_size(path), "log", reason))

@@ -1,0 +1,62 @@
+"""The ``cappuccino`` command line: one module per command group.
+
+``supervise`` (supervise, doctor, status, logs), ``study`` (set-study, start-training),
+``models`` (archive, models ...), ``sync``, ``deploy``, ``trade``, ``clean``, ``pipeline``,
+``dashboard`` (dashboard, report) and ``quickstart``. ``python -m daemon.cli`` runs it too.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from daemon.cli import (
+    clean,
+    dashboard,
+    deploy,
+    models,
+    pipeline,
+    quickstart,
+    study,
+    supervise,
+    sync,
+    trade,
+)
+from trainers import worker
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="cappuccino: Optuna PPO studies, a paper-trading ensemble and their supervisor.",
+)
+
+
+@app.callback()
+def _root() -> None:
+    """cappuccino: Optuna PPO studies, a paper-trading ensemble and their supervisor."""
+
+
+app.command("train", help="Run a training worker in the foreground (same options as trainers.worker).")(
+    worker.main
+)
+
+app.command("sync")(sync.sync)
+app.command("deploy")(deploy.deploy)
+app.command("trade")(trade.trade)
+app.command("supervise")(supervise.supervise)
+app.command("doctor")(supervise.doctor)
+app.command("status")(supervise.status)
+app.command("logs")(supervise.logs)
+app.command("set-study")(study.set_study)
+app.command("start-training")(study.start_training)
+app.command("quickstart")(quickstart.quickstart)
+app.command("archive")(models.archive)
+app.command("clean")(clean.clean)
+app.command("dashboard")(dashboard.dashboard)
+app.command("report")(dashboard.report)
+app.command("pipeline")(pipeline.pipeline)
+app.add_typer(models.models_app, name="models")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

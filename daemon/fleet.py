@@ -1,0 +1,182 @@
+"""The fleet: which child processes run (the training workers' and the paper trader's
+command lines), how a crashed one is restarted (exponential backoff within an hourly
+restart budget) and how the children of a process that died are stopped. The supervisor
+and ``cappuccino pipeline`` both use it, so a worker runs with the same flags and is
+restarted by the same rules whoever owns it.
+
+Restart rule: a crash (or an unplanned exit) is restarted after ``initial * 2**k`` seconds
+(capped at ``max``), ``k`` being the restarts in the last hour; past
+``restart.budget_per_hour`` restarts in an hour the child is given up. A planned exit (a
+worker's per-process trial quota) restarts at once and does not count.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import structlog
+
+from daemon.children import Child, ChildSpec, stop_process_group
+from daemon.config import Config
+from trainers.runtime.layout import Layout
+
+log = structlog.get_logger("fleet")
+
+# What "finished" means for a trial: trainers.worker.FINISHED (TrialState.COMPLETE and
+# PRUNED) by name. Not imported from there: trainers.worker loads torch (~200 MB RSS) and
+# the supervisor stays lean. TODO(lead): import it from trainers/study_db.py once it lives there.
+FINISHED_STATES = ("COMPLETE", "PRUNED")
+
+
+def finished_trials(stats: dict[str, Any]) -> int:
+    """Finished trials (COMPLETE + PRUNED) in a :func:`daemon.study_stats.study_stats` result."""
+    trials = stats.get("trials") or {}
+    return sum(int(trials.get(state, 0)) for state in FINISHED_STATES)
+
+
+# --------------------------------------------------------------------------- command lines
+def worker_specs(cfg: Config, study: str, storage_url: str) -> list[ChildSpec]:
+    """The ``workers.count`` training workers (``python -m trainers.worker``) of ``study``."""
+    root, py = cfg.root, sys.executable
+    specs = []
+    for i in range(cfg.workers.count):
+        name = f"worker-{i}"
+        argv = [py, "-m", "trainers.worker", "--study", str(study), "--storage", storage_url]
+        argv += ["--root", str(root), "--n-trials", str(cfg.study.n_trials), "--mode", cfg.study.mode]
+        argv += ["--max-trials-per-process", str(cfg.workers.max_trials_per_process)]
+        argv += ["--device", cfg.workers.device, "--budget-steps", str(cfg.study.budget_steps)]
+        argv += ["--n-envs", str(cfg.study.n_envs), "--holdout-cut", cfg.study.holdout_cut]
+        argv += ["--heartbeat-interval", str(cfg.workers.optuna_heartbeat_interval_s)]
+        argv += ["--grace-period", str(cfg.workers.optuna_grace_period_s)]
+        argv += ["--torch-threads", str(cfg.workers.torch_threads), "--component", name]
+        argv += ["--log-level", cfg.log_level]
+        if cfg.study.data:
+            argv += ["--data", cfg.study.data]
+        specs.append(
+            ChildSpec(
+                name,
+                tuple(argv),
+                Layout(root).heartbeat(name),
+                cfg.workers.heartbeat_timeout_s,
+                cfg.workers.memory_limit_mb,
+                env=(("OMP_NUM_THREADS", str(cfg.workers.torch_threads)),),
+            )
+        )
+    return specs
+
+
+def paper_trader_spec(cfg: Config) -> ChildSpec | None:
+    """The paper trader (``python -m paper_trader``), or None when it is disabled."""
+    if not cfg.paper_trader.enabled:
+        return None
+    pt, root = cfg.paper_trader, cfg.root
+    argv = [sys.executable, "-m", "paper_trader", "--root", str(root), "--broker", pt.broker]
+    argv += ["--speed", str(pt.speed), "--initial-cash", str(pt.initial_cash)]
+    argv += ["--trailing-stop", str(pt.trailing_stop), "--max-weight", str(pt.max_weight)]
+    argv += ["--min-cash", str(pt.min_cash), "--min-notional", str(pt.min_notional)]
+    argv += ["--fee", str(pt.fee), "--slippage", str(pt.slippage)]
+    argv += ["--holdout-cut", cfg.study.holdout_cut, "--log-level", cfg.log_level]
+    if pt.deployment is not None:
+        argv += ["--deployment", pt.deployment]
+    if cfg.study.data:
+        argv += ["--data", cfg.study.data]
+    return ChildSpec(
+        "paper_trader",
+        tuple(argv),
+        Layout(root).heartbeat("paper_trader"),
+        pt.heartbeat_timeout_s,
+        pt.memory_limit_mb,
+        restart_on_success=False,
+        env=(
+            ("OMP_NUM_THREADS", "1"),
+            ("CAPPUCCINO_PAPER_TRADER__ALLOW_LIVE", "true" if pt.allow_live else "false"),
+        ),
+    )
+
+
+def child_specs(cfg: Config, study: str, storage_url: str) -> list[ChildSpec]:
+    """Every child the supervisor runs: the workers, then the paper trader if enabled."""
+    trader = paper_trader_spec(cfg)
+    return worker_specs(cfg, study, storage_url) + ([trader] if trader is not None else [])
+
+
+def ensure_study(storage_url: str, study: str) -> None:
+    """Create the storage schema and the study before workers start (so concurrent workers
+    never race to create tables on a fresh database)."""
+    import optuna  # not trainers.worker.create_study: that module loads torch (~200 MB RSS)
+
+    from trainers.storage import make_storage
+
+    storage = make_storage(storage_url, heartbeat_interval=None)
+    try:  # the direction is all a study stores; workers bring their own sampler and pruner
+        optuna.create_study(storage=storage, study_name=study, direction="maximize", load_if_exists=True)
+    finally:
+        storage.engine.dispose()
+
+
+# --------------------------------------------------------------------------- restarts
+@dataclass
+class RestartPolicy:
+    """Exponential backoff and an hourly restart budget (seconds)."""
+
+    initial_s: float = 5.0
+    max_s: float = 300.0
+    budget_per_hour: int = 3
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> RestartPolicy:
+        r = cfg.restart
+        return cls(r.backoff_initial_s, r.backoff_max_s, r.budget_per_hour)
+
+    def backoff(self, recent_restarts: int) -> float:
+        return min(self.max_s, self.initial_s * 2.0**recent_restarts)
+
+
+def schedule_restart(child: Child, policy: RestartPolicy, planned: bool = False) -> float | None:
+    """Put a stopped child in ``backoff`` and return the delay until its restart, or None
+    (and nothing changed) when its hourly restart budget is spent. A ``planned`` restart
+    (a worker's per-process trial quota) is immediate and not counted."""
+    now = time.monotonic()
+    if planned:
+        delay = 0.0
+    else:
+        recent = child.recent_restarts(now)
+        if recent >= policy.budget_per_hour:
+            return None
+        delay = policy.backoff(recent)
+        child.restarts.append(now)
+        child.total_restarts += 1
+    child.state = "backoff"
+    child.restart_at = now + delay
+    return delay
+
+
+# --------------------------------------------------------------------------- stale children
+def stop_stale(records: Iterable[Any], timeout_s: float) -> list[dict[str, Any]]:
+    """Stop children recorded by a process that died without stopping them (SIGKILL, power
+    loss): each record is ``{"name", "pid", "create_time", ...}``.
+
+    Only processes whose pid AND create time match a record are touched (SIGTERM to the
+    process group, SIGKILL after ``timeout_s``); a reused pid or an unrelated process with a
+    similar command line is left alone. Returns the records of the children stopped.
+    """
+    stopped = []
+    for rec in records:
+        if not isinstance(rec, dict):
+            continue
+        pid, ctime = rec.get("pid"), rec.get("create_time")
+        if not isinstance(pid, int) or not isinstance(ctime, (int, float)):
+            continue
+        try:
+            if abs(psutil.Process(pid).create_time() - ctime) > 0.01:
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        if stop_process_group(pid, ctime, timeout_s):
+            stopped.append(rec)
+    return stopped
