@@ -24,17 +24,14 @@ import structlog
 from daemon.children import Child, ChildSpec, stop_process_group
 from daemon.config import Config
 from trainers.runtime.layout import Layout
+from trainers.study_db import FINISHED_STATES
 
 log = structlog.get_logger("fleet")
 
-# What "finished" means for a trial: trainers.worker.FINISHED (TrialState.COMPLETE and
-# PRUNED) by name. Not imported from there: trainers.worker loads torch (~200 MB RSS) and
-# the supervisor stays lean. TODO(lead): import it from trainers/study_db.py once it lives there.
-FINISHED_STATES = ("COMPLETE", "PRUNED")
-
 
 def finished_trials(stats: dict[str, Any]) -> int:
-    """Finished trials (COMPLETE + PRUNED) in a :func:`daemon.study_stats.study_stats` result."""
+    """Finished trials (:data:`trainers.study_db.FINISHED_STATES`: COMPLETE + PRUNED) in a
+    :func:`daemon.study_stats.study_stats` result."""
     trials = stats.get("trials") or {}
     return sum(int(trials.get(state, 0)) for state in FINISHED_STATES)
 

@@ -18,6 +18,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from trainers.study_db import ENDED_STATES
+
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
@@ -127,7 +129,7 @@ def study_panel(snap: dict[str, Any], plain: bool) -> Panel:
         )
     trials = st.get("trials") or {}
     total = sum(trials.values())
-    finished = sum(trials.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL"))
+    finished = sum(trials.get(s, 0) for s in ENDED_STATES)  # FAIL included: no longer running
     states = "  ".join(f"{s} {trials.get(s, 0)}" for s in STATES)
     extra = [f"{k} {v}" for k, v in trials.items() if k not in STATES]
     target = snap.get("n_trials")
