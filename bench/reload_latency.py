@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ensemble.manifest import MANIFEST_FILE, Manifest, Member, member_dir_name, touch_reload
+from trainers.accounting import Costs
 from trainers.actor import Actor
 from trainers.bundle import ObservationSpec, save_bundle
 from trainers.data import load_panel
@@ -80,6 +81,7 @@ def make_member(ensemble_dir: Path, trial_id: int, symbols: tuple[str, ...]) -> 
         },
         "observation_spec": spec.to_json(),
         "action_spec": {"shape": [n], "low": -1.0, "high": 1.0},
+        "costs": Costs().as_dict(),
         "hyperparameters": {"lookback": lookback, "net_width": width, "net_depth": 2},
         "study": STUDY,
         "trial_number": trial_id,

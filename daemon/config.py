@@ -22,8 +22,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from trainers.accounting import (
     DEFAULT_FEE,
     DEFAULT_MIN_CASH,
+    DEFAULT_MIN_TRADE,
     DEFAULT_TRAILING_STOP,
-    TRADER_SLIPPAGE,
+    Costs,
     Rate,
     Weight,
 )
@@ -69,20 +70,39 @@ class WorkersConfig(_Section):
     optuna_grace_period_s: int = Field(120, ge=2)
 
 
+class CostsConfig(_Section):
+    """The study's execution model (:class:`trainers.accounting.Costs`): what training, every
+    backtest, the deployer's gate, ``evaluate`` and the paper trader charge and enforce.
+    Recorded in the study when it is created; a study keeps it (start a new study to change
+    it)."""
+
+    fee: Rate = Field(DEFAULT_FEE, description="commission per side, fraction of traded notional")
+    slippage: Rate = Field(0.0, description="adverse fill-price deviation per side, fraction")
+    min_cash: Rate = Field(DEFAULT_MIN_CASH, description="minimum cash reserve, fraction of equity")
+    max_weight: Weight = Field(1.0, description="maximum weight of one asset, fraction of equity")
+    trailing_stop: Rate = Field(DEFAULT_TRAILING_STOP, description="exit this far below the high; 0 = off")
+    min_trade: Rate = Field(DEFAULT_MIN_TRADE, description="no-trade band per asset, fraction of equity")
+
+    def as_costs(self) -> Costs:
+        return Costs(**self.model_dump())
+
+
 class PaperTraderConfig(_Section):
-    """The paper-trading process."""
+    """The paper-trading process. It trades with the costs its models were trained with;
+    the cost keys here are overrides (unset = the model's own), logged and shown in status."""
 
     enabled: bool = True
     broker: Literal["sim", "alpaca"] = "sim"
     speed: float = Field(1.0, ge=0, description="sim replay speed in bars/s; 0 = as fast as possible")
     deployment: str | None = Field(None, description="trade this deployment slot instead of the ensemble")
     initial_cash: float = Field(10_000.0, gt=0)
-    trailing_stop: Rate = DEFAULT_TRAILING_STOP
-    max_weight: Weight = 1.0
-    min_cash: Rate = DEFAULT_MIN_CASH
+    fee: Rate | None = None
+    slippage: Rate | None = None
+    min_cash: Rate | None = None
+    max_weight: Weight | None = None
+    trailing_stop: Rate | None = None
+    min_trade: Rate | None = None
     min_notional: float = Field(10.0, ge=0)
-    fee: Rate = DEFAULT_FEE
-    slippage: Rate = TRADER_SLIPPAGE
     allow_live: bool = False
     memory_limit_mb: int = Field(2048, ge=64)
     heartbeat_timeout_s: float = Field(300.0, gt=0)
@@ -172,6 +192,7 @@ class Config(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     status_interval_s: float = Field(5.0, gt=0)
     study: StudyConfig = StudyConfig()
+    costs: CostsConfig = CostsConfig()
     workers: WorkersConfig = WorkersConfig()
     paper_trader: PaperTraderConfig = PaperTraderConfig()
     jobs: JobsConfig = JobsConfig()

@@ -23,6 +23,7 @@ import structlog
 
 from daemon.children import Child, ChildSpec, stop_process_group
 from daemon.config import Config
+from trainers.accounting import COST_FIELDS, Costs
 from trainers.runtime.layout import Layout
 from trainers.study_db import FINISHED_STATES
 
@@ -37,9 +38,16 @@ def finished_trials(stats: dict[str, Any]) -> int:
 
 
 # --------------------------------------------------------------------------- command lines
-def worker_specs(cfg: Config, study: str, storage_url: str) -> list[ChildSpec]:
-    """The ``workers.count`` training workers (``python -m trainers.worker``) of ``study``."""
+def cost_args(values: dict[str, float | None]) -> list[str]:
+    """``--fee 0.0025 --min-cash 0.05 ...`` for every cost field that is set."""
+    return [a for k, v in values.items() if v is not None for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def worker_specs(cfg: Config, study: str, storage_url: str, costs: Costs | None = None) -> list[ChildSpec]:
+    """The ``workers.count`` training workers (``python -m trainers.worker``) of ``study``,
+    with the study's execution model ``costs`` (None: the config's ``[costs]``)."""
     root, py = cfg.root, sys.executable
+    costs = costs or cfg.costs.as_costs()
     specs = []
     for i in range(cfg.workers.count):
         name = f"worker-{i}"
@@ -51,7 +59,7 @@ def worker_specs(cfg: Config, study: str, storage_url: str) -> list[ChildSpec]:
         argv += ["--heartbeat-interval", str(cfg.workers.optuna_heartbeat_interval_s)]
         argv += ["--grace-period", str(cfg.workers.optuna_grace_period_s)]
         argv += ["--torch-threads", str(cfg.workers.torch_threads), "--component", name]
-        argv += ["--log-level", cfg.log_level]
+        argv += ["--log-level", cfg.log_level, *cost_args(costs.as_dict())]
         if cfg.study.data:
             argv += ["--data", cfg.study.data]
         specs.append(
@@ -74,9 +82,8 @@ def paper_trader_spec(cfg: Config) -> ChildSpec | None:
     pt, root = cfg.paper_trader, cfg.root
     argv = [sys.executable, "-m", "paper_trader", "--root", str(root), "--broker", pt.broker]
     argv += ["--speed", str(pt.speed), "--initial-cash", str(pt.initial_cash)]
-    argv += ["--trailing-stop", str(pt.trailing_stop), "--max-weight", str(pt.max_weight)]
-    argv += ["--min-cash", str(pt.min_cash), "--min-notional", str(pt.min_notional)]
-    argv += ["--fee", str(pt.fee), "--slippage", str(pt.slippage)]
+    argv += ["--min-notional", str(pt.min_notional)]
+    argv += cost_args({k: getattr(pt, k) for k in COST_FIELDS})  # overrides only
     argv += ["--holdout-cut", cfg.study.holdout_cut, "--log-level", cfg.log_level]
     if pt.deployment is not None:
         argv += ["--deployment", pt.deployment]
@@ -96,22 +103,31 @@ def paper_trader_spec(cfg: Config) -> ChildSpec | None:
     )
 
 
-def child_specs(cfg: Config, study: str, storage_url: str) -> list[ChildSpec]:
+def child_specs(cfg: Config, study: str, storage_url: str, costs: Costs | None = None) -> list[ChildSpec]:
     """Every child the supervisor runs: the workers, then the paper trader if enabled."""
     trader = paper_trader_spec(cfg)
-    return worker_specs(cfg, study, storage_url) + ([trader] if trader is not None else [])
+    return worker_specs(cfg, study, storage_url, costs) + ([trader] if trader is not None else [])
 
 
-def ensure_study(storage_url: str, study: str) -> None:
+def ensure_study(storage_url: str, study: str, default_costs: Costs) -> Costs:
     """Create the storage schema and the study before workers start (so concurrent workers
-    never race to create tables on a fresh database)."""
-    import optuna  # not trainers.worker.create_study: that module loads torch (~200 MB RSS)
+    never race to create tables on a fresh database); returns the study's execution model
+    (``default_costs``, recorded now, for a study that has none yet).
+
+    Raises:
+        ValueError: the study's recorded costs are invalid.
+    """
+    import optuna
 
     from trainers.storage import make_storage
+    from trainers.worker import study_costs
 
     storage = make_storage(storage_url, heartbeat_interval=None)
     try:  # the direction is all a study stores; workers bring their own sampler and pruner
-        optuna.create_study(storage=storage, study_name=study, direction="maximize", load_if_exists=True)
+        created = optuna.create_study(
+            storage=storage, study_name=study, direction="maximize", load_if_exists=True
+        )
+        return study_costs(created, default_costs)
     finally:
         storage.engine.dispose()
 

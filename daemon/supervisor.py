@@ -30,6 +30,7 @@ from daemon.config import Config, load_config
 from daemon.scheduler import JobRunner
 from daemon.sdnotify import Notifier
 from daemon.views.status import build_status
+from trainers.accounting import Costs
 from trainers.atomic_io import atomic_write_json
 from trainers.runtime.current_study import read_current_study
 from trainers.runtime.layout import Layout
@@ -77,6 +78,7 @@ class Supervisor:
         self.lock = PidLock(Layout(self.root).supervisor_pid)
         self.jobs = JobRunner(self.config.jobs.misfire_grace_s, self.config.jobs.job_timeout_s)
         self.study: str | None = None
+        self.study_costs: Costs | None = None  # the study's execution model, once read
         self.started_at = time.time()
         self.monitor_cache: dict[str, Any] = {}
         self.alerts: Any = None  # daemon.alerts.AlertSink, created when the supervisor runs
@@ -103,7 +105,7 @@ class Supervisor:
         return name
 
     def child_specs(self) -> list[ChildSpec]:
-        return fleet.child_specs(self.config, str(self.study), self.storage_url)
+        return fleet.child_specs(self.config, str(self.study), self.storage_url, self.study_costs)
 
     # ------------------------------------------------------------------ children
     def record_children(self) -> None:
@@ -187,7 +189,7 @@ class Supervisor:
 
     def ensure_study(self) -> None:
         """Create the storage schema and the study before workers start."""
-        fleet.ensure_study(self.storage_url, str(self.study))
+        self.study_costs = fleet.ensure_study(self.storage_url, str(self.study), self.config.costs.as_costs())
 
     def study_finished(self, refresh: bool = False) -> bool:
         """Whether the study reached its trial target; ``refresh`` reads the storage now (a
@@ -268,6 +270,7 @@ class Supervisor:
         old_study = self.study
         self.study = self.resolve_study()
         if self.study != old_study:
+            self.study_costs = None
             try:
                 self.ensure_study()
             except Exception as exc:  # storage down: the workers retry; the supervisor stays up

@@ -15,14 +15,17 @@ A candidate (the best COMPLETE trial of the study) is promoted only if every gat
   rollback, which swaps it back in, lifts the block).
 * ``bundle``: its bundle (from the trial's Optuna artifact, else ``<root>/<bundle_path>``)
   loads, matches the trial's ``actor_sha256``, belongs to this study and trial id, has an
-  observation spec the hold-out data can feed and a usable action spec.
+  observation spec the hold-out data can feed, a usable action spec and a valid execution
+  model (``costs``).
 * ``holdout``: :func:`trainers.backtest.backtest` of the bundle on the hold-out bars (bars
   at or after the hold-out cut, which the study never saw) reaches the minimum Sharpe ratio
   (annualised with 8,760 bars/year, default 0.5) and stays within the maximum drawdown
   (fraction of peak equity, default 0.25). Features are computed over the whole panel so
   the first hold-out decision has a full lookback window of history, normalised with the
-  bundle's stored statistics; fees, cash reserve and trailing stop come from the bundle's
-  action spec. It is skipped (and the candidate refused) when the bundle is not valid.
+  bundle's stored statistics; every cost and risk rule (fee, slippage, cash reserve,
+  maximum weight, trailing stop, minimum trade) is the bundle's own execution model
+  (``costs``), the one it was trained with and the paper trader trades with. It is skipped
+  (and the candidate refused) when the bundle is not valid.
 """
 
 from __future__ import annotations
@@ -37,9 +40,15 @@ import pandas as pd
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FrozenTrial
 
-from trainers.accounting import Costs
-from trainers.backtest import backtest
-from trainers.bundle import Bundle, BundleError, PipelineSpec, load_bundle, to_numpy_policy, unpack_bundle
+from ensemble.backtests import bundle_backtest
+from trainers.bundle import (
+    Bundle,
+    BundleError,
+    PipelineSpec,
+    bundle_costs,
+    load_bundle,
+    unpack_bundle,
+)
 from trainers.data import DEFAULT_HOLDOUT_CUT, Panel
 from trainers.naming import GRADES, grade_at_least
 
@@ -136,27 +145,6 @@ def check_not_rolled_back(record: dict[str, Any] | None, slot: int) -> GateResul
     return GateResult("rollback", "fail", [reason], {"rolled_back_at": record.get("time")})
 
 
-def costs_from_action_spec(meta: dict[str, Any], where: str) -> Costs:
-    """Trading costs and risk limits a bundle was trained with (its ``action_spec``).
-
-    Raises:
-        BundleError: the action spec is missing, lacks a key, or holds an invalid value.
-    """
-    spec = meta.get("action_spec")
-    if not isinstance(spec, dict):
-        raise BundleError(f"{where}: model.json has no action_spec")
-    try:
-        return Costs(
-            fee=float(spec["fee"]),
-            min_cash=float(spec["min_cash"]),
-            trailing_stop=float(spec["trailing_stop"]),
-        )
-    except KeyError as exc:
-        raise BundleError(f"{where}: model.json action_spec lacks {exc.args[0]}") from None
-    except (TypeError, ValueError) as exc:
-        raise BundleError(f"{where}: model.json action_spec: {exc}") from None
-
-
 def _verify(directory: Path, trial: FrozenTrial, study: str, pipeline: PipelineSpec) -> Bundle:
     bundle = load_bundle(directory, pipeline, expect_sha256=trial.user_attrs["actor_sha256"])
     meta = bundle.meta
@@ -168,7 +156,7 @@ def _verify(directory: Path, trial: FrozenTrial, study: str, pipeline: PipelineS
     expected_shape = [len(bundle.spec.symbols)]
     if meta.get("action_spec", {}).get("shape") != expected_shape:
         raise BundleError(f"{directory}: model.json action_spec shape is not {expected_shape}")
-    costs_from_action_spec(meta, str(directory))
+    bundle_costs(meta, str(directory))
     return bundle
 
 
@@ -291,12 +279,9 @@ def check_holdout(
     if start < lookback - 1:
         reason = f"hold-out starts at bar {start}, before a full lookback window of {lookback} bars"
         return GateResult("holdout", "fail", [reason], details)
-    costs = costs_from_action_spec(bundle.meta, str(bundle.path))
-    features = bundle.spec.norm.apply(raw_features)
+    costs = bundle_costs(bundle.meta, str(bundle.path))
     try:
-        result = backtest(
-            to_numpy_policy(bundle.actor), features, panel.prices, start, len(panel), lookback, costs
-        )
+        result = bundle_backtest(bundle, panel.prices, raw_features, start, len(panel), costs)
     except FloatingPointError as exc:
         return GateResult("holdout", "fail", [f"hold-out backtest: {exc}"], details)
     m = result.metrics
@@ -313,7 +298,7 @@ def check_holdout(
         excess_sharpe=result.excess_sharpe,
         bars_per_year=result.bars_per_year,
         data_fingerprint=panel.fingerprint(start, len(panel)),
-        costs={"fee": costs.fee, "min_cash": costs.min_cash, "trailing_stop": costs.trailing_stop},
+        costs=costs.as_dict(),
     )
     reasons = []
     if not m.sharpe >= thresholds.min_sharpe:

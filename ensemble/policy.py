@@ -9,6 +9,8 @@ INTERFACE (stable):
   ``policy.study``, ``policy.n_members``, ``policy.batch_groups`` (member indices per batched
   group).
 * ``policy.max_lookback``: bars of feature history the policy needs; ``policy.n_assets``.
+* ``policy.costs``: the members' one execution model (:class:`trainers.accounting.Costs`);
+  members trained with different costs are refused with :class:`EnsembleError`.
 * ``policy.member_actions(raw_features, weights)`` -> ``(n_members, n_assets)`` float32, each
   member's deterministic action in [-1, 1], in ``bundles`` order.
 * ``policy.act(raw_features, weights)``: ``raw_features (L >= max_lookback, n_assets,
@@ -72,7 +74,8 @@ import numpy as np
 import torch.nn as nn
 
 from ensemble.manifest import Combine, ManifestError, read_manifest
-from trainers.bundle import Bundle, BundleError, PipelineSpec, load_bundle
+from trainers.accounting import Costs
+from trainers.bundle import Bundle, BundleError, PipelineSpec, common_costs, load_bundle
 from trainers.features import NORM_CLIP
 
 COMBINE_RULES: tuple[str, ...] = ("mean", "median", "value_weighted")
@@ -268,7 +271,8 @@ class EnsemblePolicy:
     so concurrent calls on one instance are serialised.
 
     Raises:
-        EnsembleError: no member, members with different symbols/features, an unknown
+        EnsembleError: no member, members with different symbols/features or different
+            costs (execution models), an unknown
             combine rule, ``values`` not one finite number per member for
             ``value_weighted``, or non-finite weights.
     """
@@ -287,6 +291,12 @@ class EnsemblePolicy:
         }
         if len(specs) != 1:
             raise EnsembleError(f"members observe different symbols or features: {sorted(specs)}")
+        try:
+            self.costs: Costs = common_costs(
+                [(f"member {i} ({b.path})", b.meta) for i, b in enumerate(self.bundles)]
+            )
+        except BundleError as exc:
+            raise EnsembleError(str(exc)) from None
         self._n_assets = len(self.bundles[0].spec.symbols)
         self._n_features = len(self.bundles[0].spec.feature_names)
         self._max_lookback = max(b.spec.lookback for b in self.bundles)

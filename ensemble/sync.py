@@ -40,7 +40,7 @@ from ensemble.manifest import (
 )
 from ensemble.selection import DEFAULT_TOP_N, SelectedTrial, SkippedTrial, select_top_n
 from trainers.atomic_io import fsync_dir
-from trainers.bundle import ACTOR_FILE, META_FILE, PipelineSpec, sha256_file
+from trainers.bundle import ACTOR_FILE, META_FILE, BundleError, PipelineSpec, common_costs, sha256_file
 from trainers.runtime.pidlock import PidLock, holding
 
 ENSEMBLE_DIR = "ensemble"
@@ -158,8 +158,9 @@ def sync_ensemble(
 
     Raises:
         SyncError: the root does not exist, the current manifest is unreadable, another
-            sync holds the lock (:class:`SyncBusy`), or no ranked trial is usable. The
-            ensemble is left untouched.
+            sync holds the lock (:class:`SyncBusy`), no ranked trial is usable, or the
+            selected trials were trained with different costs. The ensemble is left
+            untouched.
         ensemble.selection.SelectionError: unknown study or unreadable storage (untouched).
     """
     log = log or structlog.get_logger("ensemble.sync").bind(component="sync", study=study, pid=os.getpid())
@@ -197,6 +198,13 @@ def _sync_locked(
                 f"study {study!r}: no usable COMPLETE trial ({len(selection.skipped)} skipped, see the log); "
                 "the ensemble is unchanged"
             )
+        try:
+            common_costs([(f"trial {s.trial.number} ({s.vin})", s.meta) for s in selection.selected])
+        except BundleError as exc:
+            raise SyncError(
+                f"study {study!r}: the top trials cannot trade as one ensemble: {exc}; the ensemble is "
+                "unchanged (a study has one execution model: train its trials with the same costs)"
+            ) from None
         keys = [(study, s.trial.trial_id, s.sha256) for s in selection.selected]
         intact = {
             s.trial.trial_id: member_is_intact(ens / member_dir_name(s.trial.trial_id, s.sha256), s.sha256)

@@ -40,7 +40,7 @@ def build_broker(
     from paper_trader.brokers import SimBroker
 
     if config.broker == "sim":
-        return SimBroker(config.data, config.holdout_cut, config.speed, config.fee, config.slippage)
+        return SimBroker(config.data, config.holdout_cut, config.speed)
     from paper_trader.brokers.alpaca import AlpacaBroker
 
     return AlpacaBroker.from_settings(config, alpaca_url, alpaca_data_url)
@@ -97,12 +97,13 @@ def trade(
     deployment: str = typer.Option(None, help="Trade deployments/model_<SLOT> instead of the ensemble."),
     broker: str = typer.Option("sim", help="sim (replay) or alpaca (Alpaca paper; keys from the env)."),
     live: bool = typer.Option(False, help=f"Alpaca live endpoint; also needs {ALLOW_LIVE_ENV}=true."),
-    trailing_stop: float = typer.Option(0.10, help="Trailing stop below the high-water mark (0 = off)."),
-    max_weight: float = typer.Option(1.0, help="Largest weight of one asset (fraction of equity)."),
-    min_cash: float = typer.Option(0.05, help="Minimum cash reserve (fraction of equity)."),
+    fee: float = typer.Option(None, help="Override the model's fee per side (fraction of notional)."),
+    slippage: float = typer.Option(None, help="Override the model's slippage per side (fraction)."),
+    min_cash: float = typer.Option(None, help="Override the model's cash reserve (fraction of equity)."),
+    max_weight: float = typer.Option(None, help="Override the model's largest weight of one asset."),
+    trailing_stop: float = typer.Option(None, help="Override the model's trailing stop (0 = off)."),
+    min_trade: float = typer.Option(None, help="Override the model's no-trade band (fraction of equity)."),
     min_notional: float = typer.Option(10.0, help="Smallest order notional (quote currency)."),
-    fee: float = typer.Option(0.0025, help="Commission per side (fraction of notional)."),
-    slippage: float = typer.Option(0.0005, help="Slippage per side (fraction of price)."),
     initial_cash: float = typer.Option(10_000.0, help="Cash of a new ledger (quote currency)."),
     alpaca_url: str = typer.Option(None, help="Alpaca trading API base URL override (proxy or test server)."),
     alpaca_data_url: str = typer.Option(None, help="Alpaca market-data API base URL override."),
@@ -124,12 +125,13 @@ def trade(
             broker=broker,
             live=live,
             allow_live=_env_flag(ALLOW_LIVE_ENV),
-            trailing_stop=trailing_stop,
-            max_weight=max_weight,
-            min_cash=min_cash,
-            min_notional=min_notional,
             fee=fee,
             slippage=slippage,
+            min_cash=min_cash,
+            max_weight=max_weight,
+            trailing_stop=trailing_stop,
+            min_trade=min_trade,
+            min_notional=min_notional,
             initial_cash=initial_cash,
         )
         if log_level not in ("debug", "info", "warning", "error"):

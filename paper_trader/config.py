@@ -12,15 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from trainers.accounting import (
-    DEFAULT_FEE,
-    DEFAULT_MIN_CASH,
-    DEFAULT_TRAILING_STOP,
-    TRADER_SLIPPAGE,
-    Costs,
-    Rate,
-    Weight,
-)
+from trainers.accounting import COST_FIELDS, Costs, Rate, Weight
 from trainers.data import DEFAULT_HOLDOUT_CUT
 
 LEDGER_FILE = "ledger.db"
@@ -49,13 +41,12 @@ class TraderConfig(BaseModel):
             the ensemble.
         broker: ``sim`` (replay) or ``alpaca`` (Alpaca paper account; keys from the environment).
         live: ask for Alpaca's live endpoint (refused unless the configuration allows it).
-        trailing_stop: exit a position whose close falls this far below its high-water mark
-            since entry (0 disables).
-        max_weight: largest weight of one asset.
-        min_cash: minimum cash reserve as a fraction of equity.
+        fee, slippage, min_cash, max_weight, trailing_stop, min_trade: overrides of the
+            traded model's execution model (None, the default: trade with the costs the
+            model was trained with, from its bundles). Each override is logged and shown in
+            the status (``costs``, ``cost_overrides``).
         min_notional: orders below this notional are not placed (a full exit of a stopped
             position always is).
-        fee: commission per side on traded notional.
         slippage: adverse fill-price deviation per side.
         initial_cash: cash of a new ledger.
         poll_s: seconds between looks for an ensemble (or a new bar of a live feed) while waiting.
@@ -72,12 +63,13 @@ class TraderConfig(BaseModel):
     broker: Literal["sim", "alpaca"] = "sim"
     live: bool = False
     allow_live: bool = False
-    trailing_stop: Rate = DEFAULT_TRAILING_STOP
-    max_weight: Weight = 1.0
-    min_cash: Rate = DEFAULT_MIN_CASH
+    fee: Rate | None = None
+    slippage: Rate | None = None
+    min_cash: Rate | None = None
+    max_weight: Weight | None = None
+    trailing_stop: Rate | None = None
+    min_trade: Rate | None = None
     min_notional: float = Field(10.0, ge=0)
-    fee: Rate = DEFAULT_FEE
-    slippage: Rate = TRADER_SLIPPAGE
     initial_cash: float = Field(10_000.0, gt=0)
     poll_s: float = Field(1.0, gt=0)
 
@@ -98,17 +90,13 @@ class TraderConfig(BaseModel):
             name = "--" + ".".join(str(p) for p in first["loc"]).replace("_", "-")
             raise ConfigError(f"{name}: {first['msg']} (got {first.get('input')!r})") from None
 
-    def costs(self, min_trade: float = 0.0) -> Costs:
-        """The accounting's :class:`~trainers.accounting.Costs` of these settings, with the
-        given ``min_trade`` band (fraction of equity)."""
-        return Costs(
-            fee=self.fee,
-            slippage=self.slippage,
-            min_cash=self.min_cash,
-            max_weight=self.max_weight,
-            trailing_stop=self.trailing_stop,
-            min_trade=min_trade,
-        )
+    def cost_overrides(self) -> dict[str, float]:
+        """The execution-model fields this trader overrides (name -> value)."""
+        return {k: float(getattr(self, k)) for k in COST_FIELDS if getattr(self, k) is not None}
+
+    def effective_costs(self, model_costs: Costs) -> Costs:
+        """The traded model's costs with this trader's overrides applied."""
+        return Costs(**{**model_costs.as_dict(), **self.cost_overrides()})
 
     # -- runtime paths ------------------------------------------------------------------------
 

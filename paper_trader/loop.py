@@ -41,7 +41,7 @@ from paper_trader.model_source import ModelSource
 from paper_trader.risk import RiskDecision, decide
 from paper_trader.status import iso_ts, write_status, write_trader_heartbeat
 from paper_trader.stopping import StopSignal
-from trainers.accounting import update_hwm
+from trainers.accounting import Costs, update_hwm
 from trainers.features import HISTORY_BARS, compute_features
 from trainers.runtime.pidlock import PidLock, holding
 
@@ -156,7 +156,7 @@ class Trader:
         self.broker = broker
         self.source = source
         self.ledger = ledger or Ledger(config.ledger_path)
-        self.costs = config.costs()
+        self.costs: Costs | None = None  # the traded model's execution model, with overrides
         self.stop = StopSignal()
         self.policy: EnsemblePolicy | None = None
         self.state_name = "starting"
@@ -230,6 +230,16 @@ class Trader:
             return
         old = self.policy
         self.policy = new
+        costs = self.config.effective_costs(new.costs)
+        if costs != self.costs:
+            self.costs = costs
+            self.broker.set_costs(costs)
+            self.log.info("costs", costs=costs.as_dict(), model_costs=new.costs.as_dict())
+            overrides = self.config.cost_overrides()
+            if overrides:
+                self.log.warning(
+                    "cost_overrides", overrides=overrides, note="not the costs the model was trained with"
+                )
         self.log.info(
             "model_swapped",
             source=self.source.name,
@@ -295,7 +305,11 @@ class Trader:
             raw = compute_features(history)
             action = np.asarray(policy.act(raw, mark.weights), dtype=np.float64)
             min_notional = self.config.min_notional
-            dec = decide(action, mark.qty, mark.hwm, bar.close, mark.cash, self.costs, min_notional)
+            assert self.costs is not None  # set with the policy
+            band_here = not self.broker.band_at_fill
+            dec = decide(
+                action, mark.qty, mark.hwm, bar.close, mark.cash, self.costs, min_notional, band_here
+            )
             orders = record_orders(tx, self.broker.symbols, dec, policy.generation, policy.study)
             tx.add_decision(
                 self.source.name,
@@ -362,4 +376,6 @@ class Trader:
             "rejected_generation": rejected,
             "rejection_reason": reason,
             "reload": src,
+            "costs": None if self.costs is None else self.costs.as_dict(),
+            "cost_overrides": self.config.cost_overrides(),
         }

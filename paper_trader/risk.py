@@ -9,8 +9,10 @@ close; cash is ``1 - sum(w)``):
 2. ``apply_trailing_stop``: a held asset whose close is ``<= hwm * (1 - trailing_stop)``
    (high-water mark of the close since entry) gets target 0;
 3. ``enforce_limits`` (a no-op after 1, kept as the final guard);
-4. the minimum order notional: ``executed_target`` with ``min_trade = min_notional / V``
-   keeps the current weight of every asset whose change is below it (no order);
+4. the no-trade band: ``executed_target`` with ``min_trade = max(costs.min_trade,
+   min_notional / V)`` keeps the current weight of every asset whose change is below it (no
+   order); with a broker that applies ``costs.min_trade`` at the fill (the simulated one,
+   exactly as the backtest) only the minimum order notional applies here;
 5. two exceptions keep 4 from breaking a rule: a stopped position is always sold in full,
    and if the kept weights would break the maximum weight or the cash reserve, every kept
    sell is placed after all, selling at least ``min_notional`` (or the whole position).
@@ -82,6 +84,7 @@ def decide(
     cash: float,
     costs: Costs,
     min_notional: float,
+    band_at_decision: bool = True,
 ) -> RiskDecision:
     """Turn a model's action into risk-checked orders (see the module docstring).
 
@@ -91,8 +94,12 @@ def decide(
         hwm: ``(n_assets,)`` high-water marks of the close since entry (0 when flat).
         close: ``(n_assets,)`` closes of the decision bar (quote currency, > 0).
         cash: cash (quote currency).
-        costs: risk limits (``min_trade`` is ignored: it is derived from ``min_notional``).
+        costs: the traded execution model (risk limits and the no-trade band).
         min_notional: smallest order notional (quote currency).
+        band_at_decision: apply ``costs.min_trade`` here, against the weights at the
+            decision close (a live broker); False when the broker applies it at the fill
+            against the weights drifted to the open, as the backtest does (the simulated
+            broker). The minimum order notional applies here either way.
 
     Returns:
         :class:`RiskDecision`. With equity ``V <= 0`` nothing is bought.
@@ -107,6 +114,8 @@ def decide(
         return RiskDecision(zeros, zeros, np.zeros(n, dtype=bool), orders)
     weights = (qty * close / equity)[None, :]
     m = min_trade_for(min_notional, equity)
+    if band_at_decision:
+        m = max(m, costs.min_trade)
     band = Costs(
         fee=costs.fee,
         slippage=costs.slippage,

@@ -10,7 +10,9 @@
   ``equity``, ``cash``, ``positions`` (per symbol: qty, price, value, weight, hwm, entry),
   ``drawdown``, ``peak_equity``, ``initial_cash``, ``source``, ``study``, ``last_reload``,
   ``rejected_generation``, ``rejection_reason`` (the last rejected generation while it is
-  newer than the one in use, else None) and the hot-reload watcher's own ``reload`` status.
+  newer than the one in use, else None), the hot-reload watcher's own ``reload`` status,
+  ``costs`` (the execution model traded: the model's own, with any overrides) and
+  ``cost_overrides`` (the fields the trader's options override).
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ Timing of one bar step (decision made at the close of bar ``t`` with bars ``<= t
 2. the portfolio rebalances to the target weights at ``open[t+1]`` (an asset whose
    weight would change by less than ``min_trade`` is not traded), paying
    ``(fee + slippage) * turnover * V`` where ``turnover = sum |target - w|``
-   (one-way traded notional over value, each side charged);
+   (one-way traded notional over value, each side charged) in cash: traded assets end at
+   their target weight of the value after costs, an asset that is not traded keeps its
+   units (as at a broker);
 3. weights drift from ``open[t+1]`` to ``close[t+1]``, where the value is marked.
 
 The fee is charged on the pre-trade value, a first-order approximation of the exact
@@ -27,7 +29,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 DEFAULT_FEE = 0.0025  # per side, fraction of traded notional
@@ -69,6 +71,48 @@ class Costs:
     max_weight: Weight = 1.0
     trailing_stop: Rate = DEFAULT_TRAILING_STOP
     min_trade: Rate = DEFAULT_MIN_TRADE
+
+    def as_dict(self) -> dict[str, float]:
+        """The six fields by name (what study attributes and ``model.json`` record)."""
+        return {name: float(getattr(self, name)) for name in COST_FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> Costs:
+        """Costs from a recorded dict (study attribute, ``model.json``, manifest).
+
+        Raises:
+            ValueError: not a dict, an unknown or missing field, or a value out of bounds;
+                the message starts with ``where`` and names the field.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: costs must be an object with {', '.join(COST_FIELDS)}")
+        unknown = sorted(set(data) - set(COST_FIELDS))
+        missing = [k for k in COST_FIELDS if k not in data]
+        problems = [f"unknown {', '.join(unknown)}"] if unknown else []
+        problems += [f"missing {', '.join(missing)}"] if missing else []
+        if problems:
+            raise ValueError(f"{where}: costs: {'; '.join(problems)}")
+        try:
+            values = {k: float(data[k]) for k in COST_FIELDS}
+        except (TypeError, ValueError):
+            bad = next(k for k in COST_FIELDS if not isinstance(data[k], (int, float)))
+            raise ValueError(f"{where}: costs.{bad}: {data[bad]!r} is not a number") from None
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValueError(f"{where}: costs.{first['loc'][0]}: {first['msg']}") from None
+
+    def differences(self, other: Costs) -> dict[str, tuple[float, float]]:
+        """Fields whose values differ: ``{name: (self, other)}``."""
+        return {
+            k: (getattr(self, k), getattr(other, k))
+            for k in COST_FIELDS
+            if getattr(self, k) != getattr(other, k)
+        }
+
+
+COST_FIELDS: tuple[str, ...] = ("fee", "slippage", "min_cash", "max_weight", "trailing_stop", "min_trade")
 
 
 def action_to_weights(action: np.ndarray, costs: Costs) -> np.ndarray:
@@ -160,10 +204,15 @@ def rebalance_step(
         target = np.where(np.abs(target - w_open) < costs.min_trade, w_open, target)
     turnover = np.abs(target - w_open).sum(axis=-1)
     cost = value_open * (costs.fee + costs.slippage) * turnover
+    value_traded = value_open - cost
+    # the cost is paid in cash: an asset that is not traded keeps its units, so its weight of
+    # the value after costs grows by value_open / value_traded
+    keep = value_open / np.where(value_traded > 0.0, value_traded, 1.0)
+    after = np.where(target == w_open, w_open * keep[:, None], target)
     g2 = close_next / open_next
-    held2 = target * g2
-    growth2 = 1.0 - target.sum(axis=-1) + held2.sum(axis=-1)
-    new_value = (value_open - cost) * growth2
+    held2 = after * g2
+    growth2 = 1.0 - after.sum(axis=-1) + held2.sum(axis=-1)
+    new_value = value_traded * growth2
     new_weights = held2 / growth2[:, None]
     return new_value, new_weights, cost, turnover
 

@@ -115,6 +115,11 @@ def buy_and_hold(prices: np.ndarray, start: int, stop: int, costs: Costs) -> tup
     return np.asarray(equity), turnover
 
 
+ActFn = Callable[[int, np.ndarray], np.ndarray]
+"""Maps a decision bar ``t`` and the weights ``(1, n_assets)`` at its close to an action
+``(1, n_assets)`` in [-1, 1], using bars ``<= t`` only."""
+
+
 def backtest(
     policy: PolicyFn,
     features: np.ndarray,
@@ -142,8 +147,42 @@ def backtest(
         ValueError: the slice is too short or starts before a full lookback window.
         FloatingPointError: the policy produced a non-finite action.
     """
-    if start < lookback - 1 or stop - start < 2:
+    if start < lookback - 1:
         raise ValueError(f"cannot backtest [{start}, {stop}) with lookback {lookback}")
+    t_arr = np.zeros(1, dtype=np.int64)
+
+    def act(t: int, weights: np.ndarray) -> np.ndarray:
+        t_arr[0] = t
+        return np.asarray(policy(build_observations(features, t_arr, lookback, weights)))
+
+    return run_decisions(act, prices, start, stop, costs, bars_per_year)
+
+
+def run_decisions(
+    act: ActFn,
+    prices: np.ndarray,
+    start: int,
+    stop: int,
+    costs: Costs,
+    bars_per_year: int = BARS_PER_YEAR,
+) -> BacktestResult:
+    """The one backtest loop: decisions of ``act`` over bars ``[start, stop)`` from all cash,
+    through the execution model ``costs`` (target weights, trailing stop, fills at the next
+    open with fees, slippage and the no-trade band; see :mod:`trainers.accounting`).
+
+    Args:
+        act: see :data:`ActFn`.
+        prices: ``(T, n_assets, 5)`` OHLCV.
+        start, stop: the slice; ``stop - start >= 2``.
+        costs: the execution model.
+        bars_per_year: annualisation of the Sharpe ratio.
+
+    Raises:
+        ValueError: the slice is shorter than 2 bars.
+        FloatingPointError: ``act`` returned a non-finite action.
+    """
+    if stop - start < 2:
+        raise ValueError(f"cannot backtest [{start}, {stop}): fewer than 2 bars")
     n_assets = prices.shape[1]
     close, opn = prices[:, :, 3], prices[:, :, 0]
     value, weights, hwm = np.ones(1), np.zeros((1, n_assets)), np.zeros((1, n_assets))
@@ -151,10 +190,8 @@ def backtest(
     held = np.empty((stop - start, n_assets))
     equity[0], held[0] = 1.0, 0.0
     turnover = 0.0
-    t_arr = np.zeros(1, dtype=np.int64)
     for k, t in enumerate(range(start, stop - 1)):
-        t_arr[0] = t
-        action = np.asarray(policy(build_observations(features, t_arr, lookback, weights)))
+        action = np.asarray(act(t, weights), dtype=np.float64)
         if not np.isfinite(action).all():
             raise FloatingPointError(f"policy returned a non-finite action at bar {t}")
         target = action_to_weights(action.reshape(1, n_assets), costs)

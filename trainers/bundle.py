@@ -5,8 +5,14 @@ A bundle is a directory with
 * ``actor.pth``: the actor's plain ``state_dict`` (tensors only; loads with
   ``torch.load(..., weights_only=True)``), see :class:`trainers.actor.Actor`;
 * ``model.json``: schema version, algorithm, architecture, observation spec, action spec,
-  hyperparameters, study, trial number and id, metrics, data fingerprint, creation time,
-  VIN, grade, objective value and the sha256 of ``actor.pth``.
+  the execution model it was trained and must be traded with (``costs``, see
+  :class:`trainers.accounting.Costs`), hyperparameters, study, trial number and id,
+  metrics, data fingerprint, creation time, VIN, grade, objective value and the sha256 of
+  ``actor.pth``.
+
+Schema versions: 2 (current) records ``costs``; 1 recorded only ``fee``, ``min_cash`` and
+``trailing_stop`` in its ``action_spec`` and is read as those with the rest of the costs at
+what version-1 training used (no slippage, maximum weight 1, a 0.01 minimum trade).
 
 Loading checks the hash and the observation spec against the consumer's pipeline; a
 mismatch raises :class:`BundleError` naming both specs.
@@ -24,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainers.accounting import DEFAULT_MIN_TRADE, Costs
 from trainers.atomic_io import atomic_write_bytes, atomic_write_json, sha256_file
 from trainers.features import FEATURE_NAMES, FEATURE_PIPELINE_VERSION, NormStats
 from trainers.observation import observation_dim
@@ -33,7 +40,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: consumers that only rea
 
     from trainers.actor import Actor
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 ACTOR_FILE = "actor.pth"
 META_FILE = "model.json"
 
@@ -130,6 +138,28 @@ class Bundle:
         return str(self.meta["actor_sha256"])
 
 
+def common_costs(metas: list[tuple[str, dict[str, Any]]]) -> Costs:
+    """The one execution model of several bundles (an ensemble's members).
+
+    Args:
+        metas: ``(label, model.json)`` per bundle, the label naming it in messages.
+
+    Raises:
+        BundleError: no bundle, an invalid ``costs``, or bundles whose costs disagree (the
+            message names the first two that differ and the fields).
+    """
+    if not metas:
+        raise BundleError("no bundle to take costs from")
+    first_label, first_meta = metas[0]
+    first = bundle_costs(first_meta, first_label)
+    for label, meta in metas[1:]:
+        diff = first.differences(bundle_costs(meta, label))
+        if diff:
+            fields = ", ".join(f"{k} {a:g} vs {b:g}" for k, (a, b) in diff.items())
+            raise BundleError(f"{first_label} and {label} were trained with different costs ({fields})")
+    return first
+
+
 def save_bundle(directory: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
     """Write ``actor.pth`` and ``model.json`` into ``directory``; returns the sha256.
 
@@ -163,9 +193,32 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         raise BundleError(f"{path}: missing") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{path}: schema_version must be {SCHEMA_VERSION}")
+    if not isinstance(meta, dict) or meta.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
+        raise BundleError(f"{path}: schema_version must be one of {READABLE_SCHEMA_VERSIONS}")
     return meta
+
+
+def bundle_costs(meta: dict[str, Any], where: str) -> Costs:
+    """The execution model a bundle was trained with and must be traded with.
+
+    Raises:
+        BundleError: ``costs`` (version 2) or the action spec's cost fields (version 1) are
+            missing or invalid; the message names the bundle and the field.
+    """
+    try:
+        if meta.get("schema_version") == 1:
+            spec = meta.get("action_spec")
+            if not isinstance(spec, dict) or not {"fee", "min_cash", "trailing_stop"} <= set(spec):
+                raise ValueError(f"{where}: model.json action_spec lacks fee, min_cash or trailing_stop")
+            legacy = {
+                "fee": spec["fee"],
+                "min_cash": spec["min_cash"],
+                "trailing_stop": spec["trailing_stop"],
+            }
+            return Costs.from_dict({**Costs(min_trade=DEFAULT_MIN_TRADE).as_dict(), **legacy}, where)
+        return Costs.from_dict(meta.get("costs"), f"{where}: model.json")
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
 
 
 def load_bundle(

@@ -10,7 +10,8 @@ A VIN reads ``[TYPE]-[GRADE]-[ARCH]-[OPT]-[ENV]-[YYYYMMDD]``, for example
 * OPT: ``L<m>E<e>`` learning rate ``m * 10**-e`` with a 1-2 digit mantissa
   (``L2E6`` = 2e-6, ``L35E5`` = 3.5e-4), ``G<digits>`` gamma as its decimals
   (``G98`` = 0.98, ``G995`` = 0.995).
-* ENV: ``LB<lookback bars>TD<trailing stop in percent>`` (``TD20`` = 0.20).
+* ENV: ``LB<lookback bars>TD<trailing stop in percent>`` (``TD20`` = 0.20; the trailing
+  stop of the study's execution model).
 * date of creation, UTC.
 """
 
@@ -145,12 +146,19 @@ def vin_for(
     created: datetime | date | None = None,
     algorithm: str = "PPO",
     thresholds: dict[str, float] | None = None,
+    trailing_stop: float | None = None,
 ) -> str:
     """VIN of a trial from its decoded hyperparameters (``FrozenTrial.params``) and value.
+
+    Args:
+        trailing_stop: the study's trailing stop (its execution model's, see
+            :class:`trainers.accounting.Costs`); None = ``params["trailing_stop"]``.
 
     Raises:
         VinError: a required hyperparameter is missing or out of range.
     """
+    if trailing_stop is not None:
+        params = {**params, "trailing_stop": trailing_stop}
     missing = [
         k
         for k in ("net_width", "batch_size", "learning_rate", "gamma", "lookback", "trailing_stop")

@@ -33,7 +33,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 
-from trainers.accounting import DEFAULT_FEE, DEFAULT_MIN_CASH, Costs
+from trainers.accounting import Costs
 from trainers.actor import Actor, actor_state_from_sb3
 from trainers.backtest import backtest
 from trainers.bundle import ObservationSpec, pack_bundle, save_bundle, to_numpy_policy
@@ -76,7 +76,9 @@ class TrainingConfig:
         n_envs: parallel portfolios in the vectorised env.
         embargo: bars between each fold's train and test slices.
         episode_bars: bars per training episode.
-        fee, min_cash: trading frictions and cash reserve (fractions).
+        costs: the study's execution model (fees, slippage, cash reserve, maximum weight,
+            trailing stop, minimum trade), the same in training, every backtest and the
+            paper trader.
         holdout_cut: first bar the study never sees (UTC).
         max_fill_bars: longest gap forward-filled by the loader.
         device: torch device for PPO (``cpu`` or ``cuda``).
@@ -89,16 +91,17 @@ class TrainingConfig:
     n_envs: int = 16
     embargo: int = DEFAULT_EMBARGO
     episode_bars: int = DEFAULT_EPISODE_BARS
-    fee: float = DEFAULT_FEE
-    min_cash: float = DEFAULT_MIN_CASH
+    costs: Costs = field(default_factory=Costs)
     holdout_cut: str = DEFAULT_HOLDOUT_CUT
     max_fill_bars: int = DEFAULT_MAX_FILL_BARS
     device: str = "cpu"
     seed: int | None = 0
     grade_thresholds: dict[str, float] | None = field(default=None)
 
-    def costs(self, trailing_stop: float) -> Costs:
-        return Costs(fee=self.fee, min_cash=self.min_cash, trailing_stop=trailing_stop)
+    def as_record(self) -> dict[str, Any]:
+        """The settings as JSON-able values (``model.json``'s ``training``)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("grade_thresholds", "costs")}
+        return {**out, "costs": self.costs.as_dict()}
 
 
 @dataclass
@@ -189,7 +192,7 @@ def train_fold(
     t0 = time.perf_counter()
     norm = NormStats.fit(data.features[fold.train_start : fold.train_stop])
     features = norm.apply(data.features)
-    costs = config.costs(params.trailing_stop)
+    costs = config.costs
     env = PortfolioVecEnv(
         features,
         data.panel.prices,
@@ -339,7 +342,14 @@ class Objective:
     ) -> None:
         created = datetime.now(UTC)
         grade = grade_for(value, self.config.grade_thresholds)
-        vin = vin_for(params.as_dict(), value, created, thresholds=self.config.grade_thresholds)
+        costs = self.config.costs
+        vin = vin_for(
+            params.as_dict(),
+            value,
+            created,
+            thresholds=self.config.grade_thresholds,
+            trailing_stop=costs.trailing_stop,
+        )
         spec = ObservationSpec(
             self.data.panel.symbols,
             FEATURE_NAMES,
@@ -363,12 +373,10 @@ class Objective:
                 "low": -1.0,
                 "high": 1.0,
                 "meaning": "per-asset scores; <=0 no position; see trainers.accounting.action_to_weights",
-                "fee": self.config.fee,
-                "min_cash": self.config.min_cash,
-                "trailing_stop": params.trailing_stop,
             },
+            "costs": costs.as_dict(),
             "hyperparameters": params.as_dict(),
-            "training": {k: v for k, v in asdict(self.config).items() if k != "grade_thresholds"},
+            "training": self.config.as_record(),
             "study": trial.study.study_name,
             "trial_number": trial.number,
             "trial_id": trial._trial_id,

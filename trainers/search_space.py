@@ -1,9 +1,10 @@
 """The PPO hyperparameter search space and its mapping onto what is trained.
 
 Every parameter sampled here changes the trained model (``tests/trainers`` proves it for
-each one): PPO's optimiser and rollout settings, the actor/critic network shape, the
-observation lookback and the trailing stop that the environment (and later the paper
-trader) applies.
+each one): PPO's optimiser and rollout settings, the actor/critic network shape and the
+observation lookback. The execution model (fees, cash reserve, trailing stop ...) is not
+searched: each study chooses one :class:`trainers.accounting.Costs`, so that every member of
+an ensemble trades under the same rules.
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ class PPOParams:
             and the critic MLP.
         activation: hidden activation, one of :data:`ACTIVATIONS`.
         lookback: bars in the observation window.
-        trailing_stop: trailing-stop fraction below the high-water mark since entry.
     """
 
     learning_rate: float = 3e-4
@@ -72,7 +72,6 @@ class PPOParams:
     net_depth: int = 2
     activation: str = "tanh"
     lookback: int = 10
-    trailing_stop: float = 0.10
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,5 +97,4 @@ def suggest_params(trial: optuna.Trial) -> PPOParams:
         net_depth=trial.suggest_int("net_depth", 1, 2),
         activation=trial.suggest_categorical("activation", list(ACTIVATIONS)),
         lookback=trial.suggest_categorical("lookback", list(LOOKBACK_CHOICES)),
-        trailing_stop=trial.suggest_float("trailing_stop", 0.02, 0.30, step=0.01),
     )

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -25,6 +25,13 @@ import typer
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import OperationalError
 
+from trainers.accounting import (
+    DEFAULT_FEE,
+    DEFAULT_MIN_CASH,
+    DEFAULT_MIN_TRADE,
+    DEFAULT_TRAILING_STOP,
+    Costs,
+)
 from trainers.data import DEFAULT_HOLDOUT_CUT, DataError
 from trainers.runtime.heartbeat import Heartbeat, heartbeat_path
 from trainers.runtime.logs import configure_logging
@@ -64,21 +71,35 @@ class WorkerOptions:
     seed: int | None = None
     component: str = "worker"
     log_level: str = "info"
+    costs: Costs = field(default_factory=Costs)
 
     @property
     def storage_url(self) -> str:
         return self.storage or default_storage_url(self.root)
 
 
+STUDY_COSTS_ATTR = "costs"
+
+
 def create_study(
-    storage: optuna.storages.BaseStorage | str, name: str, seed: int | None = None
+    storage: optuna.storages.BaseStorage | str,
+    name: str,
+    seed: int | None = None,
+    costs: Costs | None = None,
 ) -> optuna.Study:
-    """Load or create a maximising study with multivariate TPE and a median pruner."""
+    """Load or create a maximising study with multivariate TPE and a median pruner.
+
+    A study has one execution model: ``costs`` is recorded in the study's user attribute
+    ``costs`` when the study is new (or has none yet), and must equal it otherwise.
+
+    Raises:
+        ValueError: the study was created with other costs (the message names the fields).
+    """
     sampler = optuna.samplers.TPESampler(
         multivariate=True, constant_liar=True, n_startup_trials=10, seed=seed
     )
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=storage,
         study_name=name,
         direction="maximize",
@@ -86,6 +107,38 @@ def create_study(
         pruner=pruner,
         load_if_exists=True,
     )
+    if costs is not None:
+        check_study_costs(study, costs)
+    return study
+
+
+def study_costs(study: optuna.Study, default: Costs) -> Costs:
+    """The study's execution model: its recorded ``costs``, or ``default`` recorded now when
+    it has none.
+
+    Raises:
+        ValueError: the recorded costs are invalid (the message names the field).
+    """
+    recorded = study.user_attrs.get(STUDY_COSTS_ATTR)
+    if recorded is None:
+        study.set_user_attr(STUDY_COSTS_ATTR, default.as_dict())
+        return default
+    return Costs.from_dict(recorded, f"study {study.study_name!r}")
+
+
+def check_study_costs(study: optuna.Study, costs: Costs) -> None:
+    """Record ``costs`` on a study that has none; refuse other costs than the recorded ones.
+
+    Raises:
+        ValueError: the study trades with other costs.
+    """
+    diff = study_costs(study, costs).differences(costs)
+    if diff:
+        fields = ", ".join(f"{k} {a:g} (asked {b:g})" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"study {study.study_name!r} trades with other costs: {fields}; a study has one execution "
+            "model, so start a new study to change it"
+        )
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -99,7 +152,7 @@ def _open_study(opts: WorkerOptions, log: Any) -> optuna.Study:
     for attempt in range(5):
         try:
             storage = make_storage(opts.storage_url, opts.heartbeat_interval, opts.grace_period)
-            study = create_study(storage, opts.study, seed=opts.seed)
+            study = create_study(storage, opts.study, seed=opts.seed, costs=opts.costs)
             fail_orphaned_trials(study, opts.grace_period)
             return study
         except (OperationalError, optuna.exceptions.StorageInternalError) as exc:
@@ -149,6 +202,7 @@ def run_worker(opts: WorkerOptions) -> int:
         holdout_cut=opts.holdout_cut,
         device=opts.device,
         seed=opts.seed,
+        costs=opts.costs,
     )
     data = StudyData.load(opts.data, config)
     study = _open_study(opts, log)
@@ -209,10 +263,31 @@ def main(
     seed: int = typer.Option(None, help="Base seed (trial number is added)."),
     component: str = typer.Option("worker", help="Name for logs/<component>.log and the heartbeat."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    fee: float = typer.Option(DEFAULT_FEE, help="Commission per side, fraction of traded notional."),
+    slippage: float = typer.Option(0.0, help="Adverse fill-price deviation per side, fraction."),
+    min_cash: float = typer.Option(DEFAULT_MIN_CASH, help="Minimum cash reserve, fraction of equity."),
+    max_weight: float = typer.Option(1.0, help="Maximum weight of one asset, fraction of equity."),
+    trailing_stop: float = typer.Option(
+        DEFAULT_TRAILING_STOP, help="Trailing stop below the high (0 = off)."
+    ),
+    min_trade: float = typer.Option(DEFAULT_MIN_TRADE, help="No-trade band per asset, fraction of equity."),
 ) -> None:
     """Run a training worker."""
     if mode not in ("quick", "full"):
         raise typer.BadParameter(f"use quick or full, not {mode!r}", param_hint="--mode")
+    given = {
+        "fee": fee,
+        "slippage": slippage,
+        "min_cash": min_cash,
+        "max_weight": max_weight,
+        "trailing_stop": trailing_stop,
+        "min_trade": min_trade,
+    }
+    try:
+        costs = Costs.from_dict(given, "options")
+    except ValueError as exc:
+        name = str(exc).split("costs.")[-1].split(":")[0].replace("_", "-")
+        raise typer.BadParameter(str(exc).split(": ", 2)[-1], param_hint=f"--{name}") from None
     opts = WorkerOptions(
         study=study,
         storage=storage,
@@ -231,6 +306,7 @@ def main(
         seed=seed,
         component=component,
         log_level=log_level,
+        costs=costs,
     )
     try:
         code = run_worker(opts)

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from daemon.config import TRAINING_OVERLAY, ConfigError, load_config
+from trainers.accounting import Costs
 from trainers.atomic_io import atomic_write_bytes
 from trainers.runtime.current_study import write_current_study
 from trainers.runtime.pidlock import supervisor_pid
@@ -59,18 +60,37 @@ def start_training(
     config: Path = typer.Option(None, "--config", "-c"),
     root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
     wait: float = typer.Option(30.0, help="Seconds to wait for a background supervisor to come up."),
+    fee: float = typer.Option(None, help="Study cost: commission per side (default: the config's [costs])."),
+    slippage: float = typer.Option(None, help="Study cost: slippage per side, fraction."),
+    min_cash: float = typer.Option(None, help="Study cost: minimum cash reserve, fraction of equity."),
+    max_weight: float = typer.Option(None, help="Study cost: maximum weight of one asset."),
+    trailing_stop: float = typer.Option(None, help="Study cost: trailing stop below the high (0 = off)."),
+    min_trade: float = typer.Option(None, help="Study cost: no-trade band per asset, fraction of equity."),
 ) -> None:
-    """Create the study if needed, record the request in <root>/training.toml, make it the
+    """Create the study if needed (with its execution model: the config's [costs], with the
+    cost options given here), record the request in <root>/training.toml, make it the
     current study (sync + SIGHUP), and start the supervisor in the background if it is not
     running."""
     from trainers.worker import create_study
 
+    given = {
+        "fee": fee,
+        "slippage": slippage,
+        "min_cash": min_cash,
+        "max_weight": max_weight,
+        "trailing_stop": trailing_stop,
+        "min_trade": min_trade,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
     try:
         cfg = load_config(config, {"root": root} if root else None)
+        costs = Costs.from_dict({**cfg.costs.model_dump(), **given}, "start-training options")
         cfg.root.mkdir(parents=True, exist_ok=True)
         storage = cfg.study.storage or default_storage_url(cfg.root)
-        create_study(make_storage(storage, heartbeat_interval=None), study)
+        create_study(make_storage(storage, heartbeat_interval=None), study, costs=costs)
         overlay = f"[study]\nn_trials = {n_trials}\n\n[workers]\ncount = {workers}\n"
+        if given:
+            overlay += "\n[costs]\n" + "".join(f"{k} = {v!r}\n" for k, v in costs.as_dict().items())
         atomic_write_bytes(cfg.root / TRAINING_OVERLAY, overlay.encode())
         load_config(config, {"root": root} if root else None)  # validate before signalling anyone
     except (ConfigError, ValueError, OSError) as exc:

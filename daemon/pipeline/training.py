@@ -90,11 +90,11 @@ class Training:
     def run(self) -> StepResult:
         plan, cfg = self.plan, self.plan.config
         try:
-            ensure_study(plan.storage, plan.study)
+            costs = ensure_study(plan.storage, plan.study, cfg.costs.as_costs())
         except Exception as exc:
             return StepResult("training", "failed", f"storage {redact_url(plan.storage)}: {first_line(exc)}")
         policy = RestartPolicy.from_config(cfg)
-        specs = worker_specs(cfg, plan.study, plan.storage)  # the supervisor's command lines
+        specs = worker_specs(cfg, plan.study, plan.storage, costs)  # the supervisor's command lines
         before = finished_trials(self._stats())
         figures: dict[str, Any] = {
             "target": plan.trials,

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from paper_trader.ledger import Order
+from trainers.accounting import Costs
 
 
 class BrokerError(RuntimeError):
@@ -65,10 +66,20 @@ class Broker(Protocol):
     Attributes:
         name: ``sim`` or ``alpaca`` (recorded in the ledger).
         symbols: traded symbols; every vector is in this order.
+        band_at_fill: True when :meth:`execute` applies the execution model's no-trade band
+            (``Costs.min_trade``) at the fill, against the weights drifted to the open, as
+            the backtest does (the simulated broker); False when the trader must apply it
+            when it decides (a live broker fills what it is sent).
     """
 
     name: str
     symbols: tuple[str, ...]
+    band_at_fill: bool
+
+    def set_costs(self, costs: Costs) -> None:
+        """Use the execution model of the model being traded for fills and fee estimates
+        (called at start and whenever the trader swaps in a model with other costs)."""
+        ...
 
     @property
     def finished(self) -> bool:

@@ -33,6 +33,7 @@ from paper_trader.brokers.alpaca_orders import QTY_DECIMALS
 from paper_trader.brokers.alpaca_settings import AlpacaSettings
 from paper_trader.config import TraderConfig
 from paper_trader.ledger import CANCELLED, Order
+from trainers.accounting import DEFAULT_FEE, Costs
 from trainers.data import BAR_SECONDS, embedded_dataset_dir, symbol_from_path
 from trainers.features import HISTORY_BARS
 
@@ -59,11 +60,13 @@ class AlpacaBroker:
     Args:
         client: a connected :class:`AlpacaClient` (paper unless ``--live`` and the config allow).
         symbols: traded dataset symbols, column order of every vector.
-        fee: fee rate used to estimate each fill's fee (fraction of notional).
+        fee: fee rate used to estimate each fill's fee (fraction of notional) until
+            :meth:`set_costs` gives the traded model's.
         clock: the current UTC time (default the system clock).
     """
 
     name = "alpaca"
+    band_at_fill = False
 
     def __init__(
         self,
@@ -94,7 +97,11 @@ class AlpacaBroker:
             paper=not config.live, allow_live=config.allow_live, url_override=url, data_url_override=data_url
         )
         client = AlpacaClient(settings, live=config.live)
-        return cls(client, dataset_symbols(config.data), config.fee)
+        return cls(client, dataset_symbols(config.data), DEFAULT_FEE)
+
+    def set_costs(self, costs: Costs) -> None:
+        """Estimate fill fees with the traded model's fee rate."""
+        self.fee = float(costs.fee)
 
     @property
     def finished(self) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 
 from paper_trader.brokers._base import Bar, BrokerError, FillReport, StopToken
 from paper_trader.ledger import Order
-from trainers.accounting import Costs, drifted_weights, rebalance_step
+from trainers.accounting import Costs, drifted_weights, executed_target, rebalance_step
 from trainers.data import DEFAULT_HOLDOUT_CUT, DataError, Panel, load_panel
 
 
@@ -23,15 +23,18 @@ class SimBroker:
     """Replays a dataset bar by bar from the hold-out cut on.
 
     Bars before the cut are feature history only. Orders fill at the next bar's open with
-    fee and slippage charged as in :func:`trainers.accounting.rebalance_step`: each ordered
-    asset is traded to its target weight of the equity at the open, net of the bar's costs;
-    assets without an order keep their quantity.
+    fee, slippage and the no-trade band applied as in
+    :func:`trainers.accounting.rebalance_step`: each ordered asset is traded to its target
+    weight of the equity at the open, net of the bar's costs, unless its change from the
+    weight drifted to the open is inside the band (``min_trade``), when its order fills
+    nothing; assets without an order keep their quantity.
 
     Args:
         data: dataset folder (None = the embedded dataset).
         holdout_cut: first bar replayed (UTC ISO 8601).
         speed: bars per second; 0 = as fast as possible.
-        fee, slippage: per side, fractions of traded notional.
+        fee, slippage: per side, fractions of traded notional, until :meth:`set_costs` gives
+            the traded model's execution model.
         panel: an already loaded panel (instead of ``data``).
 
     Raises:
@@ -39,6 +42,7 @@ class SimBroker:
     """
 
     name = "sim"
+    band_at_fill = True
 
     def __init__(
         self,
@@ -61,6 +65,13 @@ class SimBroker:
         self._ts = self.panel.timestamps.astype("datetime64[s]").astype(np.int64)
         self._due = 0.0
         self._finished = False
+
+    def set_costs(self, costs: Costs) -> None:
+        """Fill with the traded model's fee, slippage and no-trade band (the risk limits are
+        the trader's, applied when it decides)."""
+        self.costs = Costs(
+            fee=costs.fee, slippage=costs.slippage, min_cash=0.0, trailing_stop=0.0, min_trade=costs.min_trade
+        )
 
     def index_of_ts(self, ts: int) -> int:
         """Panel index of the bar starting at ``ts``.
@@ -138,6 +149,7 @@ class SimBroker:
         target = w_open.copy()
         for o in orders:
             target[0, col[o.symbol]] = o.target_weight
+        executed = executed_target(target, weights, close_t, bar.open, self.costs)
         _, _, cost_arr, turnover_arr = rebalance_step(
             np.array([value]), weights, target, close_t, bar.open, bar.close, self.costs
         )
@@ -147,6 +159,9 @@ class SimBroker:
         fills = []
         for o in orders:
             j = col[o.symbol]
+            if executed[0, j] != target[0, j]:
+                fills.append(FillReport(o.client_order_id, 0.0, 0.0, 0.0, "inside the no-trade band"))
+                continue
             new_qty = o.target_weight * (value_open - cost) / bar.open[j]
             d = new_qty - qty[j]
             if d == 0.0:

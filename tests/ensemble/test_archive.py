@@ -55,7 +55,7 @@ def clone_trial(study: optuna.Study, root: Path, source: FrozenTrial, value: flo
     params = suggest_params(trial)
     src = root / source.user_attrs["bundle_path"]
     meta = {k: v for k, v in read_meta(src).items() if k not in ("schema_version", "actor_sha256")}
-    vin, grade = vin_for(params.as_dict(), value, CREATED), grade_for(value)
+    vin, grade = vin_for(params.as_dict(), value, CREATED, trailing_stop=0.1), grade_for(value)
     meta.update(
         study=study.study_name,
         trial_number=trial.number,

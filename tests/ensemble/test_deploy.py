@@ -66,7 +66,7 @@ def add_candidate(
     number = len(study.get_trials(deepcopy=False))
     rel = f"trials/{STUDY}/{number}/bundle"
     attrs = {k: v for k, v in src.user_attrs.items() if k != "artifact_id"}
-    attrs.update(vin=vin_for(src.params, value), grade=grade, bundle_path=rel)
+    attrs.update(vin=vin_for(src.params, value, trailing_stop=0.1), grade=grade, bundle_path=rel)
     study.add_trial(
         optuna.trial.create_trial(
             params=src.params, distributions=src.distributions, value=value, user_attrs=attrs

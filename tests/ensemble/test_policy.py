@@ -14,6 +14,7 @@ import torch
 
 from ensemble.manifest import MANIFEST_FILE, Manifest, Member, member_dir_name, write_manifest
 from ensemble.policy import EnsembleError, EnsemblePolicy
+from trainers.accounting import Costs
 from trainers.actor import Actor
 from trainers.bundle import Bundle, ObservationSpec, PipelineSpec, load_bundle, save_bundle
 from trainers.data import Panel
@@ -90,6 +91,7 @@ def make_bundle(
             "activation": activation,
         },
         "observation_spec": spec.to_json(),
+        "costs": Costs().as_dict(),
         "study": STUDY,
         "trial_number": seed,
         "trial_id": seed + 1,

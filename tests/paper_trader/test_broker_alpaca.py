@@ -28,6 +28,7 @@ from tests.conftest import TrainedStudy
 from tests.paper_trader.alpaca_server import FakeAlpaca
 from tests.paper_trader.conftest import local_settings
 from tests.paper_trader.ensemble_root import PIPELINE, REPO, bars_done, ensemble_root, wait_until
+from trainers.accounting import Costs
 from trainers.data import DEFAULT_HOLDOUT_CUT, Panel
 
 N_BARS = 4
@@ -45,6 +46,9 @@ class Clock:
 
 def when(panel: Panel, i: int) -> datetime:
     return datetime.fromtimestamp(int(panel.timestamps[i].astype("int64")), UTC)
+
+
+MODEL_FEE = Costs().fee  # the trained_study fixture trains with the default costs
 
 
 @pytest.fixture
@@ -79,7 +83,7 @@ def test_the_loop_trades_alpaca_bars_and_orders_each_order_once(
     )
     client = AlpacaClient(local_settings(server))
     clock = Clock(when(panel, cut) + timedelta(hours=1))  # bar `cut` has just closed
-    broker = AlpacaBroker(client, panel.symbols, config.fee, clock)
+    broker = AlpacaBroker(client, panel.symbols, 0.5, clock)  # set_costs gives the model's fee
     trader = Trader(config, broker, EnsembleSource(root, PIPELINE, debounce_s=0.0))
     thread = threading.Thread(target=trader.run, daemon=True)
     for k in range(N_BARS):
@@ -112,7 +116,7 @@ def test_the_loop_trades_alpaca_bars_and_orders_each_order_once(
         f = fills[o.client_order_id]
         signed = float(alp["filled_qty"]) * (1 if alp["side"] == "buy" else -1)
         assert (f.qty, f.price) == (pytest.approx(signed), float(alp["filled_avg_price"]))
-        assert f.fee == pytest.approx(config.fee * abs(f.qty) * f.price)
+        assert f.fee == pytest.approx(MODEL_FEE * abs(f.qty) * f.price)  # the bundles' own fee
     # the ledger's positions plus the last bar's orders are Alpaca's holdings
     state = ledger.state()
     holdings = {k.replace("/", ""): v for k, v in server.holdings().items()}

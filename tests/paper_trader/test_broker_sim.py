@@ -46,7 +46,7 @@ def copy_ensemble(src: Path, root: Path) -> Path:
 def run_trader(root: Path, panel: Panel, **settings: object) -> Ledger:
     """Run the real loop in this process over ``panel`` from the hold-out cut; returns its ledger."""
     config = TraderConfig.build(root=root, speed=0.0, **settings)
-    broker = SimBroker(panel=panel, fee=config.fee, slippage=config.slippage)
+    broker = SimBroker(panel=panel)
     ledger = Ledger(config.ledger_path)
     assert Trader(config, broker, EnsembleSource(root, PIPELINE, debounce_s=0.0), ledger).run() == 0
     return ledger
@@ -65,6 +65,7 @@ def test_replay_reproduces_the_backtest_equity_curve(
         "min_cash": 0.05,
         "max_weight": 0.6,
         "trailing_stop": trailing_stop,
+        "min_trade": 0.0,
         "initial_cash": 10_000.0,
         "max_bars": N_BARS,
     }

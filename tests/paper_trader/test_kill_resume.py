@@ -19,7 +19,9 @@ from tests.paper_trader.ensemble_root import bars_done, ensemble_root, finish, s
 N_BARS = 150
 KILL_AFTER = 15  # bars a killed run processes (at least) before its SIGKILL
 PACED = "25"  # bars per second of the runs that get killed, so a kill lands mid-replay
+# overrides of the models' own costs, so the tiny-budget ensemble trades on most bars
 COMMON = ["--max-bars", str(N_BARS), "--min-notional", "10", "--trailing-stop", "0.03", "--max-weight", "0.5"]
+COMMON += ["--min-trade", "0"]
 
 
 def snapshot(root: Path) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def test_every_bar_records_its_fills_decision_model_and_files(
     root = fresh_root(synced_root, tmp_path / "root")
     manifest = read_manifest(root / "ensemble" / MANIFEST_FILE)
     config = TraderConfig.build(root=root, speed=0.0, max_bars=40, min_notional=25.0, trailing_stop=0.03)
-    broker = SimBroker(panel=panel, fee=config.fee, slippage=config.slippage)
+    broker = SimBroker(panel=panel)
     trader = Trader(config, broker, EnsembleSource(root, PIPELINE, debounce_s=0.0))
     assert trader.run() == 0
 

@@ -34,6 +34,7 @@ from ensemble.manifest import (
 )
 from ensemble.policy import EnsemblePolicy
 from paper_trader.reload import ReloadWatcher, peek_generation
+from trainers.accounting import Costs
 from trainers.actor import Actor
 from trainers.bundle import ObservationSpec, PipelineSpec, atomic_write_bytes, save_bundle
 from trainers.features import FEATURE_NAMES, FEATURE_PIPELINE_VERSION, NormStats
@@ -88,6 +89,7 @@ def make_bundle(
         },
         "observation_spec": spec.to_json(),
         "action_spec": {"shape": [len(symbols)], "low": -1.0, "high": 1.0},
+        "costs": Costs().as_dict(),
         "hyperparameters": {"lookback": LOOKBACK},
         "study": study,
         "trial_number": trial_id,

@@ -112,12 +112,23 @@ def test_orders_below_the_minimum_notional_are_not_placed() -> None:
     equity = 1000.0 + 1000.0
     # targets 0.5 (held: no change) / 0.0038 (an order of 7.6 in quote currency) / 0
     action = np.array([0.5 / 0.95, 0.004, -1.0])
-    dec = decide(action, qty, np.array([100.0, 0, 0]), close, 1000.0, Costs(trailing_stop=0.1), 10.0)
+    no_band = Costs(trailing_stop=0.1, min_trade=0.0)  # the minimum notional alone
+    dec = decide(action, qty, np.array([100.0, 0, 0]), close, 1000.0, no_band, 10.0)
     assert dec.orders == []
     assert dec.target[1] * equity == pytest.approx(7.6)
     assert min_trade_for(10.0, equity) == pytest.approx(0.005)
-    dec = decide(action, qty, np.array([100.0, 0, 0]), close, 1000.0, Costs(trailing_stop=0.1), 5.0)
+    dec = decide(action, qty, np.array([100.0, 0, 0]), close, 1000.0, no_band, 5.0)
     assert [(o.j, o.side) for o in dec.orders] == [(1, "buy")]
+
+
+def test_the_models_no_trade_band_applies_at_the_decision_unless_the_broker_applies_it() -> None:
+    close, qty = np.array([100.0, 100.0, 100.0]), np.array([10.0, 0.0, 0.0])
+    action = np.array([0.5 / 0.95, 0.004, -1.0])  # asset 1: a change of 0.0038 of equity
+    band = Costs(trailing_stop=0.1, min_trade=0.01)
+    hwm = np.array([100.0, 0, 0])
+    assert decide(action, qty, hwm, close, 1000.0, band, 5.0).orders == []  # inside the 1% band
+    at_fill = decide(action, qty, hwm, close, 1000.0, band, 5.0, band_at_decision=False)
+    assert [(o.j, o.side) for o in at_fill.orders] == [(1, "buy")]  # the broker applies it
 
 
 def test_kept_small_sells_are_forced_when_they_would_break_the_cash_reserve() -> None:
@@ -127,7 +138,7 @@ def test_kept_small_sells_are_forced_when_they_would_break_the_cash_reserve() ->
     qty = np.array([3200.0, 3200.0, 3200.0])  # 0.32 each of 10,000 -> cash 0.04 < 0.05
     cash = 10_000.0 - qty.sum()
     action = np.ones(3)  # targets 0.95 / 3 = 0.3167 each: change 0.0033 < band 0.005
-    dec = decide(action, qty, np.zeros(3) + 1.0, close, cash, Costs(trailing_stop=0.0), 50.0)
+    dec = decide(action, qty, np.zeros(3) + 1.0, close, cash, Costs(trailing_stop=0.0, min_trade=0.0), 50.0)
     assert sorted((o.j, o.side, o.reason) for o in dec.orders) == [(j, "sell", "limit") for j in range(3)]
     for o in dec.orders:
         assert o.qty * close[o.j] == pytest.approx(50.0)

@@ -205,7 +205,7 @@ def test_rebalance_matches_unit_accounting(
     w_raw: np.ndarray, t_raw: np.ndarray, growth: np.ndarray, costs: Costs
 ) -> None:
     """Independent bookkeeping in units and cash gives the same value, weights and cost
-    (the cost is paid out of the rebalanced portfolio pro rata, as the module documents)."""
+    (the cost is paid in cash; an asset that is not traded keeps its units)."""
     close_t = np.array([4.0, 50.0, 900.0])
     open_next, close_next = close_t * growth[0], close_t * growth[0] * growth[1]
     weights = w_raw[None, :] / max(1.0, w_raw.sum() * 1.01)
@@ -221,10 +221,12 @@ def test_rebalance_matches_unit_accounting(
     notional = np.abs(executed * value_open - units * open_next).sum()
     assert turnover[0] == pytest.approx(notional / value_open, rel=1e-9, abs=1e-12)
     assert cost[0] == pytest.approx((costs.fee + costs.slippage) * notional, rel=1e-9, abs=1e-12)
-    # after paying the cost the portfolio holds exactly the executed weights of what is left
+    # after paying the cost the traded assets hold their executed weights of what is left,
+    # the others their units
     left = value_open - cost[0]
-    new_units = executed * left / open_next
-    new_cash = left * (1.0 - executed.sum())
+    traded = executed != drifted_weights(weights, close_t, open_next)[0]
+    new_units = np.where(traded, executed * left / open_next, units)
+    new_cash = left - (new_units * open_next).sum()
     assert v[0] == pytest.approx(new_cash + (new_units * close_next).sum(), rel=1e-9)
     np.testing.assert_allclose(w[0], new_units * close_next / v[0], rtol=1e-9, atol=1e-15)
 
@@ -237,7 +239,8 @@ def test_min_trade_band_skips_small_trades() -> None:
     v, w, cost, turnover = rebalance_step(np.array([1.0]), weights, row(0.315, 0.45), p, p, p, costs)
     assert turnover[0] == pytest.approx(0.05)
     assert cost[0] == pytest.approx(0.01 * 0.05)
-    np.testing.assert_allclose(w, row(0.30, 0.45))
+    # the skipped asset keeps its units: 0.30 of the value before the cost is paid
+    np.testing.assert_allclose(w, row(0.30 / (1.0 - 0.01 * 0.05), 0.45))
     np.testing.assert_allclose(executed_target(row(0.315, 0.45), weights, p, p, costs), row(0.30, 0.45))
     # a change of exactly the band is traded
     _, _, _, turnover = rebalance_step(np.array([1.0]), weights, row(0.32, 0.40), p, p, p, costs)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from trainers.accounting import Costs
 from trainers.actor import Actor
 from trainers.bundle import (
     ACTOR_FILE,
@@ -23,6 +24,8 @@ from trainers.bundle import (
     PipelineSpec,
     atomic_write_bytes,
     atomic_write_json,
+    bundle_costs,
+    common_costs,
     load_bundle,
     pack_bundle,
     read_meta,
@@ -182,7 +185,7 @@ def test_bad_meta(bundle_dir: Path, tmp_path: Path) -> None:
     good = json.loads(meta_path.read_text())
 
     atomic_write_json(meta_path, {**good, "schema_version": 99})
-    with pytest.raises(BundleError, match="schema_version must be 1"):
+    with pytest.raises(BundleError, match=r"schema_version must be one of \(1, 2\)"):
         load_bundle(bundle_dir)
 
     meta_path.write_text("{ not json")
@@ -255,3 +258,25 @@ def test_atomic_writes_replace_whole_files(tmp_path: Path) -> None:
     atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new"
     assert [p.name for p in target.parent.iterdir()] == ["f.json"]  # no temp file left behind
+
+
+def test_costs_are_read_from_the_bundle_and_must_agree_across_an_ensemble() -> None:
+    costs = Costs(fee=0.001, slippage=0.0005, min_cash=0.1, max_weight=0.6, trailing_stop=0.05, min_trade=0.0)
+    v2 = {"schema_version": 2, "costs": costs.as_dict()}
+    assert bundle_costs(v2, "b") == costs
+    # version 1 recorded three fields in its action spec; the rest is what v1 training used
+    v1 = {"schema_version": 1, "action_spec": {"fee": 0.004, "min_cash": 0.2, "trailing_stop": 0.07}}
+    assert bundle_costs(v1, "old") == Costs(fee=0.004, slippage=0.0, min_cash=0.2, trailing_stop=0.07)
+    with pytest.raises(BundleError, match=r"b: model.json: costs: missing min_trade"):
+        bundle_costs(
+            {"schema_version": 2, "costs": {k: v for k, v in costs.as_dict().items() if k != "min_trade"}},
+            "b",
+        )
+    with pytest.raises(BundleError, match=r"costs.fee: Input should be less than 1"):
+        bundle_costs({"schema_version": 2, "costs": {**costs.as_dict(), "fee": 1.5}}, "b")
+    assert common_costs([("a", v2), ("b", dict(v2))]) == costs
+    other = {"schema_version": 2, "costs": {**costs.as_dict(), "trailing_stop": 0.2}}
+    with pytest.raises(
+        BundleError, match=r"a and c were trained with different costs \(trailing_stop 0.05 vs 0.2\)"
+    ):
+        common_costs([("a", v2), ("b", v2), ("c", other)])

@@ -16,6 +16,7 @@ import optuna
 import pytest
 import torch
 
+from trainers.accounting import COST_FIELDS, Costs
 from trainers.env import PortfolioCore
 from trainers.objective import FoldResult, StudyData, TrainingConfig, train_fold
 from trainers.search_space import (
@@ -29,11 +30,12 @@ from trainers.search_space import (
 )
 
 N_ENVS = 4
-BASE = PPOParams(trailing_stop=0.02)  # the defaults, with a tight stop that triggers often
+BASE = PPOParams()
 ROLLOUT = BASE.n_steps * N_ENVS
 # two rollouts: a parameter that acts only through the data of the next rollout (ent_coef
 # via log_std) reaches the actor as well
-CONFIG = TrainingConfig(budget_steps=2 * ROLLOUT, n_envs=N_ENVS, seed=0)
+# the default execution model, with a tight stop that triggers often
+CONFIG = TrainingConfig(budget_steps=2 * ROLLOUT, n_envs=N_ENVS, seed=0, costs=Costs(trailing_stop=0.02))
 SEED = 7
 
 
@@ -56,12 +58,21 @@ CHANGES: dict[str, object] = {
     "net_depth": 1 if BASE.net_depth != 1 else 2,
     "activation": _other(list(ACTIVATIONS), BASE.activation),
     "lookback": _other(LOOKBACK_CHOICES, BASE.lookback),
+}
+
+# one value per field of the study's execution model, away from CONFIG's
+COST_CHANGES: dict[str, float] = {
+    "fee": 0.01,
+    "slippage": 0.002,
+    "min_cash": 0.5,
+    "max_weight": 0.2,
     "trailing_stop": 0.30,
+    "min_trade": 0.2,
 }
 
 
-def _train(data: StudyData, params: PPOParams) -> FoldResult:
-    return train_fold(data, data.folds[0], params, CONFIG, SEED)
+def _train(data: StudyData, params: PPOParams, config: TrainingConfig = CONFIG) -> FoldResult:
+    return train_fold(data, data.folds[0], params, config, SEED)
 
 
 def _same_actor(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -110,12 +121,25 @@ def test_parameter_changes_the_trained_actor(
     assert not _same_actor(state, base_actor), f"{name}={CHANGES[name]} trained the same actor"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(COST_CHANGES))
+def test_the_studys_costs_change_the_trained_actor(
+    study_data: StudyData, base_actor: dict[str, torch.Tensor], name: str
+) -> None:
+    """The study's execution model is what training sees: each field of it changes the actor."""
+    assert set(COST_CHANGES) == set(COST_FIELDS)
+    costs = Costs(**{**CONFIG.costs.as_dict(), name: COST_CHANGES[name]})
+    state = _train(study_data, BASE, dataclasses.replace(CONFIG, costs=costs)).state
+    assert not _same_actor(state, base_actor), f"costs {name}={COST_CHANGES[name]} trained the same actor"
+
+
 def test_trailing_stop_triggers_on_the_training_slice(study_data: StudyData) -> None:
     """The stops compared above really act in the fold's train slice: always-invested
     portfolios on the same episodes end with different values and weights."""
     fold = study_data.folds[0]
     outcome = {}
-    for stop in (BASE.trailing_stop, CHANGES["trailing_stop"]):
+    tight_stop, loose_stop = CONFIG.costs.trailing_stop, COST_CHANGES["trailing_stop"]
+    for stop in (tight_stop, loose_stop):
         core = PortfolioCore(
             study_data.features,
             study_data.panel.prices,
@@ -123,7 +147,7 @@ def test_trailing_stop_triggers_on_the_training_slice(study_data: StudyData) -> 
             fold.train_stop,
             BASE.lookback,
             16,
-            CONFIG.costs(float(stop)),  # type: ignore[arg-type]
+            Costs(trailing_stop=stop),
             CONFIG.episode_bars,
             seed=0,
         )
@@ -133,6 +157,6 @@ def test_trailing_stop_triggers_on_the_training_slice(study_data: StudyData) -> 
             core.step(np.ones((core.n, core.n_assets)))  # always fully invested, unless stopped
             flat_asset_bars += int((core.weights == 0.0).sum())
         outcome[stop] = (core.value.copy(), flat_asset_bars)
-    tight, loose = outcome[BASE.trailing_stop], outcome[CHANGES["trailing_stop"]]
+    tight, loose = outcome[tight_stop], outcome[loose_stop]
     assert tight[1] > loose[1]  # the tight stop takes positions off more often
     assert not np.array_equal(tight[0], loose[0])

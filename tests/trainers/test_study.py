@@ -16,6 +16,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from tests.trainers._worker_proc import TINY_ARGS, reader, workers
+from trainers.accounting import Costs
 from trainers.bundle import ACTOR_FILE, BundleError, PipelineSpec, load_bundle, unpack_bundle
 from trainers.features import FEATURE_PIPELINE_VERSION
 from trainers.naming import grade_for, parse_vin, vin_for
@@ -43,6 +44,13 @@ class Run:
     output: str
 
 
+# a non-default execution model, chosen on the command line
+STUDY_COSTS = Costs(
+    fee=0.001, slippage=0.0005, min_cash=0.1, max_weight=0.8, trailing_stop=0.07, min_trade=0.005
+)
+COST_ARGS = [a for k, v in STUDY_COSTS.as_dict().items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
 def _load_trials(url: str) -> list[FrozenTrial]:
     return optuna.load_study(study_name=STUDY, storage=reader(url)).get_trials()
 
@@ -52,7 +60,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """``python -m trainers.worker --n-trials 2`` on the default SQLite storage of a temp root."""
     root = tmp_path_factory.mktemp("study_root")
     with workers(root / "logs") as ws:
-        w = ws.start("--study", STUDY, "--root", str(root), "--n-trials", "2", *TINY_ARGS)
+        w = ws.start("--study", STUDY, "--root", str(root), "--n-trials", "2", *TINY_ARGS, *COST_ARGS)
         assert w.wait() == 0, w.describe()
     url = default_storage_url(root)
     return Run(root, url, _load_trials(url), w.output())
@@ -116,12 +124,13 @@ def test_vin_rebuilt_from_storage_equals_stored_vin(run: Run, tmp_path: Path) ->
         meta_created = datetime.fromisoformat(
             load_bundle(run.root / t.user_attrs["bundle_path"]).meta["created_at"]
         )
-        assert vin_for(t.params, t.value, meta_created) == t.user_attrs["vin"]
+        vin = vin_for(t.params, t.value, meta_created, trailing_stop=STUDY_COSTS.trailing_stop)
+        assert vin == t.user_attrs["vin"]
         decoded = parse_vin(t.user_attrs["vin"])
         assert decoded.net_width == t.params["net_width"] and isinstance(t.params["net_width"], int)
         assert decoded.batch_size == t.params["batch_size"]
         assert decoded.lookback == t.params["lookback"]
-        assert decoded.trailing_stop == pytest.approx(t.params["trailing_stop"])
+        assert decoded.trailing_stop == pytest.approx(STUDY_COSTS.trailing_stop)
         assert decoded.grade == t.user_attrs["grade"]
         assert math.isclose(decoded.gamma, t.params["gamma"], abs_tol=5e-5)
 
@@ -130,7 +139,7 @@ def test_vin_rebuilt_from_storage_equals_stored_vin(run: Run, tmp_path: Path) ->
 def test_finished_study_second_run_exits_at_once(run: Run) -> None:
     assert "worker_started" in run.output
     with workers(run.root / "logs2") as ws:
-        w = ws.start("--study", STUDY, "--root", str(run.root), "--n-trials", "2", *TINY_ARGS)
+        w = ws.start("--study", STUDY, "--root", str(run.root), "--n-trials", "2", *TINY_ARGS, *COST_ARGS)
         assert w.wait() == 0, w.describe()
     assert "study_complete" in w.output()
     assert "worker_started" not in w.output()  # no trial was started
@@ -170,3 +179,18 @@ def test_bad_data_folder_exits_2_with_one_line(tmp_path: Path, make, expect: lis
         assert word in lines[0]
     assert "Traceback" not in w.output()
     assert not (root / "optuna.db").exists()  # nothing was created
+
+
+@pytest.mark.slow
+def test_the_studys_costs_are_recorded_and_a_worker_with_other_costs_is_refused(run: Run) -> None:
+    study = optuna.load_study(study_name=STUDY, storage=reader(run.url))
+    assert Costs.from_dict(study.user_attrs["costs"], "study") == STUDY_COSTS
+    for t in run.trials:
+        meta = load_bundle(run.root / t.user_attrs["bundle_path"]).meta
+        assert Costs.from_dict(meta["costs"], "bundle") == STUDY_COSTS
+    with workers(run.root / "logs") as ws:
+        w = ws.start(
+            "--study", STUDY, "--root", str(run.root), "--n-trials", "3", *TINY_ARGS, "--fee", "0.002"
+        )
+        assert w.wait() == 2, w.describe()
+    assert "trades with other costs: fee 0.001 (asked 0.002)" in w.output()
