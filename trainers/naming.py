@@ -13,12 +13,17 @@ A VIN reads ``[TYPE]-[GRADE]-[ARCH]-[OPT]-[ENV]-[YYYYMMDD]``, for example
 * ENV: ``LB<lookback bars>TD<trailing stop in percent>`` (``TD20`` = 0.20; the trailing
   stop of the study's execution model).
 * date of creation, UTC.
+
+A grade is shown with whether the trial beats both constant baselines of its study
+(:func:`grade_with_baselines`): in falling folds the always-in-cash policy alone earns a
+high grade, so a grade on its own does not say the agent learnt anything.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -67,6 +72,46 @@ def grade_for(value: float | None, thresholds: dict[str, float] | None = None) -
         if g in t and value >= t[g]:
             return g
     return "F"
+
+
+BASELINE_LABELS: dict[str, str] = {"invested": "always invested", "cash": "always in cash"}
+"""Display names of the constant-policy baselines (:mod:`trainers.fold_baselines`)."""
+
+
+def beats_baselines(value: float | None, baselines: Mapping[str, float] | None) -> bool | None:
+    """True when the objective value is above every baseline value (a tie does not beat);
+    None when the value or the baselines are unknown.
+
+    Args:
+        value: a trial's objective value.
+        baselines: ``{"invested": value, "cash": value}`` on the same folds and costs
+            (:meth:`trainers.study_db.baselines.StudyBaselines.values`), or None.
+    """
+    if value is None or not baselines or math.isnan(value):
+        return None
+    return all(value > b for b in baselines.values())
+
+
+def baseline_note(value: float | None, baselines: Mapping[str, float] | None) -> str:
+    """``beats both baselines``, ``below always in cash +1.3400`` (every baseline it does not
+    beat, with its value), or ``baselines not recorded``."""
+    if not baselines:
+        return "baselines not recorded"
+    verdict = beats_baselines(value, baselines)
+    if verdict is None or value is None:
+        return "no value"
+    if verdict:
+        return "beats both baselines"
+    below = [f"{BASELINE_LABELS.get(k, k)} {b:+.4f}" for k, b in baselines.items() if not value > b]
+    return "below " + " and ".join(below)
+
+
+def grade_with_baselines(
+    grade: str | None, value: float | None, baselines: Mapping[str, float] | None
+) -> str:
+    """A grade with its baseline verdict: ``A (beats both baselines)``,
+    ``S (below always in cash +1.3400)``."""
+    return f"{grade or '-'} ({baseline_note(value, baselines)})"
 
 
 def grade_at_least(grade: str, minimum: str) -> bool:

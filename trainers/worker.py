@@ -172,6 +172,7 @@ def run_worker(opts: WorkerOptions) -> int:
     """
     import torch  # heavy imports here: `cappuccino --help`/`status` must not pay for them
 
+    from trainers.fold_baselines import ensure_fold_baselines
     from trainers.objective import Objective, StudyData, TrainingConfig
 
     if opts.device not in ("cpu", "cuda"):
@@ -206,6 +207,12 @@ def run_worker(opts: WorkerOptions) -> int:
     )
     data = StudyData.load(opts.data, config)
     study = _open_study(opts, log)
+    baselines, computed = ensure_fold_baselines(study, data, config)
+    log.info(
+        "fold_baselines",
+        computed=computed,
+        **{f"{name}_value": round(b["value"], 4) for name, b in baselines["baselines"].items()},
+    )
     remaining = opts.n_trials - finished_trials(study)
     if remaining <= 0:
         log.info("study_complete", finished=opts.n_trials)

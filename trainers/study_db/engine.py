@@ -44,6 +44,9 @@ _values = sa.table(
 _user_attrs = sa.table(
     "trial_user_attributes", sa.column("trial_id"), sa.column("key"), sa.column("value_json")
 )
+_study_attrs = sa.table(
+    "study_user_attributes", sa.column("study_id"), sa.column("key"), sa.column("value_json")
+)
 _params = sa.table(
     "trial_params",
     sa.column("trial_id"),
@@ -173,6 +176,19 @@ def user_attrs(
     for tid, key, raw in conn.execute(query):
         out[int(tid)][key] = decode_json(raw)
     return out
+
+
+def study_user_attrs(
+    conn: sa.Connection, study: StudyRow, keys: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """User attributes (decoded JSON) of the study itself (Optuna's
+    ``study_user_attributes``), optionally only ``keys``."""
+    query = sa.select(_study_attrs.c.key, _study_attrs.c.value_json).where(
+        _study_attrs.c.study_id == study.study_id
+    )
+    if keys is not None:
+        query = query.where(_study_attrs.c.key.in_(list(keys)))
+    return {str(key): decode_json(raw) for key, raw in conn.execute(query)}
 
 
 def ping(storage_url: str) -> None:

@@ -1,0 +1,151 @@
+"""What a trial value must beat: the objective value of two constant policies on the
+study's own walk-forward folds.
+
+* ``invested``: the score +1 on every asset at every bar, i.e. fully invested within the
+  cash reserve (``(1 - min_cash) / n_assets`` of each asset, capped at ``max_weight``;
+  :func:`trainers.accounting.action_to_weights`), rebalanced back to that target whenever
+  a weight drifts by ``min_trade`` or more, and subject to the trailing stop, exactly as an
+  agent that always answers +1.
+* ``cash``: the score -1 everywhere: never holds a position. Its equity curve is flat, so
+  its Sharpe ratio is 0 and its excess Sharpe on a fold is minus the equal-weight
+  benchmark's Sharpe ratio: in falling folds cash *gains* (this is the objective's known
+  bias; README "What the trial value means").
+
+Both run through :func:`trainers.backtest.run_decisions` (the loop that backtests every
+trained actor) on each fold's test slice with the study's :class:`~trainers.accounting.Costs`,
+and get a value by :func:`trainers.objective.objective_value` (``mean - 0.1 * std`` of the
+per-fold excess Sharpe ratios), so the values compare directly with trial values. Unlike
+:mod:`trainers.baselines` (the deployer's evaluation baselines), the trailing stop applies:
+this is the agent's own execution.
+
+The result is cached in the study user attribute
+:data:`trainers.study_db.baselines.FOLD_BASELINES_ATTR` (schema in
+:mod:`trainers.study_db.baselines`), computed once per study by the first worker
+(:func:`ensure_fold_baselines`) and recomputed only when what determines it changes: the
+study bars' data fingerprint, the walk-forward mode and fold bounds, the costs and the
+annualisation.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import optuna
+
+from trainers.backtest import run_decisions
+from trainers.data import BARS_PER_YEAR
+from trainers.objective import StudyData, TrainingConfig, objective_value
+from trainers.study_db.baselines import BASELINE_NAMES, FOLD_BASELINES_ATTR
+
+SCHEMA_VERSION = 1
+CONSTANT_SCORES: dict[str, float] = {"invested": 1.0, "cash": -1.0}
+"""The score each constant policy gives every asset at every bar (see the module docstring)."""
+LABELS: dict[str, str] = {"invested": "always invested", "cash": "always in cash"}
+
+assert tuple(CONSTANT_SCORES) == BASELINE_NAMES
+
+
+def _bars_per_year(config: TrainingConfig) -> int:
+    """The annualisation the study's fold backtests use: ``config.bars_per_year`` where the
+    training config has one, else :data:`trainers.data.BARS_PER_YEAR` (8,760 hourly bars)."""
+    return int(getattr(config, "bars_per_year", BARS_PER_YEAR))
+
+
+def baselines_key(data: StudyData, config: TrainingConfig) -> dict[str, Any]:
+    """What determines the baselines, as JSON values: ``{"data_fingerprint", "mode",
+    "costs", "bars_per_year", "folds": [Fold.as_dict(), ...]}``."""
+    key = {
+        "data_fingerprint": data.fingerprint,
+        "mode": config.mode,
+        "costs": config.costs.as_dict(),
+        "bars_per_year": _bars_per_year(config),
+        "folds": [f.as_dict() for f in data.folds],
+    }
+    return json.loads(json.dumps(key))  # the form it takes once stored (lists, floats)
+
+
+def constant_policy_folds(data: StudyData, config: TrainingConfig) -> dict[str, dict[str, Any]]:
+    """Run both constant policies on every fold's test slice.
+
+    Args:
+        data: the study's bars and folds (features are not used: a constant needs none).
+        config: the study's training settings (``costs``, annualisation).
+
+    Returns:
+        ``{"invested" | "cash": {"label", "score", "value", "folds": [{"fold",
+        "excess_sharpe", "sharpe", "benchmark_sharpe", "total_return"}, ...]}}``:
+        Sharpe ratios annualised, returns as fractions, ``value`` =
+        :func:`trainers.objective.objective_value` of the folds' excess Sharpe ratios.
+
+    Raises:
+        ValueError: a fold's test slice is shorter than 2 bars.
+    """
+    n_assets = data.panel.n_assets
+    bars_per_year = _bars_per_year(config)
+    out: dict[str, dict[str, Any]] = {}
+    for name, score in CONSTANT_SCORES.items():
+        action = np.full((1, n_assets), score)
+        folds = []
+        for fold in data.folds:
+            result = run_decisions(
+                lambda _t, _w, a=action: a,
+                data.panel.prices,
+                fold.test_start,
+                fold.test_stop,
+                config.costs,
+                bars_per_year,
+            )
+            folds.append(
+                {
+                    "fold": fold.index,
+                    "excess_sharpe": result.excess_sharpe,
+                    "sharpe": result.metrics.sharpe,
+                    "benchmark_sharpe": result.benchmark.sharpe,
+                    "total_return": result.metrics.total_return,
+                }
+            )
+        value = objective_value([f["excess_sharpe"] for f in folds])
+        out[name] = {"label": LABELS[name], "score": score, "value": value, "folds": folds}
+    return out
+
+
+def baselines_record(data: StudyData, config: TrainingConfig, now: datetime | None = None) -> dict[str, Any]:
+    """The study attribute's value (schema in :mod:`trainers.study_db.baselines`)."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "key": baselines_key(data, config),
+        "computed_at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "bars_per_year": _bars_per_year(config),
+        "baselines": constant_policy_folds(data, config),
+    }
+
+
+def ensure_fold_baselines(
+    study: optuna.Study, data: StudyData, config: TrainingConfig, now: datetime | None = None
+) -> tuple[dict[str, Any], bool]:
+    """The study's baselines: the recorded ones when their key matches ``data`` and
+    ``config``, else computed now and recorded (overwriting a record of another key).
+    Workers starting together may each compute and write the same record: harmless.
+
+    Returns:
+        ``(record, computed)``: ``computed`` is False when the recorded one was reused.
+
+    Raises:
+        optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError: the
+            storage cannot be written.
+    """
+    recorded = study.user_attrs.get(FOLD_BASELINES_ATTR)
+    key = baselines_key(data, config)
+    if (
+        isinstance(recorded, dict)
+        and recorded.get("schema") == SCHEMA_VERSION
+        and recorded.get("key") == key
+        and isinstance(recorded.get("baselines"), dict)
+    ):
+        return recorded, False
+    record = baselines_record(data, config, now)
+    study.set_user_attr(FOLD_BASELINES_ATTR, record)
+    return record, True

@@ -1,0 +1,103 @@
+"""The study's constant-policy baselines, as :mod:`trainers.fold_baselines` records them in
+the study user attribute :data:`FOLD_BASELINES_ATTR`, read from Optuna's
+``study_user_attributes`` table (for the monitor, the dashboard, the report and
+``cappuccino models info``; nothing here loads the study or imports the trainer).
+
+The attribute's schema (JSON)::
+
+    {"schema": 1,
+     "key": {"data_fingerprint", "mode", "costs": {...}, "bars_per_year", "folds": [...]},
+     "computed_at": UTC ISO 8601,
+     "bars_per_year": int,
+     "baselines": {"invested" | "cash": {"label", "score", "value",
+                   "folds": [{"fold", "excess_sharpe", "sharpe", "benchmark_sharpe",
+                              "total_return"}, ...]}}}
+
+``value`` is the objective formula of a trial (``mean - 0.1 * std`` of the per-fold
+excess Sharpe ratios, :func:`trainers.objective.objective_value`) on the same folds and
+execution model, so it compares directly with trial values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from trainers.study_db.engine import StudyRow, db_error, require_study, study_user_attrs
+
+FOLD_BASELINES_ATTR = "fold_baselines"
+BASELINE_NAMES: tuple[str, ...] = ("invested", "cash")
+"""``invested``: constant score +1 on every asset (fully invested within the cash reserve);
+``cash``: constant score -1 (never holds a position)."""
+
+
+@dataclass(frozen=True)
+class StudyBaselines:
+    """The objective values of the constant policies on a study's folds.
+
+    Attributes:
+        invested: value of the always fully invested policy.
+        cash: value of the always-in-cash policy.
+        n_folds: folds they were computed on.
+        computed_at: when (UTC, ISO 8601), or None when not recorded.
+    """
+
+    invested: float
+    cash: float
+    n_folds: int
+    computed_at: str | None
+
+    def values(self) -> dict[str, float]:
+        """``{"invested": value, "cash": value}`` (what :mod:`trainers.naming` compares)."""
+        return {"invested": self.invested, "cash": self.cash}
+
+    @property
+    def best(self) -> float:
+        """The better of the two values (a trial must exceed it to beat both)."""
+        return max(self.invested, self.cash)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready ``{"invested", "cash", "n_folds", "computed_at"}``."""
+        return {**self.values(), "n_folds": self.n_folds, "computed_at": self.computed_at}
+
+
+def parse_baselines(record: Any) -> StudyBaselines | None:
+    """The values of a recorded :data:`FOLD_BASELINES_ATTR`; None when it is absent or not
+    of the schema above (a finite ``value`` for both baselines)."""
+    if not isinstance(record, dict) or not isinstance(record.get("baselines"), dict):
+        return None
+    found: dict[str, float] = {}
+    n_folds = 0
+    for name in BASELINE_NAMES:
+        entry = record["baselines"].get(name)
+        value = entry.get("value") if isinstance(entry, dict) else None
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            return None
+        found[name] = float(value)
+        folds = entry.get("folds")
+        n_folds = len(folds) if isinstance(folds, list) else 0
+    at = record.get("computed_at")
+    return StudyBaselines(found["invested"], found["cash"], n_folds, at if isinstance(at, str) else None)
+
+
+def study_baselines(conn: sa.Connection, study: StudyRow) -> StudyBaselines | None:
+    """The study's recorded baselines (one query), None when it has none yet."""
+    attrs = study_user_attrs(conn, study, (FOLD_BASELINES_ATTR,))
+    return parse_baselines(attrs.get(FOLD_BASELINES_ATTR))
+
+
+def read_study_baselines(engine: Engine, study: str) -> StudyBaselines | None:
+    """:func:`study_baselines` of a study by name.
+
+    Raises:
+        StudyDBError: unknown study, several objectives, or a database error.
+    """
+    try:
+        with engine.connect() as conn:
+            return study_baselines(conn, require_study(conn, study))
+    except sa.exc.SQLAlchemyError as exc:
+        raise db_error(engine, study, exc) from None
