@@ -139,6 +139,9 @@ class DeployConfig(_Section):
     min_grade: Literal["S", "A", "B", "C", "D", "F"] = "A"
     min_sharpe: float = 0.5
     max_drawdown: float = Field(0.25, gt=0, le=1)
+    validation_fraction: float = Field(
+        0.5, gt=0, lt=1, description="share of the hold-out bars in the validation window (the gate's)"
+    )
 
 
 class PreflightConfig(_Section):

@@ -65,6 +65,7 @@ def deploy(ctx: JobContext) -> str:
     argv += ["--storage", ctx.storage_url, "--slot", d.slot, "--min-improvement", str(d.min_improvement)]
     argv += ["--min-grade", d.min_grade, "--min-sharpe", str(d.min_sharpe)]
     argv += ["--max-drawdown", str(d.max_drawdown), "--holdout-cut", st.holdout_cut]
+    argv += ["--validation-fraction", str(d.validation_fraction)]
     if st.data:
         argv += ["--data", st.data]
     return _run(ctx, argv, "deploy")

@@ -20,6 +20,13 @@ from trainers.bundle import Bundle, bundle_costs, to_numpy_policy
 from trainers.data import BARS_PER_YEAR
 
 
+def bars_per_year(bundle: Bundle) -> int:
+    """The bars per year a bundle's study annualised with (``model.json`` training record;
+    hourly 24/7 bars, 8,760, for bundles that predate the record)."""
+    value = bundle.meta.get("training", {}).get("bars_per_year")
+    return int(value) if isinstance(value, (int, float)) and value > 0 else BARS_PER_YEAR
+
+
 def bundle_backtest(
     bundle: Bundle,
     prices: np.ndarray,

@@ -17,10 +17,11 @@ A candidate (the best COMPLETE trial of the study) is promoted only if every gat
   loads, matches the trial's ``actor_sha256``, belongs to this study and trial id, has an
   observation spec the hold-out data can feed, a usable action spec and a valid execution
   model (``costs``).
-* ``holdout``: :func:`trainers.backtest.backtest` of the bundle on the hold-out bars (bars
-  at or after the hold-out cut, which the study never saw) reaches the minimum Sharpe ratio
-  (annualised with 8,760 bars/year, default 0.5) and stays within the maximum drawdown
-  (fraction of peak equity, default 0.25). Features are computed over the whole panel so
+* ``holdout``: :func:`trainers.backtest.backtest` of the bundle on the **validation
+  window** of the hold-out bars (the first half, by default, of the bars at or after the
+  hold-out cut, which the study never saw; :mod:`trainers.windows`) reaches the minimum
+  Sharpe ratio (annualised with the dataset's bars per year, default 0.5) and stays within
+  the maximum drawdown (fraction of peak equity, default 0.25). Features are computed over the whole panel so
   the first hold-out decision has a full lookback window of history, normalised with the
   bundle's stored statistics; every cost and risk rule (fee, slippage, cash reserve,
   maximum weight, trailing stop, minimum trade) is the bundle's own execution model
@@ -40,7 +41,7 @@ import pandas as pd
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FrozenTrial
 
-from ensemble.backtests import bundle_backtest
+from ensemble.backtests import bars_per_year, bundle_backtest
 from trainers.bundle import (
     Bundle,
     BundleError,
@@ -51,6 +52,7 @@ from trainers.bundle import (
 )
 from trainers.data import DEFAULT_HOLDOUT_CUT, Panel
 from trainers.naming import GRADES, grade_at_least
+from trainers.windows import DEFAULT_VALIDATION_FRACTION, holdout_windows
 
 DEFAULT_MIN_IMPROVEMENT = 0.01
 DEFAULT_MIN_GRADE = "A"
@@ -70,12 +72,15 @@ class DeployThresholds:
         min_grade: worst acceptable grade (``S`` best ... ``F`` worst).
         min_sharpe: minimum hold-out Sharpe ratio, annualised (8,760 bars/year).
         max_drawdown: maximum hold-out drawdown, fraction of peak equity in [0, 1].
+        validation_fraction: share of the hold-out bars in the validation window, the only
+            bars the gate may look at (:mod:`trainers.windows`).
     """
 
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT
     min_grade: str = DEFAULT_MIN_GRADE
     min_sharpe: float = DEFAULT_MIN_SHARPE
     max_drawdown: float = DEFAULT_MAX_DRAWDOWN
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.min_improvement) and self.min_improvement >= 0):
@@ -86,6 +91,8 @@ class DeployThresholds:
             raise ValueError(f"min_sharpe must be finite, got {self.min_sharpe}")
         if not 0.0 <= self.max_drawdown <= 1.0:
             raise ValueError(f"max_drawdown must be a fraction in [0, 1], got {self.max_drawdown}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -246,7 +253,8 @@ def check_holdout(
     holdout_cut: str | None,
     thresholds: DeployThresholds,
 ) -> GateResult:
-    """Gate ``holdout``: backtest the bundle on bars ``>= cut`` (rule in the module docstring).
+    """Gate ``holdout``: backtest the bundle on the validation window of the hold-out bars
+    (rule in the module docstring; the test window is never looked at).
 
     Args:
         bundle: the verified candidate bundle.
@@ -256,7 +264,8 @@ def check_holdout(
         holdout_cut: first hold-out bar (UTC ISO 8601); None = the bundle's training cut.
 
     Raises:
-        ValueError: the cut is malformed, or the data has fewer than 2 bars at or after it.
+        ValueError: the cut is malformed, or the hold-out bars are too few for a validation
+            and a test window of 2 bars each.
     """
     cut, trained_cut = resolve_cut(holdout_cut, bundle)
     start = panel.index_of(cut)
@@ -270,6 +279,8 @@ def check_holdout(
     if len(panel) - start < 2:
         last = pd.Timestamp(panel.timestamps[-1], tz="UTC").isoformat()
         raise ValueError(f"hold-out cut {cut.isoformat()} leaves fewer than 2 bars (data ends {last})")
+    stop = holdout_windows(len(panel), start, thresholds.validation_fraction).split
+    details["window"] = "validation"
     if cut < trained_cut:
         reason = (
             f"hold-out cut {cut.isoformat()} is before the trial's own cut {trained_cut.isoformat()}: "
@@ -281,13 +292,15 @@ def check_holdout(
         return GateResult("holdout", "fail", [reason], details)
     costs = bundle_costs(bundle.meta, str(bundle.path))
     try:
-        result = bundle_backtest(bundle, panel.prices, raw_features, start, len(panel), costs)
+        result = bundle_backtest(
+            bundle, panel.prices, raw_features, start, stop, costs, bars_per_year(bundle)
+        )
     except FloatingPointError as exc:
         return GateResult("holdout", "fail", [f"hold-out backtest: {exc}"], details)
     m = result.metrics
     details.update(
         first_bar=pd.Timestamp(panel.timestamps[start], tz="UTC").isoformat(),
-        last_bar=pd.Timestamp(panel.timestamps[-1], tz="UTC").isoformat(),
+        last_bar=pd.Timestamp(panel.timestamps[stop - 1], tz="UTC").isoformat(),
         n_bars=m.n_bars,
         sharpe=m.sharpe,
         max_drawdown=m.max_drawdown,
@@ -297,14 +310,17 @@ def check_holdout(
         benchmark_return=result.benchmark.total_return,
         excess_sharpe=result.excess_sharpe,
         bars_per_year=result.bars_per_year,
-        data_fingerprint=panel.fingerprint(start, len(panel)),
+        data_fingerprint=panel.fingerprint(start, stop),
         costs=costs.as_dict(),
     )
     reasons = []
     if not m.sharpe >= thresholds.min_sharpe:
-        reasons.append(f"hold-out Sharpe {m.sharpe:.3f} is below the minimum {thresholds.min_sharpe:.3f}")
+        reasons.append(
+            f"validation-window Sharpe {m.sharpe:.3f} is below the minimum {thresholds.min_sharpe:.3f}"
+        )
     if not m.max_drawdown <= thresholds.max_drawdown:
         reasons.append(
-            f"hold-out max drawdown {m.max_drawdown:.3f} exceeds the maximum {thresholds.max_drawdown:.3f}"
+            f"validation-window max drawdown {m.max_drawdown:.3f} exceeds the maximum "
+            f"{thresholds.max_drawdown:.3f}"
         )
     return GateResult("holdout", "fail" if reasons else "pass", reasons, details)

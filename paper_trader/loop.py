@@ -31,6 +31,7 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import structlog
 
 from ensemble.policy import EnsemblePolicy
@@ -228,6 +229,14 @@ class Trader:
         new = self.source.poll()
         if new is None:
             return
+        refused = self._trained_on_replayed_bars(new)
+        if refused is not None:
+            if self.policy is None:
+                raise TraderError(refused)
+            self.log.error(
+                "model_refused", generation=new.generation, reason=refused, keeping=self.policy.generation
+            )
+            return
         old = self.policy
         self.policy = new
         costs = self.config.effective_costs(new.costs)
@@ -248,6 +257,25 @@ class Trader:
             study=new.study,
             members=len(new.bundles),
         )
+
+    def _trained_on_replayed_bars(self, policy: EnsemblePolicy) -> str | None:
+        """Why ``policy`` must not trade this replay (a member trained on bars the replay
+        trades), or None. A live feed trades bars after every training cut."""
+        start = self.broker.replay_start_ts
+        if start is None:
+            return None
+        for i, bundle in enumerate(policy.bundles):
+            cut = bundle.meta.get("training", {}).get("holdout_cut")
+            if cut is None:
+                continue
+            cut_ts = int(pd.Timestamp(cut).tz_convert("UTC").timestamp())
+            if start < cut_ts:
+                return (
+                    f"member {i} ({bundle.meta.get('vin') or bundle.path}) was trained on bars up to its "
+                    f"hold-out cut {cut}; the replay starts earlier, at {iso_ts(start)}: replay from "
+                    "--holdout-cut at or after the models' cut"
+                )
+        return None
 
     def _trade(self) -> None:
         self.state_name = "trading"

@@ -2,7 +2,7 @@
 
 ``supervise`` (supervise, doctor, status, logs), ``study`` (set-study, start-training),
 ``models`` (archive, models ...), ``sync``, ``deploy``, ``trade``, ``clean``, ``pipeline``,
-``dashboard`` (dashboard, report) and ``quickstart``. ``python -m daemon.cli`` runs it too.
+``dashboard`` (dashboard, report), ``evaluate`` and ``quickstart``. ``python -m daemon.cli`` runs it too.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from daemon.cli import (
     clean,
     dashboard,
     deploy,
+    evaluate,
     models,
     pipeline,
     quickstart,
@@ -54,6 +55,7 @@ app.command("clean")(clean.clean)
 app.command("dashboard")(dashboard.dashboard)
 app.command("report")(dashboard.report)
 app.command("pipeline")(pipeline.pipeline)
+app.command("evaluate")(evaluate.evaluate_command)
 app.add_typer(models.models_app, name="models")
 
 

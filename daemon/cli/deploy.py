@@ -19,6 +19,7 @@ from ensemble.deploy_gate import (
     DEFAULT_MIN_SHARPE,
     DeployThresholds,
 )
+from trainers.windows import DEFAULT_VALIDATION_FRACTION
 
 
 def deploy(
@@ -31,10 +32,13 @@ def deploy(
     ),
     min_grade: str = typer.Option(DEFAULT_MIN_GRADE, help="Worst acceptable grade (S, A, B, C, D, F)."),
     min_sharpe: float = typer.Option(
-        DEFAULT_MIN_SHARPE, help="Minimum hold-out Sharpe ratio (annualised, 8760 bars/year)."
+        DEFAULT_MIN_SHARPE, help="Minimum validation-window Sharpe ratio (annualised)."
     ),
     max_drawdown: float = typer.Option(
         DEFAULT_MAX_DRAWDOWN, help="Maximum hold-out drawdown (fraction of peak equity)."
+    ),
+    validation_fraction: float = typer.Option(
+        DEFAULT_VALIDATION_FRACTION, help="Share of the hold-out bars in the validation window the gate uses."
     ),
     data: Path = typer.Option(None, help="Dataset folder for the hold-out backtest (default: embedded)."),
     holdout_cut: str = typer.Option(
@@ -50,7 +54,9 @@ def deploy(
         if do_rollback:
             decision = rollback(root, slot)
         else:
-            thresholds = DeployThresholds(min_improvement, min_grade.upper(), min_sharpe, max_drawdown)
+            thresholds = DeployThresholds(
+                min_improvement, min_grade.upper(), min_sharpe, max_drawdown, validation_fraction
+            )
             decision = run_deploy(root, study, storage, slot, thresholds, data, holdout_cut, dry_run)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

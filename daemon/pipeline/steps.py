@@ -82,7 +82,9 @@ def step_deploy(plan: Plan) -> StepResult:
 
     d, st = plan.config.deploy, plan.config.study
     try:
-        thresholds = DeployThresholds(d.min_improvement, d.min_grade, d.min_sharpe, d.max_drawdown)
+        thresholds = DeployThresholds(
+            d.min_improvement, d.min_grade, d.min_sharpe, d.max_drawdown, d.validation_fraction
+        )
         dec = run_deploy(
             plan.root, plan.study, plan.storage, int(d.slot), thresholds, st.data, st.holdout_cut
         )

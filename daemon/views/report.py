@@ -144,7 +144,8 @@ def _vin(raw: str | None) -> str:
     return vin if isinstance(vin, str) else ""
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_png(fig: Figure, path: Path) -> Path:
+    """Render ``fig`` as a PNG and write it atomically to ``path`` (0644); closes the figure."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     plt.close(fig)
@@ -209,7 +210,7 @@ def plot_equity(curve: EquityCurve, path: Path) -> Path:
     locator = mdates.AutoDateLocator()
     ax_dd.xaxis.set_major_locator(locator)
     ax_dd.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_best_value(values: StudyValues, path: Path) -> Path:
@@ -265,7 +266,7 @@ def plot_best_value(values: StudyValues, path: Path) -> Path:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_report(root: Path, storage_url: str, study: str | None, out: Path) -> ReportResult:

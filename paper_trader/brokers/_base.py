@@ -66,6 +66,8 @@ class Broker(Protocol):
     Attributes:
         name: ``sim`` or ``alpaca`` (recorded in the ledger).
         symbols: traded symbols; every vector is in this order.
+        replay_start_ts: UTC epoch seconds of the first bar a replay trades (None for a live
+            feed); the trader refuses models trained on bars at or after it.
         band_at_fill: True when :meth:`execute` applies the execution model's no-trade band
             (``Costs.min_trade``) at the fill, against the weights drifted to the open, as
             the backtest does (the simulated broker); False when the trader must apply it
@@ -75,6 +77,7 @@ class Broker(Protocol):
     name: str
     symbols: tuple[str, ...]
     band_at_fill: bool
+    replay_start_ts: int | None
 
     def set_costs(self, costs: Costs) -> None:
         """Use the execution model of the model being traded for fills and fee estimates

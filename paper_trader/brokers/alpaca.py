@@ -67,6 +67,7 @@ class AlpacaBroker:
 
     name = "alpaca"
     band_at_fill = False
+    replay_start_ts = None  # a live feed
 
     def __init__(
         self,

@@ -63,6 +63,7 @@ class SimBroker:
         self.speed = float(speed)
         self.costs = Costs(fee=fee, slippage=slippage, min_cash=0.0, trailing_stop=0.0, min_trade=0.0)
         self._ts = self.panel.timestamps.astype("datetime64[s]").astype(np.int64)
+        self.replay_start_ts: int | None = int(self._ts[self.start])
         self._due = 0.0
         self._finished = False
 

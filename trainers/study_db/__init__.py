@@ -21,7 +21,15 @@ from trainers.study_db.engine import (
     open_engine,
     require_study,
 )
-from trainers.study_db.ranking import RankedTrial, best_trial, count_ranked, iter_ranked, rank_trials
+from trainers.study_db.ranking import (
+    RankedTrial,
+    best_trial,
+    complete_attr,
+    count_ranked,
+    iter_ranked,
+    rank_trials,
+    trial_by_number,
+)
 from trainers.study_db.stats import (
     best_progression,
     best_summary,
@@ -41,6 +49,7 @@ __all__ = [
     "best_summary",
     "best_trial",
     "complete_after",
+    "complete_attr",
     "count_ranked",
     "ended_between",
     "find_study",
@@ -50,4 +59,5 @@ __all__ = [
     "recent_outcomes",
     "require_study",
     "state_counts",
+    "trial_by_number",
 ]

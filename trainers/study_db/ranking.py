@@ -22,8 +22,10 @@ from trainers.study_db.engine import (
     _FINITE,
     _params,
     _trials,
+    _user_attrs,
     _values,
     db_error,
+    decode_json,
     require_study,
     user_attrs,
 )
@@ -189,3 +191,61 @@ def best_trial(engine: Engine, study: str) -> RankedTrial | None:
     """
     top = rank_trials(engine, study, 1)
     return top[0] if top else None
+
+
+def trial_by_number(engine: Engine, study: str, number: int) -> RankedTrial | None:
+    """The COMPLETE trial ``number`` of ``study`` with a finite value (its user attributes
+    and decoded parameters), or None when there is none.
+
+    Raises:
+        StudyDBError: unknown study, several objectives, or a database error.
+    """
+    try:
+        with engine.connect() as conn:
+            study_id = require_study(conn, study).study_id
+            row = conn.execute(
+                sa.select(_trials.c.trial_id, _values.c.value)
+                .join_from(_trials, _values, _values.c.trial_id == _trials.c.trial_id)
+                .where(
+                    _trials.c.study_id == study_id,
+                    _trials.c.number == number,
+                    _trials.c.state == _COMPLETE,
+                    _values.c.objective == 0,
+                    _values.c.value_type == _FINITE,
+                )
+            ).first()
+            if row is None:
+                return None
+            trial_id = int(row[0])
+            attrs = user_attrs(conn, [trial_id])[trial_id]
+            params = {
+                name: json_to_distribution(dist).to_external_repr(internal)
+                for name, internal, dist in conn.execute(
+                    sa.select(_params.c.param_name, _params.c.param_value, _params.c.distribution_json).where(
+                        _params.c.trial_id == trial_id
+                    )
+                )
+            }
+    except sa.exc.SQLAlchemyError as exc:
+        raise db_error(engine, study, exc) from None
+    return RankedTrial(study, trial_id, number, float(row[1]), attrs, params)
+
+
+def complete_attr(engine: Engine, study: str, key: str) -> dict[int, Any]:
+    """One user attribute (decoded JSON) of every COMPLETE trial of ``study`` that has it,
+    by trial number (e.g. ``fold_metrics`` for the probability of backtest overfitting).
+
+    Raises:
+        StudyDBError: unknown study, several objectives, or a database error.
+    """
+    try:
+        with engine.connect() as conn:
+            study_id = require_study(conn, study).study_id
+            rows = conn.execute(
+                sa.select(_trials.c.number, _user_attrs.c.value_json)
+                .join_from(_trials, _user_attrs, _user_attrs.c.trial_id == _trials.c.trial_id)
+                .where(_trials.c.study_id == study_id, _trials.c.state == _COMPLETE, _user_attrs.c.key == key)
+            ).all()
+    except sa.exc.SQLAlchemyError as exc:
+        raise db_error(engine, study, exc) from None
+    return {int(n): decode_json(raw) for n, raw in rows}
