@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import requests
 import structlog
 
-from trainers.atomic_io import atomic_write_json
+from trainers.atomic_io import atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from daemon.config import AlertsConfig
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("alerts")
 
 Severity = Literal["info", "warning", "critical"]
-KINDS = ("worker_budget_exhausted", "stagnation", "drawdown", "reload_rejected")
+KINDS = ("worker_budget_exhausted", "stagnation", "below_baselines", "drawdown", "reload_rejected")
 RETRY_STATUS = frozenset({408, 425, 429})
 RECENT_KEPT = 50
 _STOP = object()
@@ -354,7 +354,7 @@ class AlertSink:
         if self.state_path is None or not self.state_path.exists():
             return
         try:
-            data = json.loads(self.state_path.read_text())
+            data = read_json(self.state_path)
             active, recent = data["active"], data["recent"]
             if not isinstance(active, dict) or not isinstance(recent, list):
                 raise ValueError("unexpected layout")

@@ -8,7 +8,6 @@ and ``.current_study`` and realigns children and jobs.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -31,7 +30,7 @@ from daemon.scheduler import JobRunner
 from daemon.sdnotify import Notifier
 from daemon.views.status import build_status
 from trainers.accounting import Costs
-from trainers.atomic_io import atomic_write_json
+from trainers.atomic_io import atomic_write_json, read_json
 from trainers.runtime.current_study import read_current_study
 from trainers.runtime.layout import Layout
 from trainers.runtime.logs import configure_logging
@@ -50,7 +49,7 @@ def stop_stale_children(root: Path, timeout_s: float) -> list[dict[str, Any]]:
     cleaning up (:func:`daemon.fleet.stop_stale`), then forget the record."""
     path = Layout(root).children
     try:
-        records = json.loads(path.read_text())
+        records = read_json(path)
     except (OSError, ValueError):
         return []
     stopped = fleet.stop_stale(records if isinstance(records, list) else [], timeout_s)

@@ -68,7 +68,7 @@ from ensemble.registry import (
     summarise_folds,
 )
 from ensemble.selection import BundleSkip, locate_bundle, verify_bundle
-from trainers.atomic_io import atomic_write_bytes, fsync_dir
+from trainers.atomic_io import atomic_write_bytes, fsync_dir, read_json
 from trainers.naming import GRADES, grade_at_least, grade_for
 from trainers.runtime.current_study import require_current_study
 from trainers.runtime.pidlock import PidLock, holding
@@ -203,7 +203,7 @@ def _load_entries(arch: Path, root: Path, log: Any) -> dict[str, ArchiveEntry]:
         if folder.name in entries or not (folder / METADATA_FILE).is_file():
             continue
         try:
-            entry = _entry_from_metadata(json.loads((folder / METADATA_FILE).read_text()))
+            entry = _entry_from_metadata(read_json(folder / METADATA_FILE))
         except (OSError, ValueError, AttributeError, ValidationError):
             continue  # not an archived model: its name is taken, never overwritten
         if entry.dir == folder.name and entry.key not in {e.key for e in entries.values()}:

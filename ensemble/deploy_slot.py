@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from trainers.atomic_io import fsync_dir
+from trainers.atomic_io import fsync_dir, read_json
 from trainers.bundle import (
     ACTOR_FILE,
     META_FILE,
@@ -98,11 +97,11 @@ def read_info(directory: Path) -> dict[str, Any]:
     """
     path = directory / DEPLOYMENT_INFO_FILE
     try:
-        info = json.loads(path.read_text())
+        info = read_json(path)
     except FileNotFoundError:
         raise SlotError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SlotError(f"{path}: not valid JSON ({exc})") from None
+    except ValueError as exc:
+        raise SlotError(str(exc)) from None
     if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
         raise SlotError(f"{path}: not a deployment record (no sha256)")
     return info

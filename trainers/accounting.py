@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 DEFAULT_FEE = 0.0025  # per side, fraction of traded notional
@@ -113,6 +113,41 @@ class Costs:
 
 
 COST_FIELDS: tuple[str, ...] = ("fee", "slippage", "min_cash", "max_weight", "trailing_stop", "min_trade")
+
+
+class CostOverrides(BaseModel):
+    """Optional values of the six :class:`Costs` fields with the same bounds (None = not
+    given): the paper trader's overrides of its model's costs, and the cost options of the
+    commands that choose a study's costs."""
+
+    fee: Rate | None = None
+    slippage: Rate | None = None
+    min_cash: Rate | None = None
+    max_weight: Weight | None = None
+    trailing_stop: Rate | None = None
+    min_trade: Rate | None = None
+
+    def given(self) -> dict[str, float]:
+        """The fields that are set, by name."""
+        return {k: float(v) for k in COST_FIELDS if (v := getattr(self, k)) is not None}
+
+    def applied_to(self, base: Costs) -> Costs:
+        """``base`` with the given fields replaced."""
+        return Costs(**{**base.as_dict(), **self.given()})
+
+
+def costs_from_options(base: Costs, where: str, **options: float | None) -> Costs:
+    """``base`` with the cost options that were given (not None) replaced, validated.
+
+    Raises:
+        ValueError: an unknown option or a value out of bounds; the message starts with
+            ``where`` and names the field.
+    """
+    unknown = sorted(set(options) - set(COST_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown cost option(s) {', '.join(unknown)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    return Costs.from_dict({**base.as_dict(), **given}, where)
 
 
 def action_to_weights(action: np.ndarray, costs: Costs) -> np.ndarray:

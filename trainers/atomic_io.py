@@ -58,7 +58,7 @@ def read_json(path: str | Path) -> Any:
     except FileNotFoundError:
         raise
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
 
 
 def read_json_object(path: str | Path) -> dict[str, Any] | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainers.accounting import DEFAULT_MIN_TRADE, Costs
-from trainers.atomic_io import atomic_write_bytes, atomic_write_json, sha256_file
+from trainers.atomic_io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from trainers.features import FEATURE_NAMES, FEATURE_PIPELINE_VERSION, NormStats
 from trainers.observation import observation_dim
 
@@ -188,11 +187,11 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     """
     path = Path(directory) / META_FILE
     try:
-        meta = json.loads(path.read_text())
+        meta = read_json(path)
     except FileNotFoundError:
         raise BundleError(f"{path}: missing") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
     if not isinstance(meta, dict) or meta.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         raise BundleError(f"{path}: schema_version must be one of {READABLE_SCHEMA_VERSIONS}")
     return meta

@@ -3,13 +3,14 @@ log kinds and a scratch directory's ``model.json``."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from trainers.atomic_io import read_json_object
 
 
 def path_size(path: Path) -> int:
@@ -70,9 +71,5 @@ def read_meta(scratch: Path) -> dict[str, Any] | None:
     """``model.json`` of the bundle in a scratch directory (None when absent/unreadable)."""
     for candidate in (scratch / "bundle" / "model.json", scratch / "model.json"):
         if candidate.is_file() and not candidate.is_symlink():
-            try:
-                data = json.loads(candidate.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                return None
-            return data if isinstance(data, dict) else None
+            return read_json_object(candidate)
     return None

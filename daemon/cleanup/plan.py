@@ -7,12 +7,11 @@ import os
 import time
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from daemon.cleanup.files import inside, log_kind, open_files_under, path_size, read_meta
 from daemon.cleanup.references import References, UnreadableReference, collect_references
 from daemon.cleanup.result import CleanupError, CleanupResult, Kept, Removal
-from daemon.cleanup.storage import _engine, _Storage, _Trial
+from daemon.cleanup.storage import lookup, referenced_trial_ids
+from trainers.study_db.lookup import TrialLookup, TrialRef
 
 
 def read_references(root: Path) -> References:
@@ -27,7 +26,7 @@ def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _trial_verdict(trial: _Trial | None, storage: _Storage, keep_top: int) -> str | None:
+def _trial_verdict(trial: TrialRef | None, storage: TrialLookup, keep_top: int) -> str | None:
     """Why this trial's files go, or None when they stay by rule."""
     if trial is None:
         return None
@@ -66,26 +65,17 @@ def plan_cleanup(
         raise CleanupError(f"root {root}: no such folder (check --root)")
     result = CleanupResult(root, dry_run=True)
     refs = read_references(root)
-    engine = _engine(storage)
-    try:
-        with engine.connect() as conn:
-            db = _Storage(conn, keep_top)
-            protected_ids = db.referenced_trial_ids(refs)
-            _plan_artifacts(root, db, refs, protected_ids, study, keep_top, result)
-            _plan_scratch(root, db, refs, protected_ids, study, keep_top, result)
-    except sa.exc.SQLAlchemyError as exc:
-        raise CleanupError(
-            f"storage: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0]}); nothing was removed"
-        ) from None
-    finally:
-        engine.dispose()
+    with lookup(storage, keep_top) as db:
+        protected_ids = referenced_trial_ids(db, refs)
+        _plan_artifacts(root, db, refs, protected_ids, study, keep_top, result)
+        _plan_scratch(root, db, refs, protected_ids, study, keep_top, result)
     _plan_logs(root, keep_days, time.time() if now is None else now, result)
     return result
 
 
 def _plan_scratch(
     root: Path,
-    db: _Storage,
+    db: TrialLookup,
     refs: References,
     protected_ids: dict[int, str],
     only: str | None,
@@ -131,7 +121,7 @@ def _plan_scratch(
 
 def _plan_artifacts(
     root: Path,
-    db: _Storage,
+    db: TrialLookup,
     refs: References,
     protected_ids: dict[int, str],
     only: str | None,

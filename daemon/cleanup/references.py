@@ -13,11 +13,12 @@ Parsed with the standard library only (no torch import: the supervisor uses this
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from trainers.atomic_io import read_json
 
 MANIFEST = Path("ensemble") / "ensemble_manifest.json"
 DEPLOYMENTS = "deployments"
@@ -88,11 +89,10 @@ def _is_int(value: Any) -> bool:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return read_json(path)
+    except (OSError, ValueError) as exc:
         raise UnreadableReference(
-            f"{path}: cannot read ({exc}); what it refers to cannot be known. "
-            "Repair or remove the file, then try again"
+            f"{exc}; what it refers to cannot be known. Repair or remove the file, then try again"
         ) from None
 
 

@@ -10,7 +10,7 @@ import structlog
 from daemon.cleanup.files import inside, read_meta
 from daemon.cleanup.plan import plan_cleanup, read_references
 from daemon.cleanup.result import CleanupResult, Kept, Removal
-from daemon.cleanup.storage import _engine, _Storage
+from daemon.cleanup.storage import lookup, referenced_trial_ids
 
 log = structlog.get_logger("cleanup")
 
@@ -20,12 +20,8 @@ def _still_unreferenced(
 ) -> tuple[list[Removal], list[Kept]]:
     """Re-read the references just before deleting; split off removals now referenced."""
     refs = read_references(root)
-    engine = _engine(storage)
-    try:
-        with engine.connect() as conn:
-            ids = _Storage(conn, 1).referenced_trial_ids(refs)
-    finally:
-        engine.dispose()
+    with lookup(storage) as db:
+        ids = referenced_trial_ids(db, refs)
     keep, drop = [], []
     for r in removals:
         where = None

@@ -15,31 +15,14 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from daemon.config import Config, ConfigError, load_config
+from daemon.cli._options import runtime_config
+from daemon.config import Config
 from daemon.views.collector import Collector
 from daemon.views.dashboard import render_frame, render_layout
 from trainers.runtime.current_study import read_current_study
 from trainers.storage import default_storage_url
 
 PLAIN_WIDTH = 140  # columns of a frame written to a file or pipe (VINs fit on one line)
-
-
-def _config(config: Path | None, root: Path | None) -> Config:
-    """The configuration with ``--root`` applied; a bad config or a missing root is one line
-    on stderr and exit code 2."""
-    try:
-        cfg = load_config(config, {"root": root} if root else None)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if not cfg.root.is_dir():
-        typer.echo(
-            f"error: runtime root {cfg.root} does not exist (pass --root DIR, set CAPPUCCINO_ROOT, "
-            "or run cappuccino quickstart)",
-            err=True,
-        )
-        raise typer.Exit(2)
-    return cfg
 
 
 def _storage(cfg: Config, storage: str | None) -> str:
@@ -79,7 +62,7 @@ def dashboard(
     the supervisor down; workers and jobs come from run/status.json while it runs. When
     stdout is not a terminal it prints one plain-text frame (no colour codes).
     """
-    cfg = _config(config, root)
+    cfg = runtime_config(config, root)
     collector = _collector(cfg, study, storage)
     try:
         if as_json:
@@ -135,7 +118,7 @@ def report(
     """
     from daemon.views.report import write_report  # matplotlib only for this command
 
-    cfg = _config(config, root)
+    cfg = runtime_config(config, root)
     name = study or read_current_study(cfg.root) or cfg.study.name
     try:
         result = write_report(cfg.root, _storage(cfg, storage), name, out)

@@ -10,7 +10,6 @@ supervisor or another pipeline runs on the root), 130 interrupted (SIGTERM/SIGIN
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from daemon.pipeline import (
     result_path,
     run_pipeline,
 )
+from trainers.atomic_io import read_json_object
 from trainers.runtime.logs import configure_logging
 
 BACKGROUND_WAIT_S = 60.0
@@ -112,11 +112,8 @@ def _start_background(plan: Plan, workers: int | None, trials: int | None) -> in
     state_file = result_path(plan.root)
     deadline = time.monotonic() + BACKGROUND_WAIT_S
     while time.monotonic() < deadline:
-        try:
-            doc = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            doc = {}
-        if isinstance(doc, dict) and doc.get("pid") == proc.pid:
+        doc = read_json_object(state_file) or {}
+        if doc.get("pid") == proc.pid:
             break
         code = proc.poll()
         if code is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from daemon.config import TRAINING_OVERLAY, ConfigError, load_config
-from trainers.accounting import Costs
+from trainers.accounting import costs_from_options
 from trainers.atomic_io import atomic_write_bytes
 from trainers.runtime.current_study import write_current_study
 from trainers.runtime.pidlock import supervisor_pid
@@ -73,7 +73,7 @@ def start_training(
     running."""
     from trainers.worker import create_study
 
-    given = {
+    options = {
         "fee": fee,
         "slippage": slippage,
         "min_cash": min_cash,
@@ -81,10 +81,10 @@ def start_training(
         "trailing_stop": trailing_stop,
         "min_trade": min_trade,
     }
-    given = {k: v for k, v in given.items() if v is not None}
+    given = {k: v for k, v in options.items() if v is not None}
     try:
         cfg = load_config(config, {"root": root} if root else None)
-        costs = Costs.from_dict({**cfg.costs.model_dump(), **given}, "start-training options")
+        costs = costs_from_options(cfg.costs.as_costs(), "start-training options", **options)
         cfg.root.mkdir(parents=True, exist_ok=True)
         storage = cfg.study.storage or default_storage_url(cfg.root)
         create_study(make_storage(storage, heartbeat_interval=None), study, costs=costs)

@@ -16,6 +16,7 @@ from rich.table import Table
 from daemon.config import ConfigError, load_config
 from daemon.preflight import run_checks
 from daemon.views.status import build_status
+from trainers.atomic_io import read_json_object
 from trainers.runtime.logs import log_path
 from trainers.runtime.pidlock import supervisor_pid
 from trainers.storage import default_storage_url
@@ -88,10 +89,7 @@ def status(
     doc: dict[str, Any] | None = None
     status_file = cfg.root / "run" / "status.json"
     if pid is not None and status_file.is_file():
-        try:
-            doc = json.loads(status_file.read_text())
-        except ValueError:
-            doc = None
+        doc = read_json_object(status_file)
     if doc is None:
         url = cfg.study.storage or default_storage_url(cfg.root)
         doc = build_status(cfg.root, url, cfg.study.name, supervisor=None)

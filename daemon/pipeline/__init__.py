@@ -49,7 +49,6 @@ with the supervisor's reaper :func:`daemon.fleet.stop_stale`).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -75,7 +74,7 @@ from daemon.pipeline.plan import (
 )
 from daemon.pipeline.steps import step_archive, step_clean, step_deploy
 from daemon.pipeline.training import Training
-from trainers.atomic_io import atomic_write_json
+from trainers.atomic_io import atomic_write_json, read_json_object
 from trainers.runtime.layout import Layout
 from trainers.runtime.pidlock import PidLock, holding, lock_holder
 from trainers.storage import redact_url
@@ -262,11 +261,8 @@ def stop_stale_workers(root: Path, timeout_s: float) -> list[int]:
     still match are stopped (SIGTERM to the process group, SIGKILL after ``timeout_s``);
     a reused pid is left alone. Returns the pids stopped.
     """
-    try:
-        doc = json.loads(result_path(root).read_text())
-    except (OSError, ValueError):
-        return []
-    if not isinstance(doc, dict) or doc.get("state") != "running":
+    doc = read_json_object(result_path(root))
+    if doc is None or doc.get("state") != "running":
         return []
     workers = (doc.get("training") or {}).get("workers") or []
     stopped = fleet.stop_stale(workers if isinstance(workers, list) else [], timeout_s)

@@ -88,7 +88,8 @@ def render_table(ev: Evaluation, console: Console | None = None) -> None:
             )
         if dsr:
             parts.append(
-                f"deflated Sharpe ratio {dsr['dsr']:.2f} (probability of skill given {dsr['n_trials']} trials; "
+                f"deflated Sharpe ratio {dsr['dsr']:.2f} "
+                f"(probability of skill given {dsr['n_trials']} trials; "
                 f"per-bar SR {dsr['sharpe_per_bar']:.4f} vs expected max "
                 f"{dsr['expected_max_sharpe_per_bar']:.4f})"
             )
