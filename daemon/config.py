@@ -54,7 +54,11 @@ class StudyConfig(_Section):
     budget_steps: int = Field(30_000, ge=1, description="env steps per fold")
     n_envs: int = Field(16, ge=1)
     data: str | None = Field(None, description="dataset folder; default: the embedded dataset")
-    holdout_cut: str = "2019-07-01T00:00:00Z"
+    holdout_cut: str | None = Field(
+        None,
+        description="first hold-out bar (UTC); default: 2019-07-01 for the embedded dataset, "
+        "else the start of the data's last 20% of bars",
+    )
 
 
 class WorkersConfig(_Section):

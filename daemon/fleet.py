@@ -43,6 +43,12 @@ def cost_args(values: dict[str, float | None]) -> list[str]:
     return [a for k, v in values.items() if v is not None for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
+def holdout_cut_args(cfg: Config) -> list[str]:
+    """``--holdout-cut CUT`` when the config sets ``study.holdout_cut``; nothing otherwise
+    (the worker and the trader then use the dataset's default cut, the same rule)."""
+    return [] if cfg.study.holdout_cut is None else ["--holdout-cut", cfg.study.holdout_cut]
+
+
 def worker_specs(cfg: Config, study: str, storage_url: str, costs: Costs | None = None) -> list[ChildSpec]:
     """The ``workers.count`` training workers (``python -m trainers.worker``) of ``study``,
     with the study's execution model ``costs`` (None: the config's ``[costs]``)."""
@@ -55,7 +61,7 @@ def worker_specs(cfg: Config, study: str, storage_url: str, costs: Costs | None 
         argv += ["--root", str(root), "--n-trials", str(cfg.study.n_trials), "--mode", cfg.study.mode]
         argv += ["--max-trials-per-process", str(cfg.workers.max_trials_per_process)]
         argv += ["--device", cfg.workers.device, "--budget-steps", str(cfg.study.budget_steps)]
-        argv += ["--n-envs", str(cfg.study.n_envs), "--holdout-cut", cfg.study.holdout_cut]
+        argv += ["--n-envs", str(cfg.study.n_envs), *holdout_cut_args(cfg)]
         argv += ["--heartbeat-interval", str(cfg.workers.optuna_heartbeat_interval_s)]
         argv += ["--grace-period", str(cfg.workers.optuna_grace_period_s)]
         argv += ["--torch-threads", str(cfg.workers.torch_threads), "--component", name]
@@ -84,7 +90,7 @@ def paper_trader_spec(cfg: Config) -> ChildSpec | None:
     argv += ["--speed", str(pt.speed), "--initial-cash", str(pt.initial_cash)]
     argv += ["--min-notional", str(pt.min_notional)]
     argv += cost_args({k: getattr(pt, k) for k in COST_FIELDS})  # overrides only
-    argv += ["--holdout-cut", cfg.study.holdout_cut, "--log-level", cfg.log_level]
+    argv += [*holdout_cut_args(cfg), "--log-level", cfg.log_level]
     if pt.deployment is not None:
         argv += ["--deployment", pt.deployment]
     if cfg.study.data:

@@ -64,7 +64,9 @@ def deploy(ctx: JobContext) -> str:
     argv = _cli("deploy", "--study", ctx.study, "--root", str(ctx.root))
     argv += ["--storage", ctx.storage_url, "--slot", d.slot, "--min-improvement", str(d.min_improvement)]
     argv += ["--min-grade", d.min_grade, "--min-sharpe", str(d.min_sharpe)]
-    argv += ["--max-drawdown", str(d.max_drawdown), "--holdout-cut", st.holdout_cut]
+    argv += ["--max-drawdown", str(d.max_drawdown)]
+    if st.holdout_cut:  # else each trial's own recorded cut
+        argv += ["--holdout-cut", st.holdout_cut]
     argv += ["--validation-fraction", str(d.validation_fraction)]
     if st.data:
         argv += ["--data", st.data]

@@ -74,15 +74,20 @@ def run_checks(config: Config) -> list[Check]:
         )
     )
     try:
-        from trainers.data import load_panel, split_holdout
+        from trainers.data import load_panel, resolve_holdout_cut, split_holdout
+        from trainers.features import WARMUP_BARS
+        from trainers.splits import panel_folds
 
         panel = load_panel(config.study.data)
-        study, holdout = split_holdout(panel, config.study.holdout_cut)
+        cut = resolve_holdout_cut(panel, config.study.holdout_cut)
+        study, holdout = split_holdout(panel, cut)
+        folds = panel_folds(study, config.study.mode, first_bar=WARMUP_BARS)
         checks.append(
             Check(
                 "dataset",
                 True,
-                f"{', '.join(panel.symbols)}: {len(study):,} study bars, {len(holdout):,} hold-out bars",
+                f"{', '.join(panel.symbols)}: {panel.timeframe.describe()}; {len(study):,} study bars, "
+                f"{len(holdout):,} hold-out bars from {cut}; {config.study.mode} mode: {len(folds)} folds",
             )
         )
     except Exception as exc:

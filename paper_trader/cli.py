@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from paper_trader.config import ConfigError, TraderConfig
-from trainers.data import DEFAULT_HOLDOUT_CUT, DataError
+from trainers.data import DataError
 from trainers.runtime.logs import configure_logging
 
 if TYPE_CHECKING:  # the trading machinery (torch) loads when a trader runs, not for --help
@@ -91,7 +91,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def trade(
     root: Path = typer.Option(Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root."),
     data: Path = typer.Option(None, help="Dataset folder of the simulated broker (default: embedded)."),
-    holdout_cut: str = typer.Option(DEFAULT_HOLDOUT_CUT, help="First replayed bar (UTC, ISO 8601)."),
+    holdout_cut: str = typer.Option(
+        None,
+        help="First replayed bar (UTC, ISO 8601); default: the dataset's hold-out cut "
+        "(2019-07-01 for the embedded dataset, else the start of its last 20% of bars).",
+    ),
     speed: float = typer.Option(1.0, help="Replay speed of the sim broker, bars per second; 0 = flat out."),
     max_bars: int = typer.Option(None, help="Stop once the ledger holds this many processed bars."),
     deployment: str = typer.Option(None, help="Trade deployments/model_<SLOT> instead of the ensemble."),

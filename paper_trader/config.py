@@ -13,7 +13,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trainers.accounting import COST_FIELDS, Costs, Rate, Weight
-from trainers.data import DEFAULT_HOLDOUT_CUT
 
 LEDGER_FILE = "ledger.db"
 STATUS_FILE = "status.json"
@@ -33,7 +32,9 @@ class TraderConfig(BaseModel):
         root: runtime root (``train_results`` by default).
         data: dataset folder of the simulated broker (None = the embedded dataset).
         holdout_cut: first bar the simulated broker replays (UTC, ISO 8601); earlier bars
-            serve as feature history only.
+            serve as feature history only. None: the dataset's default hold-out cut, as in
+            training (2019-07-01 for the embedded dataset, else the start of its last 20%
+            of bars).
         speed: replay speed of the simulated broker in bars per second; 0 = as fast as possible.
         max_bars: stop once the ledger holds this many processed bars (None = run until the
             replay ends, or forever with a live data feed).
@@ -56,7 +57,7 @@ class TraderConfig(BaseModel):
 
     root: Path = Path("train_results")
     data: Path | None = None
-    holdout_cut: str = DEFAULT_HOLDOUT_CUT
+    holdout_cut: str | None = None
     speed: float = Field(0.0, ge=0)
     max_bars: int | None = Field(None, ge=1)
     deployment: str | None = None

@@ -28,7 +28,8 @@ from trainers.accounting import (
 )
 from trainers.observation import build_observations, observation_dim
 
-DEFAULT_EPISODE_BARS = 720  # 30 days of hourly bars
+DEFAULT_EPISODE_DAYS = 30  # a training episode: 30 calendar days of the data's bars
+DEFAULT_EPISODE_BARS = 24 * DEFAULT_EPISODE_DAYS  # 720: 30 days of hourly 24/7 bars
 
 
 class PortfolioCore:

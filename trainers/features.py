@@ -17,6 +17,13 @@ Formulas:
       Wilder-smoothed; scaled to [0, 1].
     * ATR-normalised range: (high - low) / ATR14 (Wilder-smoothed true range).
     * volume z-score: z-score of ln(1 + volume) over a rolling 48-bar window.
+
+Every window here is a number of bars, whatever the bar interval: the indicators are
+defined on bars (RSI(14) is 14 bars of hourly, 15-minute or daily data alike), so the
+feature warm-up :data:`WARMUP_BARS` is a bar count too, not a number of days. It is the
+longest window a feature needs (MACD's 26 + 9 bars, the 48-bar volume z-score, with
+margin); converting it from days would make daily data wait months, or intraday data
+lose windows, for no change in what the features mean.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "volume_z_48",
 )
 N_FEATURES = len(FEATURE_NAMES)
-WARMUP_BARS = 64  # first bar whose features all rest on full windows
+WARMUP_BARS = 64  # bars (any interval): first bar whose features all rest on full windows
 HISTORY_BARS = 512  # bars a consumer feeds so exponential smoothings match training
 NORM_CLIP = 5.0
 _EPS = 1e-12

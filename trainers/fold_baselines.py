@@ -48,10 +48,15 @@ LABELS: dict[str, str] = {"invested": "always invested", "cash": "always in cash
 assert tuple(CONSTANT_SCORES) == BASELINE_NAMES
 
 
-def _bars_per_year(config: TrainingConfig) -> int:
-    """The annualisation the study's fold backtests use: ``config.bars_per_year`` where the
-    training config has one, else :data:`trainers.data.BARS_PER_YEAR` (8,760 hourly bars)."""
-    return int(getattr(config, "bars_per_year", BARS_PER_YEAR))
+def _bars_per_year(data: StudyData, config: TrainingConfig) -> int:
+    """The annualisation of the study's Sharpe ratios: the training config's
+    ``bars_per_year`` where it sets one, else the panel's, else
+    :data:`trainers.data.BARS_PER_YEAR` (8,760 hourly bars a year)."""
+    for source in (config, data.panel):
+        value = getattr(source, "bars_per_year", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return BARS_PER_YEAR
 
 
 def baselines_key(data: StudyData, config: TrainingConfig) -> dict[str, Any]:
@@ -61,7 +66,7 @@ def baselines_key(data: StudyData, config: TrainingConfig) -> dict[str, Any]:
         "data_fingerprint": data.fingerprint,
         "mode": config.mode,
         "costs": config.costs.as_dict(),
-        "bars_per_year": _bars_per_year(config),
+        "bars_per_year": _bars_per_year(data, config),
         "folds": [f.as_dict() for f in data.folds],
     }
     return json.loads(json.dumps(key))  # the form it takes once stored (lists, floats)
@@ -84,7 +89,7 @@ def constant_policy_folds(data: StudyData, config: TrainingConfig) -> dict[str, 
         ValueError: a fold's test slice is shorter than 2 bars.
     """
     n_assets = data.panel.n_assets
-    bars_per_year = _bars_per_year(config)
+    bars_per_year = _bars_per_year(data, config)
     out: dict[str, dict[str, Any]] = {}
     for name, score in CONSTANT_SCORES.items():
         action = np.full((1, n_assets), score)
@@ -118,7 +123,7 @@ def baselines_record(data: StudyData, config: TrainingConfig, now: datetime | No
         "schema": SCHEMA_VERSION,
         "key": baselines_key(data, config),
         "computed_at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
-        "bars_per_year": _bars_per_year(config),
+        "bars_per_year": _bars_per_year(data, config),
         "baselines": constant_policy_folds(data, config),
     }
 

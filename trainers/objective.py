@@ -3,8 +3,8 @@
 For each walk-forward fold: fit feature normalisation on the fold's train slice, train PPO
 on :class:`~trainers.env.PortfolioVecEnv` over that slice for ``budget_steps`` env steps,
 backtest the deterministic actor on the fold's test slice, and report the excess Sharpe
-ratio (agent minus equal-weight buy-and-hold, both annualised with 8,760 bars/year) to
-the pruner. The trial's value is
+ratio (agent minus equal-weight buy-and-hold, both annualised with the dataset's bars per
+year: 8,760 for hourly 24/7 bars; see :mod:`trainers.data`) to the pruner. The trial's value is
 
     value = mean(excess_sharpe over folds) - 0.1 * std(excess_sharpe over folds)
 
@@ -21,7 +21,7 @@ import math
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,13 @@ from trainers.actor import Actor, actor_state_from_sb3
 from trainers.backtest import backtest
 from trainers.bundle import ObservationSpec, pack_bundle, save_bundle, to_numpy_policy
 from trainers.data import (
-    DEFAULT_HOLDOUT_CUT,
     DEFAULT_MAX_FILL_BARS,
     Panel,
     load_panel,
+    resolve_holdout_cut,
     split_holdout,
 )
-from trainers.env import DEFAULT_EPISODE_BARS, PortfolioVecEnv
+from trainers.env import DEFAULT_EPISODE_DAYS, PortfolioVecEnv
 from trainers.features import (
     FEATURE_NAMES,
     FEATURE_PIPELINE_VERSION,
@@ -55,7 +55,7 @@ from trainers.features import (
 from trainers.naming import grade_for, vin_for
 from trainers.runtime.heartbeat import Heartbeat
 from trainers.search_space import DEFAULT_BUDGET_STEPS, PPOParams, activation_class, suggest_params
-from trainers.splits import DEFAULT_EMBARGO, Fold, Mode, walk_forward_folds
+from trainers.splits import EMBARGO_DAYS, Fold, Mode, panel_folds
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,18 @@ class TrainingConfig:
         mode: walk-forward mode, ``quick`` or ``full``.
         budget_steps: env steps trained per fold (>= 30,000 outside tests).
         n_envs: parallel portfolios in the vectorised env.
-        embargo: bars between each fold's train and test slices.
-        episode_bars: bars per training episode.
+        embargo: bars between each fold's train and test slices; None: 1 day of the
+            data's bars (24 for hourly 24/7 bars).
+        episode_bars: bars per training episode; None: 30 days of the data's bars (720
+            for hourly 24/7 bars).
         costs: the study's execution model (fees, slippage, cash reserve, maximum weight,
             trailing stop, minimum trade), the same in training, every backtest and the
             paper trader.
-        holdout_cut: first bar the study never sees (UTC).
+        holdout_cut: first bar the study never sees (UTC); None: the dataset's default
+            (2019-07-01 for the embedded dataset, else the start of its last 20% of bars).
+        bars_per_year: annualisation of every Sharpe ratio; None: inferred from the data
+            (8,760 for hourly 24/7 bars).
+        bar_seconds: the data's bar interval; filled in from the data, not an input.
         max_fill_bars: longest gap forward-filled by the loader.
         device: torch device for PPO (``cpu`` or ``cuda``).
         seed: base seed (trial number is added); None = random.
@@ -89,43 +95,69 @@ class TrainingConfig:
     mode: Mode = "quick"
     budget_steps: int = DEFAULT_BUDGET_STEPS
     n_envs: int = 16
-    embargo: int = DEFAULT_EMBARGO
-    episode_bars: int = DEFAULT_EPISODE_BARS
+    embargo: int | None = None
+    episode_bars: int | None = None
     costs: Costs = field(default_factory=Costs)
-    holdout_cut: str = DEFAULT_HOLDOUT_CUT
+    holdout_cut: str | None = None
+    bars_per_year: int | None = None
+    bar_seconds: int | None = None
     max_fill_bars: int = DEFAULT_MAX_FILL_BARS
     device: str = "cpu"
     seed: int | None = 0
     grade_thresholds: dict[str, float] | None = field(default=None)
 
     def as_record(self) -> dict[str, Any]:
-        """The settings as JSON-able values (``model.json``'s ``training``)."""
+        """The settings as JSON-able values (``model.json``'s ``training``); resolve them
+        first (:meth:`for_data`) so the record holds the cut and bars per year used."""
         out = {k: v for k, v in asdict(self).items() if k not in ("grade_thresholds", "costs")}
         return {**out, "costs": self.costs.as_dict()}
+
+    def for_data(self, data: StudyData) -> TrainingConfig:
+        """These settings with every data-dependent default resolved against ``data``:
+        embargo, episode length, hold-out cut, bars per year and bar interval."""
+        timeframe = data.panel.timeframe
+        return replace(
+            self,
+            embargo=data.embargo,
+            episode_bars=self.episode_bars or timeframe.bars(DEFAULT_EPISODE_DAYS),
+            holdout_cut=data.holdout_cut,
+            bars_per_year=timeframe.bars_per_year,
+            bar_seconds=timeframe.bar_seconds,
+        )
 
 
 @dataclass
 class StudyData:
-    """The study's bars (before the hold-out cut), their raw features and folds."""
+    """The study's bars (before the hold-out cut), their raw features and folds.
+
+    ``holdout_cut`` is the resolved cut (UTC ISO 8601) and ``embargo`` the resolved embargo
+    in bars; ``panel.timeframe`` holds the bar interval and bars per year.
+    """
 
     panel: Panel
     features: np.ndarray
     folds: list[Fold]
     fingerprint: str
+    holdout_cut: str = ""
+    embargo: int = 0
 
     @classmethod
     def load(cls, data_dir: str | Path | None, config: TrainingConfig) -> StudyData:
         """Load, validate and split the dataset (``None`` = embedded dataset).
 
         Raises:
-            trainers.data.DataError: invalid data or a cut outside it.
-            ValueError: too few study bars for the mode.
+            trainers.data.DataError: invalid data, a bad ``bars_per_year``, or a cut
+                outside the data.
+            trainers.splits.TooShortError: too few study bars for the mode (one line).
         """
-        panel, _ = split_holdout(load_panel(data_dir, config.max_fill_bars), config.holdout_cut)
-        folds = walk_forward_folds(len(panel), config.mode, config.embargo, first_bar=WARMUP_BARS)
+        whole = load_panel(data_dir, config.max_fill_bars, bars_per_year=config.bars_per_year)
+        cut = resolve_holdout_cut(whole, config.holdout_cut)
+        panel, _ = split_holdout(whole, cut)
+        embargo = panel.timeframe.bars(EMBARGO_DAYS) if config.embargo is None else config.embargo
+        folds = panel_folds(panel, config.mode, embargo, first_bar=WARMUP_BARS)
         first = min(f.train_start for f in folds)
         fingerprint = panel.fingerprint(first, len(panel))
-        return cls(panel, compute_features(panel.prices), folds, fingerprint)
+        return cls(panel, compute_features(panel.prices), folds, fingerprint, cut, embargo)
 
 
 class _TrainingCallback(BaseCallback):
@@ -190,6 +222,7 @@ def train_fold(
         TrialFailed: NaN in weights or metrics, or training stopped by ``stop``.
     """
     t0 = time.perf_counter()
+    config = config.for_data(data)
     norm = NormStats.fit(data.features[fold.train_start : fold.train_stop])
     features = norm.apply(data.features)
     costs = config.costs
@@ -228,6 +261,7 @@ def train_fold(
             fold.test_stop,
             params.lookback,
             costs,
+            data.panel.bars_per_year,
         )
     except FloatingPointError as exc:
         raise TrialFailed(f"fold {fold.index}: {exc}") from None
@@ -279,7 +313,7 @@ class Objective:
     ) -> None:
         self.heartbeat = heartbeat
         self.data = data
-        self.config = config
+        self.config = config.for_data(data)
         self.root = Path(root)
         self.stop = stop or threading.Event()
         self.artifact_store = FileSystemArtifactStore(str(self._mkdir(self.root / "artifacts")))

@@ -32,7 +32,7 @@ from trainers.accounting import (
     DEFAULT_TRAILING_STOP,
     Costs,
 )
-from trainers.data import DEFAULT_HOLDOUT_CUT, DataError
+from trainers.data import DataError
 from trainers.runtime.heartbeat import Heartbeat, heartbeat_path
 from trainers.runtime.logs import configure_logging
 from trainers.search_space import DEFAULT_BUDGET_STEPS
@@ -64,7 +64,8 @@ class WorkerOptions:
     root: Path = Path("train_results")
     budget_steps: int = DEFAULT_BUDGET_STEPS
     n_envs: int = 16
-    holdout_cut: str = DEFAULT_HOLDOUT_CUT
+    holdout_cut: str | None = None
+    bars_per_year: int | None = None
     heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL
     grace_period: int = DEFAULT_GRACE_PERIOD
     torch_threads: int = 1
@@ -201,11 +202,13 @@ def run_worker(opts: WorkerOptions) -> int:
         budget_steps=opts.budget_steps,
         n_envs=opts.n_envs,
         holdout_cut=opts.holdout_cut,
+        bars_per_year=opts.bars_per_year,
         device=opts.device,
         seed=opts.seed,
         costs=opts.costs,
     )
     data = StudyData.load(opts.data, config)
+    config = config.for_data(data)  # the cut, bars per year, embargo and episode actually used
     study = _open_study(opts, log)
     baselines, computed = ensure_fold_baselines(study, data, config)
     log.info(
@@ -236,7 +239,14 @@ def run_worker(opts: WorkerOptions) -> int:
         if stop.is_set() or finished_trials(study) >= opts.n_trials:
             study.stop()
 
-    log.info("worker_started", storage=redact_url(opts.storage_url), mode=opts.mode, folds=len(data.folds))
+    log.info(
+        "worker_started",
+        storage=redact_url(opts.storage_url),
+        mode=opts.mode,
+        folds=len(data.folds),
+        timeframe=data.panel.timeframe.describe(),
+        holdout_cut=data.holdout_cut,
+    )
     study.optimize(
         objective,
         n_trials=min(remaining, opts.max_trials_per_process),
@@ -263,7 +273,17 @@ def main(
     root: Path = typer.Option(Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root."),
     budget_steps: int = typer.Option(DEFAULT_BUDGET_STEPS, help="Env steps per fold."),
     n_envs: int = typer.Option(16, help="Parallel envs in the vectorised env."),
-    holdout_cut: str = typer.Option(DEFAULT_HOLDOUT_CUT, help="First hold-out bar (UTC)."),
+    holdout_cut: str = typer.Option(
+        None,
+        help="First hold-out bar (UTC); default: 2019-07-01 for the embedded dataset, "
+        "else the start of the data's last 20% of bars.",
+    ),
+    bars_per_year: int = typer.Option(
+        None,
+        min=1,
+        help="Bars per year for annualising Sharpe ratios (default: inferred from the data; "
+        "8760 for hourly 24/7 bars).",
+    ),
     heartbeat_interval: int = typer.Option(DEFAULT_HEARTBEAT_INTERVAL, help="Seconds."),
     grace_period: int = typer.Option(DEFAULT_GRACE_PERIOD, help="Seconds."),
     torch_threads: int = typer.Option(1, help="Torch intra-op threads."),
@@ -307,6 +327,7 @@ def main(
         budget_steps=budget_steps,
         n_envs=n_envs,
         holdout_cut=holdout_cut,
+        bars_per_year=bars_per_year,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         torch_threads=torch_threads,

@@ -16,7 +16,7 @@ import numpy as np
 from paper_trader.brokers._base import Bar, BrokerError, FillReport, StopToken
 from paper_trader.ledger import Order
 from trainers.accounting import Costs, drifted_weights, executed_target, rebalance_step
-from trainers.data import DEFAULT_HOLDOUT_CUT, DataError, Panel, load_panel
+from trainers.data import DataError, Panel, load_panel, resolve_holdout_cut
 
 
 class SimBroker:
@@ -31,7 +31,9 @@ class SimBroker:
 
     Args:
         data: dataset folder (None = the embedded dataset).
-        holdout_cut: first bar replayed (UTC ISO 8601).
+        holdout_cut: first bar replayed (UTC ISO 8601); None: the dataset's default hold-out
+            cut (2019-07-01 for the embedded dataset, else the start of its last 20% of bars;
+            :func:`trainers.data.resolve_holdout_cut`), the rule the study split with.
         speed: bars per second; 0 = as fast as possible.
         fee, slippage: per side, fractions of traded notional, until :meth:`set_costs` gives
             the traded model's execution model.
@@ -47,7 +49,7 @@ class SimBroker:
     def __init__(
         self,
         data: str | Path | None = None,
-        holdout_cut: str = DEFAULT_HOLDOUT_CUT,
+        holdout_cut: str | None = None,
         speed: float = 0.0,
         fee: float = 0.0025,
         slippage: float = 0.0,
@@ -57,6 +59,7 @@ class SimBroker:
             raise ValueError(f"speed must be >= 0 bars per second, got {speed}")
         self.panel = panel if panel is not None else load_panel(data)
         self.symbols = self.panel.symbols
+        holdout_cut = resolve_holdout_cut(self.panel, holdout_cut)
         self.start = self.panel.index_of(holdout_cut)
         if self.start >= len(self.panel):
             raise DataError(f"hold-out cut {holdout_cut} is after the last bar of the data")

@@ -148,7 +148,7 @@ def test_trailing_stop_triggers_on_the_training_slice(study_data: StudyData) -> 
             BASE.lookback,
             16,
             Costs(trailing_stop=stop),
-            CONFIG.episode_bars,
+            CONFIG.for_data(study_data).episode_bars,
             seed=0,
         )
         core.reset()

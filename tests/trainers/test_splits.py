@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainers.splits import BARS_PER_DAY, DEFAULT_EMBARGO, Fold, walk_forward_folds
+from trainers.splits import BARS_PER_DAY, DEFAULT_EMBARGO, Fold, TooShortError, walk_forward_folds
 
 DAY = BARS_PER_DAY
 
@@ -21,6 +21,9 @@ def assert_fold_shape(fold: Fold, embargo: int) -> None:
     assert not train & test
 
 
+QUICK_NEED = 180 * DAY + 24 + 5 * 60 * DAY  # 481 days of hourly bars
+
+
 @pytest.mark.parametrize("embargo", [0, DEFAULT_EMBARGO, 48])
 @pytest.mark.parametrize("n_bars", [16_000, 600 * DAY])
 def test_quick_mode(n_bars: int, embargo: int) -> None:
@@ -29,33 +32,32 @@ def test_quick_mode(n_bars: int, embargo: int) -> None:
     assert [f.index for f in folds] == list(range(5))
     for f in folds:
         assert_fold_shape(f, embargo)
-        assert f.train_stop - f.train_start == 180 * DAY
+        assert f.train_stop - f.train_start == 180 * DAY  # its own fixed train window
         assert f.test_stop - f.test_start == 60 * DAY
-        assert f.train_start >= n_bars - 365 * DAY  # inside the last 365 days
-        assert f.test_stop <= n_bars
     assert folds[-1].test_stop == n_bars
-    room = 365 * DAY - (180 * DAY + embargo + 60 * DAY)
-    assert folds[0].train_start == n_bars - 365 * DAY + room % 4  # the first fold starts the year
-    starts = [f.test_start for f in folds]
-    assert starts == sorted(starts) and len(set(starts)) == 5
-    steps = {b - a for a, b in itertools.pairwise(starts)}
-    assert len(steps) == 1  # evenly spaced
+    assert folds[0].test_start == n_bars - 300 * DAY  # the last 300 days are the test windows
 
 
-def test_quick_mode_uses_the_whole_year() -> None:
-    n_bars = 20_000
-    folds = walk_forward_folds(n_bars, "quick", embargo=24)
-    room = 365 * DAY - (180 * DAY + 24 + 60 * DAY)
-    assert folds[0].train_start == n_bars - 365 * DAY + room % 4
-    assert folds[-1].test_stop == n_bars
+def test_quick_mode_test_windows_are_disjoint_and_contiguous() -> None:
+    folds = walk_forward_folds(20_000, "quick", embargo=24)
+    for a, b in itertools.pairwise(folds):
+        assert a.test_stop == b.test_start  # contiguous, no overlap
+        assert b.train_start - a.train_start == 60 * DAY  # each train window moves with its test
+    tested = [t for f in folds for t in range(f.test_start, f.test_stop)]
+    assert len(tested) == len(set(tested)) == 5 * 60 * DAY
 
 
 def test_quick_mode_respects_first_bar() -> None:
-    n_bars = 64 + 180 * DAY + 24 + 60 * DAY + 100  # less than a year after the warm-up
+    n_bars = 64 + QUICK_NEED + 100
     folds = walk_forward_folds(n_bars, "quick", embargo=24, first_bar=64)
     assert len(folds) == 5
-    assert min(f.train_start for f in folds) >= 64
+    assert folds[0].train_start == 164 and min(f.train_start for f in folds) >= 64
     assert folds[-1].test_stop == n_bars
+
+
+def test_quick_mode_fits_exactly() -> None:
+    folds = walk_forward_folds(64 + QUICK_NEED, "quick", embargo=24, first_bar=64)
+    assert folds[0].train_start == 64 and folds[-1].test_stop == 64 + QUICK_NEED
 
 
 @pytest.mark.parametrize("embargo", [0, DEFAULT_EMBARGO, 72])
@@ -88,7 +90,7 @@ def test_full_mode_first_fold_trains_on_120_days_when_it_fits_exactly() -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(
-    n_bars=st.integers(275 * DAY, 1000 * DAY),  # >= 240 days + max embargo + max first_bar
+    n_bars=st.integers(482 * DAY + 700, 1000 * DAY),  # >= 481 days + max embargo + max first_bar
     embargo=st.integers(0, 200),
     first_bar=st.integers(0, 500),
     mode=st.sampled_from(["quick", "full"]),
@@ -99,6 +101,8 @@ def test_folds_always_disjoint_with_embargo(n_bars: int, embargo: int, first_bar
     for f in folds:
         assert_fold_shape(f, embargo)
         assert f.train_start >= first_bar and f.test_stop <= n_bars
+    for a, b in itertools.pairwise(folds):
+        assert a.test_stop <= b.test_start  # test windows never overlap, in either mode
     assert folds[-1].test_stop == n_bars
 
 
@@ -114,16 +118,48 @@ def test_fold_as_dict() -> None:
 
 
 def test_too_few_bars() -> None:
-    need_quick = 180 * DAY + 24 + 60 * DAY
-    walk_forward_folds(need_quick, "quick", embargo=24)  # exactly enough
-    with pytest.raises(ValueError, match=f"quick mode needs {need_quick} bars"):
-        walk_forward_folds(need_quick - 1, "quick", embargo=24)
+    walk_forward_folds(QUICK_NEED, "quick", embargo=24)  # exactly enough
+    with pytest.raises(TooShortError, match=r"quick mode needs 481 days \(11,544 bars\)"):
+        walk_forward_folds(QUICK_NEED - 1, "quick", embargo=24)
     need_full = 120 * DAY + 24 + 21 * DAY
     assert len(walk_forward_folds(need_full, "full", embargo=24)) == 1
-    with pytest.raises(ValueError, match=f"full mode needs {need_full} bars"):
+    with pytest.raises(TooShortError, match=r"full mode needs 142 days \(3,408 bars\)"):
         walk_forward_folds(need_full - 1, "full", embargo=24)
-    with pytest.raises(ValueError, match="after bar 100"):
+    with pytest.raises(TooShortError, match="after the first 100 bars"):
         walk_forward_folds(need_full + 99, "full", embargo=24, first_bar=100)
+
+
+def test_too_short_message_is_one_line_with_days_needed_and_present() -> None:
+    with pytest.raises(TooShortError) as info:
+        walk_forward_folds(64 + 95 * DAY, "quick", first_bar=64, span="2019-01-01 .. 2019-04-06")
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg == (
+        "quick mode needs 481 days (11,544 bars) of study data after the first 64 bars (feature warm-up) "
+        "(180-day train + 1-day embargo + 5 x 60-day tests); the data has 95 days (2,280 bars, "
+        "2019-01-01 .. 2019-04-06); use --mode full (needs 142 days), more data, or a later --holdout-cut"
+    )
+    with pytest.raises(TooShortError, match=r"full mode needs 142 days .* the data has 0 days \(0 bars\)"):
+        walk_forward_folds(10, "full", first_bar=64)
+
+
+def test_days_become_bars_at_the_data_bars_per_day() -> None:
+    daily = 252 / 365  # daily bars of a weekday market with holidays
+    folds = walk_forward_folds(600, "quick", first_bar=64, bars_per_day=daily)
+    train, test = round(180 * daily), round(60 * daily)  # 124, 41 bars
+    assert [f.test_stop - f.test_start for f in folds] == [test] * 5
+    assert all(f.train_stop - f.train_start == train for f in folds)
+    assert all(f.test_start - f.train_stop == 1 for f in folds)  # 1 day < 1 bar: at least 1 bar
+    quarter_hour = walk_forward_folds(60_000, "full", bars_per_day=96)
+    assert quarter_hour[0].train_stop == 120 * 96 + (60_000 - 120 * 96 - 96) % (21 * 96)
+    assert quarter_hour[0].test_start - quarter_hour[0].train_stop == 96  # 1-day embargo
+    with pytest.raises(TooShortError, match=r"needs 481.4 days \(330 bars\).*1.4-day embargo"):
+        walk_forward_folds(329, "quick", bars_per_day=daily)
+
+
+def test_default_embargo_is_one_day() -> None:
+    hourly = walk_forward_folds(20_000, "quick")
+    assert all(f.test_start - f.train_stop == DEFAULT_EMBARGO == DAY for f in hourly)
 
 
 def test_unknown_mode_and_negative_embargo() -> None:
