@@ -24,6 +24,7 @@ from trainers.accounting import (
     DEFAULT_MIN_CASH,
     DEFAULT_MIN_TRADE,
     DEFAULT_TRAILING_STOP,
+    CostOverrides,
     Costs,
     Rate,
     Weight,
@@ -91,7 +92,7 @@ class CostsConfig(_Section):
         return Costs(**self.model_dump())
 
 
-class PaperTraderConfig(_Section):
+class PaperTraderConfig(_Section, CostOverrides):
     """The paper-trading process. It trades with the costs its models were trained with;
     the cost keys here are overrides (unset = the model's own), logged and shown in status."""
 
@@ -100,12 +101,6 @@ class PaperTraderConfig(_Section):
     speed: float = Field(1.0, ge=0, description="sim replay speed in bars/s; 0 = as fast as possible")
     deployment: str | None = Field(None, description="trade this deployment slot instead of the ensemble")
     initial_cash: float = Field(10_000.0, gt=0)
-    fee: Rate | None = None
-    slippage: Rate | None = None
-    min_cash: Rate | None = None
-    max_weight: Weight | None = None
-    trailing_stop: Rate | None = None
-    min_trade: Rate | None = None
     min_notional: float = Field(10.0, ge=0)
     allow_live: bool = False
     memory_limit_mb: int = Field(2048, ge=64)

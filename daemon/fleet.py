@@ -23,7 +23,7 @@ import structlog
 
 from daemon.children import Child, ChildSpec, stop_process_group
 from daemon.config import Config
-from trainers.accounting import COST_FIELDS, Costs
+from trainers.accounting import Costs
 from trainers.runtime.layout import Layout
 from trainers.study_db import FINISHED_STATES
 
@@ -89,7 +89,7 @@ def paper_trader_spec(cfg: Config) -> ChildSpec | None:
     argv = [sys.executable, "-m", "paper_trader", "--root", str(root), "--broker", pt.broker]
     argv += ["--speed", str(pt.speed), "--initial-cash", str(pt.initial_cash)]
     argv += ["--min-notional", str(pt.min_notional)]
-    argv += cost_args({k: getattr(pt, k) for k in COST_FIELDS})  # overrides only
+    argv += cost_args(pt.given())  # overrides only
     argv += [*holdout_cut_args(cfg), "--log-level", cfg.log_level]
     if pt.deployment is not None:
         argv += ["--deployment", pt.deployment]

@@ -128,7 +128,7 @@ def monitor(ctx: JobContext, children: Iterable[Child], alerts: Any, cache: dict
         "monitor",
         study=ctx.study,
         trials=figures.get("trials"),
-        trials_per_hour=figures.get("trials_per_hour"),
+        ended_per_hour=figures.get("ended_per_hour"),
         fail_rate=figures.get("fail_rate"),
         prune_rate=figures.get("prune_rate"),
         stagnation=figures.get("stagnation"),

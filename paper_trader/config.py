@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from trainers.accounting import COST_FIELDS, Costs, Rate, Weight
+from trainers.accounting import CostOverrides, Costs
 
 LEDGER_FILE = "ledger.db"
 STATUS_FILE = "status.json"
@@ -25,7 +25,7 @@ class ConfigError(ValueError):
     """A bad setting; the message names the option and the problem."""
 
 
-class TraderConfig(BaseModel):
+class TraderConfig(CostOverrides):
     """What one paper-trader process does.
 
     Attributes:
@@ -64,12 +64,6 @@ class TraderConfig(BaseModel):
     broker: Literal["sim", "alpaca"] = "sim"
     live: bool = False
     allow_live: bool = False
-    fee: Rate | None = None
-    slippage: Rate | None = None
-    min_cash: Rate | None = None
-    max_weight: Weight | None = None
-    trailing_stop: Rate | None = None
-    min_trade: Rate | None = None
     min_notional: float = Field(10.0, ge=0)
     initial_cash: float = Field(10_000.0, gt=0)
     poll_s: float = Field(1.0, gt=0)
@@ -93,11 +87,11 @@ class TraderConfig(BaseModel):
 
     def cost_overrides(self) -> dict[str, float]:
         """The execution-model fields this trader overrides (name -> value)."""
-        return {k: float(getattr(self, k)) for k in COST_FIELDS if getattr(self, k) is not None}
+        return self.given()
 
     def effective_costs(self, model_costs: Costs) -> Costs:
         """The traded model's costs with this trader's overrides applied."""
-        return Costs(**{**model_costs.as_dict(), **self.cost_overrides()})
+        return self.applied_to(model_costs)
 
     # -- runtime paths ------------------------------------------------------------------------
 

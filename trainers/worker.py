@@ -31,6 +31,7 @@ from trainers.accounting import (
     DEFAULT_MIN_TRADE,
     DEFAULT_TRAILING_STOP,
     Costs,
+    costs_from_options,
 )
 from trainers.data import DataError
 from trainers.runtime.heartbeat import Heartbeat, heartbeat_path
@@ -302,16 +303,17 @@ def main(
     """Run a training worker."""
     if mode not in ("quick", "full"):
         raise typer.BadParameter(f"use quick or full, not {mode!r}", param_hint="--mode")
-    given = {
-        "fee": fee,
-        "slippage": slippage,
-        "min_cash": min_cash,
-        "max_weight": max_weight,
-        "trailing_stop": trailing_stop,
-        "min_trade": min_trade,
-    }
     try:
-        costs = Costs.from_dict(given, "options")
+        costs = costs_from_options(
+            Costs(),
+            "options",
+            fee=fee,
+            slippage=slippage,
+            min_cash=min_cash,
+            max_weight=max_weight,
+            trailing_stop=trailing_stop,
+            min_trade=min_trade,
+        )
     except ValueError as exc:
         name = str(exc).split("costs.")[-1].split(":")[0].replace("_", "-")
         raise typer.BadParameter(str(exc).split(": ", 2)[-1], param_hint=f"--{name}") from None
