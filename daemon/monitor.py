@@ -20,6 +20,7 @@ from typing import Any
 
 from daemon.alerts import Alert
 from trainers.atomic_io import read_json_object
+from trainers.naming import baseline_note, beats_baselines
 from trainers.study_db import (
     StudyDBError,
     best_progression,
@@ -31,6 +32,7 @@ from trainers.study_db import (
     recent_outcomes,
     state_counts,
 )
+from trainers.study_db.baselines import baseline_values, study_baselines
 
 
 class MonitorError(RuntimeError):
@@ -62,9 +64,13 @@ def compute_monitor(
         "ended_last_hour": {state: count}`` (trials that ended, COMPLETE, PRUNED or
         FAIL, in the last hour), ``"ended_per_hour"``: their number, ``"ended_per_hour_24h"``:
         trials ended in the last 24 h / 24,
-        "best": {"number", "value", "vin", "grade"} | None,
-        "best_over_time": [[trial number, best value so far], ...]`` (only the trials that
-        improved the best value, in trial-number order: a step function), ``"rates":
+        "best": {"number", "value", "vin", "grade", "beats_baselines"} | None,
+        "baselines": {"invested", "cash", "n_folds", "computed_at"} | None`` (the objective
+        values of the constant policies on the study's folds, recorded by its first worker:
+        :mod:`trainers.fold_baselines`; ``beats_baselines``: the best value is above both,
+        None while they are not recorded), ``"best_over_time": [[trial number, best value so
+        far], ...]`` (only the trials that improved the best value, in trial-number order: a
+        step function), ``"rates":
         {"window", "complete", "pruned", "failed", "fail_rate", "prune_rate"}`` (rates are
         fractions of ``window``, None when no trial finished), ``"stagnation":
         {"trials_since_best", "limit", "stagnant"}``. A study that does not exist gives
@@ -87,6 +93,7 @@ def compute_monitor(
         "ended_per_hour": 0.0,
         "ended_per_hour_24h": 0.0,
         "best": None,
+        "baselines": None,
         "best_over_time": [],
         "rates": {
             "window": 0,
@@ -113,10 +120,15 @@ def compute_monitor(
         out["ended_last_hour"] = last_hour
         out["ended_per_hour"] = float(sum(last_hour.values()))
         out["ended_per_hour_24h"] = round(sum(last_day.values()) / 24.0, 3)
+        baselines = study_baselines(con, row)
+        out["baselines"] = baselines.as_dict() if baselines is not None else None
         progression = best_progression(con, row, max_points)
         if progression:
             out["best_over_time"] = [[n, v] for _, n, v in progression]
             out["best"] = best_summary(con, *progression[-1])
+            out["best"]["beats_baselines"] = beats_baselines(
+                out["best"]["value"], baselines.values() if baselines is not None else None
+            )
         counts = recent_outcomes(con, row, history)
         window = sum(counts.values())
         pruned, failed = counts.get("PRUNED", 0), counts.get("FAIL", 0)
@@ -154,6 +166,9 @@ def monitor_alerts(
       :meth:`daemon.children.Child.snapshot` dicts.
     * ``stagnation`` (warning): ``monitor["stagnation"]["stagnant"]``; the key names the
       best trial, so a new best that stagnates again alerts again.
+    * ``below_baselines`` (warning): the study's best value is not above the better of its
+      two constant-policy baselines (``monitor["baselines"]``: always invested, always in
+      cash); the key names the study, so it resolves once a trial beats both.
     * ``drawdown`` (critical): the paper trader's ``drawdown`` (fraction of peak equity,
       ``<root>/paper_trader/status.json``) above ``drawdown_limit``.
     * ``reload_rejected`` (warning): the paper trader's ``rejected_generation`` is set
@@ -199,14 +214,15 @@ def monitor_alerts(
                 f"stagnation:{study}:{best.get('number')}",
                 study=study,
                 details={
-                    "best_number": best.get("number"),
-                    "best_value": best.get("value"),
-                    "best_vin": best.get("vin"),
+                    **_best_details(best),
                     "trials_since_best": stag.get("trials_since_best"),
                     "limit": stag.get("limit"),
                 },
             )
         )
+    below = _below_baselines(monitor)
+    if below is not None:
+        alerts.append(below)
     trader = read_json_object(Path(root) / "paper_trader" / "status.json") or {}
     study = trader.get("study")
     drawdown = trader.get("drawdown")
@@ -247,3 +263,33 @@ def monitor_alerts(
             )
         )
     return alerts
+
+
+def _best_details(best: dict[str, Any]) -> dict[str, Any]:
+    """The best trial's fields of an alert payload: ``best_number``, ``best_value``,
+    ``best_vin``."""
+    return {"best_number": best.get("number"), "best_value": best.get("value"), "best_vin": best.get("vin")}
+
+
+def _below_baselines(monitor: dict[str, Any] | None) -> Alert | None:
+    """The ``below_baselines`` alert while the study's best value does not beat both
+    recorded baselines; None when it does, or when there is no best trial or no baselines."""
+    best = (monitor or {}).get("best") or {}
+    values = baseline_values((monitor or {}).get("baselines"))
+    if monitor is None or values is None or best.get("beats_baselines") is not False:
+        return None
+    study = monitor.get("study")
+    value = best.get("value")
+    return Alert(
+        "below_baselines",
+        "warning",
+        f"study {study}: the best value {value:.4f} (trial {best.get('number')}) is "
+        f"{baseline_note(value, values)} (constant policies on the same folds and costs)",
+        f"below_baselines:{study}",
+        study=study,
+        details={
+            **_best_details(best),
+            "baseline_invested": values["invested"],
+            "baseline_cash": values["cash"],
+        },
+    )

@@ -37,13 +37,13 @@ import optuna
 
 from trainers.backtest import run_decisions
 from trainers.data import BARS_PER_YEAR
+from trainers.naming import BASELINE_LABELS
 from trainers.objective import StudyData, TrainingConfig, objective_value
 from trainers.study_db.baselines import BASELINE_NAMES, FOLD_BASELINES_ATTR
 
 SCHEMA_VERSION = 1
 CONSTANT_SCORES: dict[str, float] = {"invested": 1.0, "cash": -1.0}
 """The score each constant policy gives every asset at every bar (see the module docstring)."""
-LABELS: dict[str, str] = {"invested": "always invested", "cash": "always in cash"}
 
 assert tuple(CONSTANT_SCORES) == BASELINE_NAMES
 
@@ -113,7 +113,7 @@ def constant_policy_folds(data: StudyData, config: TrainingConfig) -> dict[str, 
                 }
             )
         value = objective_value([f["excess_sharpe"] for f in folds])
-        out[name] = {"label": LABELS[name], "score": score, "value": value, "folds": folds}
+        out[name] = {"label": BASELINE_LABELS[name], "score": score, "value": value, "folds": folds}
     return out
 
 

@@ -1,6 +1,11 @@
 """``cappuccino archive`` and ``cappuccino models list|info``: the trial archive and its
 registry (see :mod:`ensemble.archive` and :mod:`ensemble.registry`).
 
+A model's grade is shown with whether its value beats both constant-policy baselines of its
+study (always invested, always in cash; :mod:`trainers.fold_baselines`), read from the
+study's storage; where the storage cannot be read the grade says so and the command still
+succeeds.
+
 Exit status: 0 on success; 1 for an error the user can fix (unknown study, no storage,
 unreadable registry, unknown model) or a failed integrity check; 2 for a bad option.
 """
@@ -31,7 +36,10 @@ from ensemble.registry import (
     registry_path,
 )
 from ensemble.selection import SelectionError
-from trainers.naming import GRADES
+from trainers.naming import BASELINE_LABELS, GRADES, beats_baselines, grade_with_baselines
+from trainers.storage import default_storage_url
+from trainers.study_db import StudyDBError, open_engine
+from trainers.study_db.baselines import StudyBaselines, baseline_values, read_study_baselines
 
 models_app = typer.Typer(
     no_args_is_help=True, help="Archived models: the registry of <root>/trial_archive (see `archive`)."
@@ -39,6 +47,9 @@ models_app = typer.Typer(
 
 FOLD_COLUMNS = ("sharpe", "excess_sharpe", "max_drawdown", "total_return", "turnover")
 ROOT_OPTION = typer.Option(Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root.")
+STORAGE_OPTION = typer.Option(
+    None, help="Optuna storage URL, for the studies' baselines (default sqlite:///<root>/optuna.db)."
+)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -81,13 +92,34 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _baselines(root: Path, storage: str | None, study: str) -> StudyBaselines | str | None:
+    """The study's recorded baselines, None when it has none, or a line saying why they
+    cannot be read (no storage, unknown study)."""
+    try:
+        return read_study_baselines(open_engine(storage or default_storage_url(root)), study)
+    except StudyDBError as exc:
+        return str(exc)
+
+
+def _baselines_record(found: StudyBaselines | str | None, value: float) -> dict[str, Any]:
+    """``models info --json``'s ``baselines``: ``{"invested", "cash", "n_folds",
+    "computed_at", "beats_baselines"}``, ``{"error"}`` or ``{"recorded": False}``."""
+    if isinstance(found, str):
+        return {"error": found}
+    if found is None:
+        return {"recorded": False}
+    return {**found.as_dict(), "beats_baselines": beats_baselines(value, found.values())}
+
+
 @models_app.command("list")
 def list_models(
     grade: str = typer.Option(None, help="Only models of this grade (S, A, B, C, D, F)."),
     study: str = typer.Option(None, help="Only models of this study."),
     root: Path = ROOT_OPTION,
+    storage: str = STORAGE_OPTION,
 ) -> None:
-    """Table of archived models, best value first: VIN, grade, value, Sharpe, max drawdown, created."""
+    """Table of archived models, best value first: VIN, grade, whether it beats both baselines
+    of its study, value, Sharpe, max drawdown, created."""
     wanted = grade.strip().upper() if grade else None
     if wanted is not None and wanted not in GRADES:
         raise _fail(f"--grade must be one of {', '.join(GRADES)}, got {grade!r}", 2)
@@ -110,6 +142,7 @@ def list_models(
     for column, justify in (
         ("VIN", "left"),
         ("grade", "center"),
+        ("beats baselines", "center"),
         ("value", "right"),
         ("Sharpe", "right"),
         ("max drawdown", "right"),
@@ -118,10 +151,14 @@ def list_models(
         ("trial", "right"),
     ):
         table.add_column(column, justify=justify, no_wrap=column == "VIN")  # type: ignore[arg-type]
+    found = {name: _baselines(root, storage, name) for name in {e.study for e in rows}}
     for e in rows:
+        base = found[e.study]
+        verdict = beats_baselines(e.value, base.values()) if isinstance(base, StudyBaselines) else None
         table.add_row(
             e.dir,
             e.grade,
+            "-" if verdict is None else ("yes" if verdict else "no"),
             f"{e.value:.4f}",
             _fmt(e.metrics.get("sharpe"), ".2f"),
             _fmt(e.metrics.get("max_drawdown"), ".1%"),
@@ -156,7 +193,19 @@ def _print_info(entry: ArchiveEntry, directory: Path, record: dict[str, Any], pr
     table = Table(title=f"archived model {entry.dir}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    rows: list[tuple[str, Any]] = [(k, v) for k, v in entry.model_dump().items() if k != "metrics"]
+    base = record.get("baselines") or {}
+    values = baseline_values(base)
+    grade = grade_with_baselines(entry.grade, entry.value, values)
+    if "error" in base:
+        grade = f"{entry.grade} (baselines unknown: {base['error']})"
+    rows: list[tuple[str, Any]] = [
+        (k, grade if k == "grade" else v) for k, v in entry.model_dump().items() if k != "metrics"
+    ]
+    if values is not None:
+        line = " · ".join(
+            [f"value {entry.value:.4f}", *(f"{BASELINE_LABELS[k]} {v:.4f}" for k, v in values.items())]
+        )
+        rows.append(("vs baselines", f"{line} (same {base.get('n_folds')} folds and costs)"))
     rows += [(f"metrics.{k}", v) for k, v in entry.metrics.items()]
     metadata = record.get("metadata") or {}
     rows += [(k, metadata.get(k)) for k in ("source", *PROVENANCE_KEYS) if k in metadata]
@@ -189,8 +238,10 @@ def info(
     vin: str = typer.Argument(..., help="VIN or archive folder name (see `cappuccino models list`)."),
     root: Path = ROOT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the record as one JSON object."),
+    storage: str = STORAGE_OPTION,
 ) -> None:
-    """One archived model's full record and an integrity check of its files (exit 1 if it fails)."""
+    """One archived model's full record, its grade against its study's constant-policy
+    baselines, and an integrity check of its files (exit 1 if it fails)."""
     registry = _load(root)
     if registry is None:
         raise _fail(f"{registry_path(root)} does not exist (run `cappuccino archive` first)")
@@ -205,6 +256,7 @@ def info(
         "hyperparams": _read_json(directory / HYPERPARAMS_FILE),
         "model": _read_json(directory / META_FILE),
         "integrity": problems or "ok",
+        "baselines": _baselines_record(_baselines(root, storage, entry.study), entry.value),
     }
     if as_json:
         typer.echo(json.dumps(record, indent=2, sort_keys=True))

@@ -27,11 +27,13 @@ from sqlalchemy.engine import Engine
 from daemon.monitor import MonitorError, compute_monitor
 from daemon.views.ledger import LedgerReadError, ledger_path, ledger_summary
 from ensemble.manifest import MANIFEST_FILE, ManifestError, read_manifest
+from trainers.naming import beats_baselines
 from trainers.runtime.current_study import read_current_study
 from trainers.runtime.heartbeat import heartbeat_age
 from trainers.runtime.pidlock import supervisor_pid
 from trainers.storage import redact_url
 from trainers.study_db import StudyDBError, open_engine, rank_trials
+from trainers.study_db.baselines import baseline_values
 
 TOP_N = 10
 
@@ -92,7 +94,8 @@ def supervisor_section(root: Path, now: float) -> dict[str, Any]:
 
 def study_section(storage_url: str, study: str | None, stagnation_trials: int = 50) -> dict[str, Any]:
     """:func:`daemon.monitor.compute_monitor` figures of ``study`` (trials by state,
-    trials/hour, best value and its VIN, fail/prune rates, stagnation), or ``{"error"}``."""
+    trials/hour, best value and its VIN, the constant-policy baselines and whether the best
+    value beats both, fail/prune rates, stagnation), or ``{"error"}``."""
     if not study:
         return {"study": None, "error": "no study: write <root>/.current_study (cappuccino set-study NAME)"}
     try:
@@ -115,17 +118,24 @@ def _fold_summary(folds: Any) -> tuple[float | None, float | None]:
     return (sum(sharpe) / len(sharpe) if sharpe else None), (max(dd) if dd else None)
 
 
-def top_section(engine: Engine | None, study: str | None, n: int = TOP_N) -> dict[str, Any]:
+def top_section(
+    engine: Engine | None,
+    study: str | None,
+    n: int = TOP_N,
+    baselines: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The best ``n`` COMPLETE trials (:func:`trainers.study_db.rank_trials`: one ordered
     ``LIMIT n`` query plus their attributes), as ``{"trials": [{"rank", "number",
-    "trial_id", "value", "vin", "grade", "sharpe" (mean over folds, annualised),
-    "max_drawdown" (worst fold, fraction)}]}`` or ``{"error"}``."""
+    "trial_id", "value", "vin", "grade", "beats_baselines" (above both of ``baselines``,
+    the study section's ``{"invested", "cash"}`` values; None when unknown), "sharpe" (mean
+    over folds, annualised), "max_drawdown" (worst fold, fraction)}]}`` or ``{"error"}``."""
     if engine is None or not study:
         return {"trials": [], "error": "no storage or no study"}
     try:
         ranked = rank_trials(engine, study, n)
     except StudyDBError as exc:
         return {"trials": [], "error": str(exc)}
+    values = baseline_values(baselines)
     rows = []
     for i, t in enumerate(ranked, 1):
         sharpe, dd = _fold_summary(t.user_attrs.get("fold_metrics"))
@@ -137,6 +147,7 @@ def top_section(engine: Engine | None, study: str | None, n: int = TOP_N) -> dic
                 "value": t.value,
                 "vin": t.user_attrs.get("vin"),
                 "grade": t.user_attrs.get("grade"),
+                "beats_baselines": beats_baselines(t.value, values),
                 "sharpe": sharpe,
                 "max_drawdown": dd,
             }
@@ -260,7 +271,7 @@ class Collector:
         top = (
             {"trials": [], "error": stats["error"]}
             if "error" in stats
-            else top_section(self.engine(), study, self.top_n)
+            else top_section(self.engine(), study, self.top_n, stats.get("baselines"))
         )
         return {
             "time": datetime.fromtimestamp(now, UTC).isoformat(),

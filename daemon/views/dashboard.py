@@ -18,7 +18,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from trainers.naming import BASELINE_LABELS, grade_with_baselines
 from trainers.study_db import ENDED_STATES
+from trainers.study_db.baselines import baseline_values
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -115,8 +117,23 @@ def header(snap: dict[str, Any], now: datetime, crop: bool = False) -> Text:
     return t
 
 
+def baselines_text(st: dict[str, Any]) -> Text:
+    """``best X · always invested Y · always in cash Z (same n folds and costs)``, red while
+    the best value does not beat both; a yellow line while the baselines are not recorded."""
+    values = baseline_values(st.get("baselines"))
+    if values is None:
+        return Text("not recorded yet (the study's first worker computes them)", style="yellow")
+    best = st.get("best") or {}
+    parts = [f"best {num(best.get('value'))}"] if best else []
+    parts += [f"{BASELINE_LABELS[k]} {num(v)}" for k, v in values.items()]
+    n_folds = (st.get("baselines") or {}).get("n_folds")
+    line = " · ".join(parts) + f" (same {n_folds} folds and costs)"
+    return Text(line, style="red" if best.get("beats_baselines") is False else "")
+
+
 def study_panel(snap: dict[str, Any], plain: bool) -> Panel:
-    """Study progress: trials by state, trials/hour, best value, rates, stagnation."""
+    """Study progress: trials by state, trials/hour, best value (its grade with whether it
+    beats both constant baselines), the baselines, rates, stagnation."""
     st = snap["study_stats"]
     title = f"study {snap.get('study') or '-'}"
     if "error" in st:
@@ -137,9 +154,9 @@ def study_panel(snap: dict[str, Any], plain: bool) -> Panel:
         f", target {target} ({pct(finished / target, 0)})" if target else ""
     )
     best = st.get("best") or {}
+    grade = grade_with_baselines(best.get("grade"), best.get("value"), baseline_values(st.get("baselines")))
     best_text = (
-        f"{num(best.get('value'))} trial #{best.get('number')} grade {best.get('grade') or '-'} "
-        f"{best.get('vin') or ''}"
+        f"{num(best.get('value'))} trial #{best.get('number')} grade {grade} {best.get('vin') or ''}"
         if best
         else "no COMPLETE trial yet"
     )
@@ -150,11 +167,12 @@ def study_panel(snap: dict[str, Any], plain: bool) -> Panel:
         ("trials", "  ".join([states, *extra])),
         ("progress", progress),
         (
-            "trials/hour",
-            f"{st.get('trials_per_hour', 0):g} (last hour), "
-            f"{st.get('trials_per_hour_24h', 0):g} (24 h average)",
+            "ended/hour",
+            f"{st.get('ended_per_hour', 0):g} (last hour), "
+            f"{st.get('ended_per_hour_24h', 0):g} (24 h average; COMPLETE, PRUNED and FAIL)",
         ),
         ("best value", best_text),
+        ("vs baselines", baselines_text(st)),
         (
             "rates",
             f"fail {pct(rates.get('fail_rate'))}, pruned {pct(rates.get('prune_rate'))} "
@@ -173,7 +191,8 @@ def study_panel(snap: dict[str, Any], plain: bool) -> Panel:
 
 
 def top_panel(snap: dict[str, Any], plain: bool) -> Panel:
-    """Top trials: rank, trial, value, grade, VIN, mean fold Sharpe, worst drawdown, slot."""
+    """Top trials: rank, trial, value, grade, whether it beats both baselines, VIN, mean fold
+    Sharpe, worst drawdown, slot."""
     top = snap["top"]
     if top.get("error"):
         return Panel(_err(top["error"]), title="top trials", box=_box(plain))
@@ -185,6 +204,7 @@ def top_panel(snap: dict[str, Any], plain: bool) -> Panel:
         ("trial", "right"),
         ("value", "right"),
         ("grade", "center"),
+        ("beats baselines", "center"),
         ("VIN", "left"),
         ("Sharpe", "right"),
         ("max DD", "right"),
@@ -198,6 +218,7 @@ def top_panel(snap: dict[str, Any], plain: bool) -> Panel:
             str(r["number"]),
             num(r["value"]),
             str(r.get("grade") or "-"),
+            "-" if r.get("beats_baselines") is None else ("yes" if r["beats_baselines"] else "no"),
             str(r.get("vin") or "-"),
             num(r.get("sharpe"), 2),
             pct(r.get("max_drawdown")),
@@ -376,7 +397,7 @@ def render_layout(snap: dict[str, Any]) -> Layout:
     layout = Layout()
     layout.split_column(
         Layout(header(snap, now, crop=True), name="header", size=3 if snap["supervisor"].get("error") else 2),
-        Layout(name="upper", size=13 + 2 * errors),
+        Layout(name="upper", size=15 + 2 * errors),
         Layout(top_panel(snap, False), name="top", size=max(3, n_top + 4)),
         Layout(name="lower", minimum_size=max(3, n_lower + 5)),
     )

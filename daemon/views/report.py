@@ -6,7 +6,10 @@ backend (no display needed) and written atomically.
   initial cash and the bars where the ensemble generation changed; below it the drawdown
   ``1 - equity / peak`` in percent. X axis: bar time, UTC.
 * ``best_value.png``: every COMPLETE trial's objective value by trial number, the best value
-  so far as a step line, and the grade thresholds (:data:`trainers.naming.DEFAULT_GRADE_THRESHOLDS`).
+  so far as a step line, the grade thresholds (:data:`trainers.naming.DEFAULT_GRADE_THRESHOLDS`)
+  and, once the study's first worker recorded them, the values of its two constant-policy
+  baselines (always invested, always in cash; :mod:`trainers.fold_baselines`) as labelled
+  horizontal lines: a grade means little while the best value is below them.
   The objective value is ``mean - 0.1 * std`` of the walk-forward folds' excess Sharpe
   ratios (annualised with 8760 bars a year; :func:`trainers.objective.objective_value`).
 """
@@ -30,13 +33,15 @@ from matplotlib.figure import Figure
 
 from daemon.views.ledger import EquityCurve, LedgerReadError, equity_curve, ledger_path
 from trainers.atomic_io import atomic_write_bytes
-from trainers.naming import DEFAULT_GRADE_THRESHOLDS
+from trainers.naming import BASELINE_LABELS, DEFAULT_GRADE_THRESHOLDS, baseline_note
 from trainers.storage import redact_url
-from trainers.study_db import StudyDBError, open_engine
+from trainers.study_db import StudyDBError, StudyRow, open_engine
+from trainers.study_db.baselines import StudyBaselines, study_baselines
 
 EQUITY_PNG = "equity.png"
 BEST_VALUE_PNG = "best_value.png"
 DPI = 110
+BASELINE_COLOURS = {"invested": "tab:red", "cash": "tab:purple"}
 
 
 class ReportError(RuntimeError):
@@ -54,6 +59,7 @@ class StudyValues:
         values: ``(N,)`` float64 objective values.
         vins: ``(N,)`` VIN of each trial ("" when unknown).
         counts: trials of the study by state (all states).
+        baselines: the study's recorded constant-policy baselines, None when not recorded.
     """
 
     study: str
@@ -62,6 +68,7 @@ class StudyValues:
     values: np.ndarray
     vins: list[str]
     counts: dict[str, int]
+    baselines: StudyBaselines | None = None
 
     def best_so_far(self) -> np.ndarray:
         """``(N,)`` best value among trials up to and including each one (running max/min)."""
@@ -79,7 +86,8 @@ class ReportResult:
 
 def study_values(storage_url: str, study: str) -> StudyValues:
     """Trial numbers and values of the study's COMPLETE trials (two columns of one query; the
-    trials' other data are not read), with their VINs and the trial counts by state.
+    trials' other data are not read), with their VINs, the trial counts by state and the
+    study's recorded baselines.
 
     Raises:
         ReportError: unusable storage URL, no SQLite file, unknown study, unreadable storage.
@@ -101,6 +109,8 @@ def study_values(storage_url: str, study: str) -> StudyValues:
                 ),
                 {"s": sid},
             ).scalar()
+            maximize = str(getattr(direction, "name", direction)).upper() != "MINIMIZE"
+            baselines = study_baselines(con, StudyRow(int(sid), study, maximize))
             counts = {
                 str(getattr(s, "name", s)): int(n)
                 for s, n in con.execute(
@@ -125,7 +135,6 @@ def study_values(storage_url: str, study: str) -> StudyValues:
         ) from None
     finally:
         engine.dispose()
-    maximize = str(getattr(direction, "name", direction)).upper() != "MINIMIZE"
     return StudyValues(
         study=study,
         maximize=maximize,
@@ -133,6 +142,7 @@ def study_values(storage_url: str, study: str) -> StudyValues:
         values=np.asarray([r[1] for r in rows], dtype=np.float64),
         vins=[_vin(r[2]) for r in rows],
         counts=counts,
+        baselines=baselines,
     )
 
 
@@ -214,7 +224,17 @@ def plot_equity(curve: EquityCurve, path: Path) -> Path:
 
 
 def plot_best_value(values: StudyValues, path: Path) -> Path:
-    """Draw every COMPLETE trial's value and the best value so far to ``path`` (PNG).
+    """Draw :func:`best_value_figure` to ``path`` (PNG).
+
+    Raises:
+        ReportError: the study has no COMPLETE trial with a finite value.
+    """
+    return save_png(best_value_figure(values), path)
+
+
+def best_value_figure(values: StudyValues) -> Figure:
+    """Every COMPLETE trial's value, the best value so far, the grade thresholds and the
+    recorded baselines (dashed lines labelled ``always invested -0.2830``).
 
     Raises:
         ReportError: the study has no COMPLETE trial with a finite value.
@@ -241,6 +261,21 @@ def plot_best_value(values: StudyValues, path: Path) -> Path:
         fontsize=8,
         va="bottom",
     )
+    baselines = values.baselines.values() if values.baselines is not None else {}
+    for name, level in baselines.items():
+        colour = BASELINE_COLOURS[name]
+        label = f"{BASELINE_LABELS[name]} {level:+.4f}"
+        ax.axhline(level, color=colour, lw=1.1, ls="--", label=f"baseline: {label}")
+        ax.annotate(
+            label,
+            (0.0, level),
+            xycoords=("axes fraction", "data"),
+            ha="left",
+            va="bottom",
+            fontsize=7,
+            color=colour,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+        )
     low, high = ax.get_ylim()
     for grade, threshold in DEFAULT_GRADE_THRESHOLDS.items():
         if low <= threshold <= high:
@@ -260,13 +295,14 @@ def plot_best_value(values: StudyValues, path: Path) -> Path:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(values.counts.items()))
     ax.set_title(
         f"Study {values.study}: best value over trials ({'maximise' if values.maximize else 'minimise'})\n"
-        f"best {values.values[i_best]:.4f} at trial #{values.numbers[i_best]}; trials: {counts}",
+        f"best {values.values[i_best]:.4f} at trial #{values.numbers[i_best]} "
+        f"({baseline_note(float(values.values[i_best]), baselines)}); trials: {counts}",
         fontsize=11,
     )
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    return save_png(fig, path)
+    return fig
 
 
 def write_report(root: Path, storage_url: str, study: str | None, out: Path) -> ReportResult:

@@ -1,6 +1,7 @@
 """``cappuccino dashboard`` on a real small root (trained study, real sync, real paper-trader
 replay): one frame with the supervisor down, with a supervisor's status document, with a
-real running supervisor, the live view on a pseudo-terminal, and its error lines."""
+real running supervisor, the best value and grades against the study's baselines, the live
+view on a pseudo-terminal, and its error lines."""
 
 from __future__ import annotations
 
@@ -21,20 +22,25 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import TrialState, create_trial
 
 from daemon.children import Child, ChildSpec
 from daemon.scheduler import JobRecord
 from daemon.views.status import build_status
 from ensemble.manifest import read_manifest
-from tests.conftest import TrainedStudy
+from tests.conftest import TINY, TrainedStudy
 from tests.daemon._supervisor_proc import REPO, Supervisors, clean_env, run_cli, trials, write_config
 from tests.daemon.traded_root import REPLAY_BARS, make_traded_root, pg_study
 from trainers.atomic_io import atomic_write_json
+from trainers.fold_baselines import ensure_fold_baselines
+from trainers.naming import grade_for
+from trainers.objective import StudyData
 from trainers.runtime.heartbeat import read_heartbeat
 from trainers.runtime.pidlock import PidLock
 from trainers.storage import default_storage_url
+from trainers.study_db.baselines import FOLD_BASELINES_ATTR
 
 ANSI = "\x1b["
 
@@ -336,3 +342,54 @@ def test_snapshot_and_frame_from_a_postgresql_storage(tmp_path: Path) -> None:
     assert frame.returncode == 0
     assert "COMPLETE 3  PRUNED 0  FAIL 1" in frame.stdout
     assert "PPO-T-PG-2" in frame.stdout and "no ledger at" in frame.stdout
+
+
+def test_once_reads_the_best_value_and_grades_against_the_baselines(
+    traded: Path, trained_study: TrainedStudy, study_data: StudyData, tmp_path: Path
+) -> None:
+    root = _copy(traded, tmp_path / "root")
+    name = trained_study.study_name
+    bare = _once(root).stdout
+    assert "vs baselines not recorded yet (the study's first worker computes them)" in bare
+    assert "(baselines not recorded)" in bare
+
+    study = optuna.load_study(study_name=name, storage=default_storage_url(root))
+    record, computed = ensure_fold_baselines(study, study_data, TINY)
+    assert computed
+    want = {k: record["baselines"][k]["value"] for k in ("invested", "cash")}
+    top = max(want.values()) + 0.5  # a trial that beats both, among the fixture's own
+    study.add_trial(create_trial(value=top, user_attrs={"vin": "PPO-S-TOP", "grade": grade_for(top)}))
+    complete = sorted(
+        (t for t in trials(root, name) if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number)
+    )
+
+    result = _once(root)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    n_folds = len(study_data.folds)
+    assert (
+        f"vs baselines best {top:.4f} · always invested {want['invested']:.4f} · "
+        f"always in cash {want['cash']:.4f} (same {n_folds} folds and costs)"
+    ) in out
+    assert f"grade {grade_for(top)} (beats both baselines) PPO-S-TOP" in out
+    table = out[out.index("trials (Sharpe: fold mean") :].splitlines()
+    for t in complete:  # the top table: each grade with its verdict, independently computed
+        row = next(line for line in table if t.user_attrs["vin"] in line and f"{t.value:.4f}" in line)
+        verdict = "yes" if t.value > want["invested"] and t.value > want["cash"] else "no"
+        assert f" {t.user_attrs['grade']} " in row and f" {verdict} " in row, row
+    assert any(t.value < max(want.values()) for t in complete)  # both verdicts were shown
+
+    snap = json.loads(run_cli("dashboard", "--json", "--root", str(root)).stdout)
+    assert snap["study_stats"]["baselines"]["invested"] == want["invested"]
+    assert snap["study_stats"]["baselines"]["cash"] == want["cash"]
+    assert snap["study_stats"]["best"]["beats_baselines"] is True
+    assert [r["beats_baselines"] for r in snap["top"]["trials"]] == [
+        t.value > max(want.values()) for t in complete
+    ]
+
+    # a best value below the better baseline: its grade says so
+    study.set_user_attr(
+        FOLD_BASELINES_ATTR, {**record, "baselines": {**record["baselines"], "cash": {"value": top + 1}}}
+    )
+    below = _once(root).stdout
+    assert f"grade {grade_for(top)} (below always in cash {top + 1:+.4f}) PPO-S-TOP" in below

@@ -1,6 +1,7 @@
 """Monitor figures (daemon.monitor) on real small SQLite studies built with Optuna's API,
 checked against the same figures computed from ``study.get_trials()``; alert conditions from
-real status files; the monitor -> alerts -> webhook path end to end."""
+real status files; the best value against the recorded fold baselines; the monitor -> alerts
+-> webhook path end to end."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from daemon.alerts import AlertSink
 from daemon.monitor import MonitorError, compute_monitor, monitor_alerts
 from tests.daemon.webhook_server import webhook_server
 from trainers.atomic_io import atomic_write_json
+from trainers.study_db.baselines import FOLD_BASELINES_ATTR
 
 F, P, R = "FAIL", "PRUNED", "RUNNING"
 # (state or value, hours ago it finished): improves to 0.5 at trial 6, then a stagnating tail
@@ -227,3 +229,81 @@ def test_monitor_runs_alert_once_then_again_after_a_new_best(tmp_path: Path, at:
     sent = [(b["alert"], b.get("best_number")) for b in hook.bodies()]
     assert sent == [("stagnation", 6), ("stagnation", 19), ("drawdown", None)]
     assert json.loads(json.dumps(hook.bodies()))[2]["drawdown"] == 0.35
+
+
+def record_baselines(study: optuna.Study, invested: float, cash: float) -> None:
+    """The study attribute as trainers.fold_baselines writes it (two folds each)."""
+    folds = [{"fold": 0, "excess_sharpe": 0.0}, {"fold": 1, "excess_sharpe": 0.0}]
+    study.set_user_attr(
+        FOLD_BASELINES_ATTR,
+        {
+            "schema": 1,
+            "key": {},
+            "computed_at": "2026-03-01T12:00:00+00:00",
+            "baselines": {
+                "invested": {"value": invested, "folds": folds},
+                "cash": {"value": cash, "folds": folds},
+            },
+        },
+    )
+
+
+def test_the_best_value_is_read_against_the_recorded_baselines(tmp_path: Path, at: datetime) -> None:
+    url = f"sqlite:///{tmp_path / 'mon.db'}"
+    study = build(url, "s", PLAN, at, "maximize")  # best 0.5
+    bare = compute_monitor(url, "s", now=at)
+    assert bare["baselines"] is None and bare["best"]["beats_baselines"] is None
+    assert [a.kind for a in monitor_alerts(tmp_path, bare)] == []  # nothing to compare with
+
+    record_baselines(study, invested=-0.04, cash=1.34)
+    got = compute_monitor(url, "s", now=at)
+    assert got["baselines"] == {
+        "invested": -0.04,
+        "cash": 1.34,
+        "n_folds": 2,
+        "computed_at": "2026-03-01T12:00:00+00:00",
+    }
+    assert got["best"]["beats_baselines"] is False
+    (alert,) = monitor_alerts(tmp_path, got)
+    assert (alert.kind, alert.severity, alert.key, alert.study) == (
+        "below_baselines",
+        "warning",
+        "below_baselines:s",
+        "s",
+    )
+    assert "0.5000 (trial 6) is below always in cash +1.3400" in alert.message
+    assert alert.details["baseline_cash"] == 1.34 and alert.details["best_value"] == 0.5
+
+    record_baselines(study, invested=0.2, cash=0.5)  # a tie with the better one: not beaten
+    assert compute_monitor(url, "s", now=at)["best"]["beats_baselines"] is False
+    record_baselines(study, invested=0.49, cash=-2.89)
+    beaten = compute_monitor(url, "s", now=at)
+    assert beaten["best"]["beats_baselines"] is True and monitor_alerts(tmp_path, beaten) == []
+
+
+def test_the_below_baselines_alert_is_raised_once_and_resolved_when_beaten(
+    tmp_path: Path, at: datetime
+) -> None:
+    url = f"sqlite:///{tmp_path / 'mon.db'}"
+    study = build(url, "s", PLAN, at, "maximize")
+    record_baselines(study, invested=-0.04, cash=0.7)
+    state = tmp_path / "alerts.json"
+
+    def monitor_run(sink: AlertSink) -> list[str]:
+        figures = compute_monitor(url, "s", stagnation_trials=50)
+        return [a.kind for a in sink.update(monitor_alerts(tmp_path, figures, []))]
+
+    with webhook_server() as hook:
+        sink = AlertSink(hook.url(), tmp_path, backoff_s=0.01, state_path=state)
+        assert monitor_run(sink) == ["below_baselines"]
+        assert monitor_run(sink) == []  # still active: not sent again
+        assert "below_baselines:s" in sink.snapshot()["active"]
+        add(study, 0.8, 0.0, datetime.now(UTC))  # a trial beats both
+        assert monitor_run(sink) == []
+        assert "below_baselines:s" not in sink.snapshot()["active"]  # resolved
+        record_baselines(study, invested=-0.04, cash=0.9)  # recomputed higher: below again
+        assert monitor_run(sink) == ["below_baselines"]
+        assert sink.flush(30)
+        sink.close()
+    sent = [(b["alert"], b["best_value"], b["baseline_cash"]) for b in hook.bodies()]
+    assert sent == [("below_baselines", 0.5, 0.7), ("below_baselines", 0.8, 0.9)]

@@ -1,6 +1,7 @@
 """``cappuccino report --out DIR`` on a real small root: valid PNGs of the equity curve
-(from the ledger) and of the study's best value over trials (from the storage), the data
-behind them equal to what the ledger and Optuna hold, and clear lines for what is missing."""
+(from the ledger) and of the study's best value over trials (from the storage) with its
+recorded baselines, the data behind them equal to what the ledger and Optuna hold, and clear
+lines for what is missing."""
 
 from __future__ import annotations
 
@@ -8,17 +9,30 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
+import optuna
 import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
 from daemon.views.ledger import LedgerReadError, equity_curve, ledger_path
-from daemon.views.report import BEST_VALUE_PNG, DPI, EQUITY_PNG, ReportError, plot_equity, study_values
+from daemon.views.report import (
+    BEST_VALUE_PNG,
+    DPI,
+    EQUITY_PNG,
+    ReportError,
+    best_value_figure,
+    plot_equity,
+    study_values,
+)
 from paper_trader.ledger import Ledger
-from tests.conftest import TrainedStudy
+from tests.conftest import TINY, TrainedStudy
 from tests.daemon._supervisor_proc import run_cli, trials
 from tests.daemon.traded_root import REPLAY_BARS, make_traded_root, pg_study
+from trainers.fold_baselines import ensure_fold_baselines
+from trainers.naming import baseline_note
+from trainers.objective import StudyData
 from trainers.storage import default_storage_url
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -167,3 +181,37 @@ def test_best_value_plot_from_a_postgresql_storage(tmp_path: Path) -> None:
     assert result.returncode == 1  # no ledger on this root: the equity curve is left out
     assert result.stdout.splitlines() == [f"wrote {out / BEST_VALUE_PNG}"]
     _check_png(out / BEST_VALUE_PNG, (11, 5.5))
+
+
+def test_the_best_value_plot_draws_the_studys_baselines(
+    traded: Path, trained_study: TrainedStudy, study_data: StudyData, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(traded, root)
+    url, name = default_storage_url(root), trained_study.study_name
+    bare = study_values(url, name)
+    assert bare.baselines is None
+    fig = best_value_figure(bare)
+    assert not any("always" in t.get_text() for t in fig.axes[0].texts)
+    assert "(baselines not recorded)" in fig.axes[0].get_title()
+    plt.close(fig)
+
+    record, _ = ensure_fold_baselines(optuna.load_study(study_name=name, storage=url), study_data, TINY)
+    want = {k: record["baselines"][k]["value"] for k in ("invested", "cash")}
+    values = study_values(url, name)
+    assert values.baselines is not None and values.baselines.values() == want
+    fig = best_value_figure(values)
+    ax = fig.axes[0]
+    flat = [float(line.get_ydata()[0]) for line in ax.get_lines() if len(set(line.get_ydata())) == 1]
+    assert want["invested"] in flat and want["cash"] in flat
+    texts = [t.get_text() for t in ax.texts]
+    assert f"always invested {want['invested']:+.4f}" in texts
+    assert f"always in cash {want['cash']:+.4f}" in texts
+    low, high = ax.get_ylim()
+    assert low < min(want.values()) and max(want.values()) < high  # both lines are in view
+    best = float(values.values.max())
+    assert f"({baseline_note(best, want)})" in ax.get_title()
+    plt.close(fig)
+    result = _report(root, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    _check_png(tmp_path / "out" / BEST_VALUE_PNG, (11, 5.5))

@@ -65,6 +65,17 @@ class StudyBaselines:
         return {**self.values(), "n_folds": self.n_folds, "computed_at": self.computed_at}
 
 
+def baseline_values(figures: Any) -> dict[str, float] | None:
+    """``{"invested", "cash"}`` values from :meth:`StudyBaselines.as_dict` figures (as the
+    monitor and the dashboard pass them on); None when absent or incomplete."""
+    if not isinstance(figures, dict):
+        return None
+    values = {k: figures.get(k) for k in BASELINE_NAMES}
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()):
+        return None
+    return {k: float(v) for k, v in values.items()}  # type: ignore[arg-type]
+
+
 def parse_baselines(record: Any) -> StudyBaselines | None:
     """The values of a recorded :data:`FOLD_BASELINES_ATTR`; None when it is absent or not
     of the schema above (a finite ``value`` for both baselines)."""
