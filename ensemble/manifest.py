@@ -1,4 +1,4 @@
-"""The ensemble manifest (DESIGN.md section 5): what the live ensemble is.
+"""The ensemble manifest (docs/ARCHITECTURE.md section 5): what the live ensemble is.
 
 ``<root>/ensemble/ensemble_manifest.json`` lists the members; each member's bundle lives in
 an immutable directory ``<root>/ensemble/model_<trial_id>_<sha256[:12]>/`` named by its

@@ -1,6 +1,6 @@
 """The model registry of the trial archive: ``<root>/trial_archive/trial_registry.json``.
 
-Layout (DESIGN.md section 2; the archive job is the only writer)::
+Layout (docs/ARCHITECTURE.md section 2; the archive job is the only writer)::
 
     trial_archive/
       trial_registry.json        this registry (written atomically)

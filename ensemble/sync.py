@@ -1,4 +1,4 @@
-"""Ensemble sync: make ``<root>/ensemble/`` hold the study's top-N trials (DESIGN.md section 5).
+"""Ensemble sync: make ``<root>/ensemble/`` hold the study's top-N trials (docs/ARCHITECTURE.md section 5).
 
 Order of writes, so a reader never sees a manifest that points at a missing member:
 

@@ -1,6 +1,6 @@
 """The paper trader: one decision per closed bar from the ensemble (or a deployment slot),
 risk rules from :mod:`trainers.accounting`, orders through a broker (simulated replay or
-Alpaca paper), and every bar's state in a SQLite ledger (DESIGN.md sections 2, 3 and 6).
+Alpaca paper), and every bar's state in a SQLite ledger (docs/ARCHITECTURE.md sections 2, 5 and 6).
 
 Modules: :mod:`~paper_trader.loop` (the trading loop), :mod:`~paper_trader.ledger`,
 :mod:`~paper_trader.brokers` (``Broker`` protocol, ``SimBroker``, the Alpaca broker and its

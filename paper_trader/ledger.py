@@ -1,5 +1,5 @@
 """The paper trader's persistent state: ``<root>/paper_trader/ledger.db`` (SQLite via the
-SQLAlchemy ORM; DESIGN.md section 2, the paper trader is its only writer).
+SQLAlchemy ORM; docs/ARCHITECTURE.md section 2, the paper trader is its only writer).
 
 Tables:
 

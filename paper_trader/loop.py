@@ -1,4 +1,4 @@
-"""The trading loop: one decision per closed bar (DESIGN.md sections 3 and 6).
+"""The trading loop: one decision per closed bar (docs/ARCHITECTURE.md section 6).
 
 For each closed bar ``t``, in ONE ledger transaction (so a crash leaves the ledger at a bar
 boundary and a restart resumes at the last processed bar + 1):

@@ -1,4 +1,4 @@
-"""Hot reload of the trading ensemble (issue 3, "Hot reload"; DESIGN.md sections 2 and 5).
+"""Hot reload of the trading ensemble (issue 3, "Hot reload"; docs/ARCHITECTURE.md section 5).
 
 The ensemble sync job writes new member directories, replaces
 ``<root>/ensemble/ensemble_manifest.json`` atomically (``generation`` + 1) and then touches

@@ -1,4 +1,4 @@
-"""Atomic file writes (DESIGN.md section 2), free of heavy imports so that light processes
+"""Atomic file writes (docs/ARCHITECTURE.md section 2), free of heavy imports so that light processes
 (the supervisor) can use them without loading torch. Re-exported by :mod:`trainers.bundle`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Model bundles: what a trial leaves behind (DESIGN.md section 4).
+"""Model bundles: what a trial leaves behind (docs/ARCHITECTURE.md section 4).
 
 A bundle is a directory with
 

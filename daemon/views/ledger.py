@@ -1,7 +1,7 @@
 """Read-only views of the paper trader's ledger (``<root>/paper_trader/ledger.db``) for the
 dashboard and the reports.
 
-The paper trader is the ledger's only writer (DESIGN.md section 2). These readers open the
+The paper trader is the ledger's only writer (docs/ARCHITECTURE.md section 2). These readers open the
 SQLite file with ``mode=ro`` (never create it, never write it; WAL mode lets them read while
 the trader commits bars) and use the table definitions of :mod:`paper_trader.ledger`.
 """

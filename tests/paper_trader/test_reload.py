@@ -1,7 +1,7 @@
 """Hot reload of the ensemble (paper_trader.reload): real files, the real watchdog observer,
 real loader threads and real signals.
 
-Ensembles are published the way the sync job does it (DESIGN.md section 5): new immutable
+Ensembles are published the way the sync job does it (docs/ARCHITECTURE.md section 5): new immutable
 member directories, an atomic manifest replace with ``generation`` + 1, then a touch of
 ``ensemble/.reload``. Members are tiny random-weight actors saved with the real
 ``save_bundle``, so every load runs the real hash, spec and weight checks.
