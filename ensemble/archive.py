@@ -271,7 +271,7 @@ def run_archive(
         ValueError: ``top_percent`` or ``min_grade`` out of range.
         ArchiveError: no root, no study name, unreadable registry, or another run holds
             the lock (:class:`ArchiveBusy`); nothing was changed.
-        ensemble.selection.SelectionError: unknown study, no SQLite file, unreachable
+        trainers.study_db.StudyDBError: unknown study, no SQLite file, unreachable
             storage; nothing was changed.
     """
     if not (0.0 < top_percent <= 100.0):

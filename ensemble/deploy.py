@@ -1,9 +1,11 @@
 """The auto-deployer: promote the study's best trial to a deployment slot when it proves
-itself on the hold-out bars (``cappuccino deploy``, and the supervisor's hourly job).
+itself on the validation window of the hold-out bars (``cappuccino deploy``, and the
+supervisor's hourly job; :mod:`trainers.windows`).
 
 :func:`run_deploy` takes the best COMPLETE trial of the current study (``--study`` or
 ``<root>/.current_study``), runs every gate of :mod:`ensemble.deploy_gate` (value
-improvement, grade, not rolled back, bundle validity, hold-out Sharpe ratio and drawdown)
+improvement, grade, not rolled back, bundle validity, validation-window Sharpe ratio and
+drawdown)
 and, only if all
 pass, installs it as ``<root>/deployments/model_<slot>/`` with the safe replacement of
 :mod:`ensemble.deploy_slot` (the replaced deployment becomes ``model_<slot>.previous``).
@@ -134,7 +136,7 @@ class DeployDecision:
             h = self.gates["holdout"].details
             return (
                 f"{prefix}promoted: {who} to deployments/model_{self.slot} "
-                f"(deployed value {_fmt(self.deployed_value)}; hold-out Sharpe {h['sharpe']:.3f}, "
+                f"(deployed value {_fmt(self.deployed_value)}; validation-window Sharpe {h['sharpe']:.3f}, "
                 f"max drawdown {h['max_drawdown']:.3f})"
             )
         if d == "refused":

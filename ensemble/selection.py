@@ -45,7 +45,7 @@ from trainers.bundle import (
     sha256_file,
     unpack_bundle,
 )
-from trainers.study_db import RankedTrial, StudyDBError, iter_ranked, open_engine
+from trainers.study_db import RankedTrial, iter_ranked, open_engine
 
 DEFAULT_TOP_N = 10
 SkipReason = Literal["missing", "hash", "identity", "spec", "invalid"]
@@ -267,7 +267,3 @@ def select_top_n(
         if len(selected) >= n:
             break
     return Selection(study, selected, skipped)
-
-
-# Selection errors are the study reader's own (an unknown study, an unreadable storage).
-SelectionError = StudyDBError

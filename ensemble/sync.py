@@ -161,7 +161,7 @@ def sync_ensemble(
             sync holds the lock (:class:`SyncBusy`), no ranked trial is usable, or the
             selected trials were trained with different costs. The ensemble is left
             untouched.
-        ensemble.selection.SelectionError: unknown study or unreadable storage (untouched).
+        trainers.study_db.StudyDBError: unknown study or unreadable storage (untouched).
     """
     log = log or structlog.get_logger("ensemble.sync").bind(component="sync", study=study, pid=os.getpid())
     if not Path(root).is_dir():

@@ -35,7 +35,7 @@ def deploy(
         DEFAULT_MIN_SHARPE, help="Minimum validation-window Sharpe ratio (annualised)."
     ),
     max_drawdown: float = typer.Option(
-        DEFAULT_MAX_DRAWDOWN, help="Maximum hold-out drawdown (fraction of peak equity)."
+        DEFAULT_MAX_DRAWDOWN, help="Maximum validation-window drawdown (fraction of peak equity)."
     ),
     validation_fraction: float = typer.Option(
         DEFAULT_VALIDATION_FRACTION, help="Share of the hold-out bars in the validation window the gate uses."

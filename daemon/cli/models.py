@@ -35,7 +35,7 @@ from ensemble.registry import (
     read_registry,
     registry_path,
 )
-from ensemble.selection import SelectionError
+from trainers.atomic_io import read_json_object
 from trainers.naming import BASELINE_LABELS, GRADES, beats_baselines, grade_with_baselines
 from trainers.storage import default_storage_url
 from trainers.study_db import StudyDBError, open_engine
@@ -74,7 +74,7 @@ def archive(
     """Copy the study's top trials into <root>/trial_archive/<VIN>/ and update the registry."""
     try:
         result = run_archive(root, storage, study, top_percent, min_grade)
-    except (ArchiveError, SelectionError) as exc:  # SelectionError is a ValueError: first
+    except (ArchiveError, StudyDBError) as exc:  # StudyDBError is a ValueError: first
         raise _fail(str(exc)) from None
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
@@ -181,13 +181,6 @@ def _resolve(registry: Registry, root: Path, name: str) -> ArchiveEntry:
     return found[0]
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-
-
 def _print_info(entry: ArchiveEntry, directory: Path, record: dict[str, Any], problems: list[str]) -> None:
     console = _console()
     table = Table(title=f"archived model {entry.dir}", show_header=False)
@@ -252,9 +245,9 @@ def info(
     record = {
         "entry": entry.model_dump(mode="json"),
         "same_vin": same_vin,
-        "metadata": _read_json(directory / METADATA_FILE),
-        "hyperparams": _read_json(directory / HYPERPARAMS_FILE),
-        "model": _read_json(directory / META_FILE),
+        "metadata": read_json_object(directory / METADATA_FILE),
+        "hyperparams": read_json_object(directory / HYPERPARAMS_FILE),
+        "model": read_json_object(directory / META_FILE),
         "integrity": problems or "ok",
         "baselines": _baselines_record(_baselines(root, storage, entry.study), entry.value),
     }

@@ -21,6 +21,7 @@ from daemon.preflight import run_checks
 from daemon.study_stats import study_stats
 from daemon.views.status import ensemble_summary
 from trainers.atomic_io import read_json_object
+from trainers.naming import baseline_note
 from trainers.runtime.current_study import read_current_study, write_current_study
 
 console = Console()
@@ -61,7 +62,8 @@ def render(snap: dict[str, Any], elapsed: float, children: list[dict[str, Any]])
         f"{trials.get('COMPLETE', 0)} complete, {trials.get('PRUNED', 0)} pruned, "
         f"{trials.get('FAIL', 0)} failed, {trials.get('RUNNING', 0)} running",
     )
-    table.add_row("best", f"{_fmt(best.get('value'))} {best.get('vin') or ''}")
+    verdict = baseline_note(best.get("value"), st.get("baselines")) if best else ""
+    table.add_row("best", f"{_fmt(best.get('value'))} {best.get('vin') or ''} ({verdict})" if best else "-")
     table.add_row(
         "ensemble",
         f"generation {_fmt(ens.get('generation'), 'd')}, {len(ens.get('members') or [])} members"
@@ -92,7 +94,8 @@ def summary_lines(snap: dict[str, Any]) -> list[str]:
     return [
         f"trials completed: {trials.get('COMPLETE', 0)} "
         f"(pruned {trials.get('PRUNED', 0)}, failed {trials.get('FAIL', 0)})",
-        f"best trial: {best.get('vin') or '-'} value {_fmt(best.get('value'))}",
+        f"best trial: {best.get('vin') or '-'} value {_fmt(best.get('value'))} "
+        f"({baseline_note(best.get('value'), st.get('baselines'))})",
         f"ensemble generation: {_fmt(ens.get('generation'), 'd') if ens else 'none'} "
         f"({len(ens.get('members') or [])} members)",
         f"paper equity: {_fmt(pt.get('equity'), ',.2f')} (start {_fmt(pt.get('initial_cash'), ',.2f')}), "

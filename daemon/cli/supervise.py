@@ -17,6 +17,7 @@ from daemon.config import ConfigError, load_config
 from daemon.preflight import run_checks
 from daemon.views.status import build_status
 from trainers.atomic_io import read_json_object
+from trainers.naming import baseline_note
 from trainers.runtime.logs import log_path
 from trainers.runtime.pidlock import supervisor_pid
 from trainers.storage import default_storage_url
@@ -118,6 +119,7 @@ def render_status(doc: dict[str, Any]) -> None:
         console.print(
             f"trials: {st.get('trials')}  trials/hour: {st.get('trials_per_hour')}  "
             f"best: {best.get('value')} {best.get('vin') or ''}"
+            + (f" ({baseline_note(best.get('value'), st.get('baselines'))})" if best else "")
         )
     if sup.get("children"):
         t = Table(title="children")

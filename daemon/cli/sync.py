@@ -6,16 +6,20 @@ from pathlib import Path
 
 import typer
 
-from ensemble.selection import DEFAULT_TOP_N, SelectionError
+from ensemble.selection import DEFAULT_TOP_N
 from ensemble.sync import SyncError, SyncResult, sync_ensemble
 from trainers.bundle import PipelineSpec
 from trainers.data import DataError, dataset_symbols
+from trainers.naming import grade_with_baselines
 from trainers.runtime.current_study import require_current_study
 from trainers.storage import default_storage_url
+from trainers.study_db import StudyDBError, open_engine
+from trainers.study_db.baselines import read_study_baselines
 
 
-def format_result(result: SyncResult) -> str:
-    """A short human summary: generation, whether it changed, and one line per member."""
+def format_result(result: SyncResult, baselines: dict[str, float] | None = None) -> str:
+    """A short human summary: generation, whether it changed, and one line per member (its
+    grade with the verdict against the study's constant baselines, when recorded)."""
     state = "new" if result.changed else "unchanged"
     lines = [
         f"study {result.study}: generation {result.generation} ({state}), {len(result.members)} members"
@@ -24,7 +28,7 @@ def format_result(result: SyncResult) -> str:
     for m in result.members:
         lines.append(
             f"  slot {m.slot}: trial {m.trial_number} (id {m.trial_id}) value {m.value:.4f} "
-            f"grade {m.grade} {m.vin} {m.sha256[:12]}"
+            f"grade {grade_with_baselines(m.grade, m.value, baselines)} {m.vin} {m.sha256[:12]}"
         )
     return "\n".join(lines)
 
@@ -46,8 +50,10 @@ def sync(
             [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else dataset_symbols(data)
         )
         pipeline = PipelineSpec(tuple(wanted))
-        result = sync_ensemble(root, storage or default_storage_url(root), name, pipeline, top_n)
-    except (SyncError, SelectionError, DataError, ValueError) as exc:
+        url = storage or default_storage_url(root)
+        result = sync_ensemble(root, url, name, pipeline, top_n)
+    except (SyncError, StudyDBError, DataError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(format_result(result))
+    recorded = read_study_baselines(open_engine(url), name)
+    typer.echo(format_result(result, None if recorded is None else recorded.values()))

@@ -46,12 +46,12 @@ def step_clean(plan: Plan) -> StepResult:
 def step_archive(plan: Plan) -> StepResult:
     """Run :func:`ensemble.archive.run_archive` with the config's ``[archive]`` cut."""
     from ensemble.archive import ArchiveError, run_archive
-    from ensemble.selection import SelectionError
+    from trainers.study_db import StudyDBError
 
     a = plan.config.archive
     try:
         res = run_archive(plan.root, plan.storage, plan.study, a.top_percent, a.min_grade)
-    except (ArchiveError, SelectionError, ValueError) as exc:
+    except (ArchiveError, StudyDBError, ValueError) as exc:
         return StepResult("archive", "failed", str(exc))
     figures = {
         "ranked": res.ranked,

@@ -17,8 +17,11 @@ import structlog
 from daemon.children import Child
 from daemon.fleet import RestartPolicy, ensure_study, finished_trials, schedule_restart, worker_specs
 from daemon.pipeline.plan import Outcome, Plan, StepResult, first_line, fmt_value
+from trainers.naming import grade_with_baselines
 from trainers.runtime.layout import Layout
 from trainers.storage import redact_url
+from trainers.study_db import open_engine
+from trainers.study_db.baselines import read_study_baselines
 
 log = structlog.get_logger("pipeline")
 
@@ -67,6 +70,15 @@ class Training:
         except Exception as exc:  # storage briefly locked/unreachable: keep the last figures
             log.warning("study_stats_failed", error=first_line(exc))
         return self.stats
+
+    def _baselines(self) -> dict[str, float] | None:
+        """The study's constant-policy baseline values, when recorded and readable."""
+        try:
+            recorded = read_study_baselines(open_engine(self.plan.storage), self.plan.study)
+        except Exception as exc:  # a summary line must not fail the step
+            log.warning("baselines_unreadable", error=first_line(exc))
+            return None
+        return None if recorded is None else recorded.values()
 
     def state(self) -> dict[str, Any]:
         """Running state for ``run/pipeline.json``."""
@@ -168,7 +180,8 @@ class Training:
         if best:
             notes.append(
                 f"best: trial {best.get('number')} value {fmt_value(best.get('value'))} "
-                f"grade {best.get('grade') or '?'} {best.get('vin') or ''}".rstrip()
+                f"grade {grade_with_baselines(best.get('grade'), best.get('value'), self._baselines())} "
+                f"{best.get('vin') or ''}".rstrip()
             )
         return StepResult("training", outcome, what, figures, notes)
 

@@ -13,7 +13,6 @@ why, so one broken part never hides the rest. :mod:`daemon.views.dashboard` rend
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from sqlalchemy.engine import Engine
 from daemon.monitor import MonitorError, compute_monitor
 from daemon.views.ledger import LedgerReadError, ledger_path, ledger_summary
 from ensemble.manifest import MANIFEST_FILE, ManifestError, read_manifest
+from trainers.atomic_io import read_json
 from trainers.naming import beats_baselines
 from trainers.runtime.current_study import read_current_study
 from trainers.runtime.heartbeat import heartbeat_age
@@ -45,11 +45,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         ValueError: the file exists but is not a JSON object.
     """
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a JSON object")
     return data

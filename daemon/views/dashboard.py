@@ -206,7 +206,7 @@ def top_panel(snap: dict[str, Any], plain: bool) -> Panel:
         ("grade", "center"),
         ("beats baselines", "center"),
         ("VIN", "left"),
-        ("Sharpe", "right"),
+        ("fold Sharpe", "right"),
         ("max DD", "right"),
         ("ensemble", "center"),
     ):

@@ -8,23 +8,29 @@ from typing import Any
 
 from daemon.study_stats import study_stats
 from trainers.atomic_io import read_json_object
+from trainers.naming import beats_baselines
 from trainers.runtime.current_study import read_current_study
 
 
-def ensemble_summary(root: Path) -> dict[str, Any] | None:
-    """Generation, study and members of the live manifest (None when there is none)."""
+def ensemble_summary(root: Path, baselines: dict[str, float] | None = None) -> dict[str, Any] | None:
+    """Generation, study and members of the live manifest (None when there is none); each
+    member's ``beats_baselines`` verdict against the study's constant baselines (None when
+    they are not recorded)."""
     manifest = read_json_object(root / "ensemble" / "ensemble_manifest.json")
     if manifest is None:
         return None
+    members = []
+    for m in manifest.get("members", []):
+        member = {k: m.get(k) for k in ("slot", "trial_number", "vin", "grade", "value")}
+        value = m.get("value")
+        member["beats_baselines"] = beats_baselines(value if isinstance(value, float) else None, baselines)
+        members.append(member)
     return {
         "study": manifest.get("study"),
         "generation": manifest.get("generation"),
         "created_at": manifest.get("created_at"),
         "combine": manifest.get("combine"),
-        "members": [
-            {k: m.get(k) for k in ("slot", "trial_number", "vin", "grade", "value")}
-            for m in manifest.get("members", [])
-        ],
+        "members": members,
     }
 
 
@@ -39,7 +45,8 @@ def build_status(
         out["study"] = study_stats(storage_url, current) if current else None
     except Exception as exc:  # storage down: say so, keep the rest
         out["study"] = {"study": current, "error": f"{type(exc).__name__}: {exc}"}
-    out["ensemble"] = ensemble_summary(root)
+    baselines = ((out["study"] or {}).get("baselines")) if isinstance(out["study"], dict) else None
+    out["ensemble"] = ensemble_summary(root, baselines)
     out["paper_trader"] = read_json_object(root / "paper_trader" / "status.json")
     out["deployments"] = {
         p.name: read_json_object(p / "deployment_info.json")
