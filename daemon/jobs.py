@@ -83,10 +83,15 @@ def archive(ctx: JobContext) -> str:
 
 def cleanup(ctx: JobContext) -> str:
     """Archive first (cleanup never removes what the archive refers to, but it may remove
-    scratch of trials the archive has not copied yet), then ``cappuccino clean``."""
+    scratch of trials the archive has not copied yet), then ``cappuccino clean``. When the
+    archive run fails or times out, cleanup does not run in this cycle: a trial that
+    qualifies for the archive keeps its scratch folder and artifact until it is archived."""
     cfg = ctx.config
     if cfg.archive.enabled:
-        archive(ctx)
+        archived = archive(ctx)
+        if archived.startswith(("failed", "timeout")):
+            log.warning("cleanup_skipped", reason="archive did not complete", archive=archived)
+            return f"failed: cleanup skipped because the archive did not complete ({archived})"
     keep_top = max(cfg.cleanup.keep_top, cfg.ensemble.top_n)
     argv = _cli("clean", "--root", str(ctx.root), "--storage", ctx.storage_url)
     argv += ["--keep-days", str(cfg.cleanup.keep_days), "--keep-top", str(keep_top)]

@@ -449,3 +449,43 @@ def test_cleanup_on_postgresql(pg_url: str, tmp_path: Path) -> None:
         f"artifacts/{trials[2].user_attrs['artifact_id']}",
     }
     assert sorted(p.name for p in (root / "trials" / "pg").iterdir()) == ["0", "1", "2", "5"]
+
+
+@pytest.mark.slow
+def test_the_cleanup_job_does_not_run_after_a_failed_archive(
+    trained_study: TrainedStudy, tmp_path: Path
+) -> None:
+    """The supervisor's daily job archives, then cleans. With the archive failing (its
+    folder cannot be created: a file stands in its place) nothing is removed in that cycle,
+    although keep_top = 1 would remove the scratch folders and artifacts of every trial but
+    the best (as the second cycle, with the archive working, shows)."""
+    from daemon.config import load_config
+    from daemon.jobs import JobContext, cleanup
+    from daemon.scheduler import JobRunner
+
+    root = tmp_path / "root"
+    shutil.copytree(trained_study.root, root)
+    (root / "trial_archive").write_text("not a folder")
+    cfg = load_config(
+        None,
+        {
+            "root": root,
+            "archive": {"min_grade": "F"},
+            "cleanup": {"keep_top": 1, "keep_days": 0},
+            "ensemble": {"top_n": 1},
+        },
+    )
+    url = default_storage_url(root)
+    ctx = JobContext(cfg, root, trained_study.study_name, url, JobRunner(60.0, 300.0))
+    before = listing(root)
+    outcome = cleanup(ctx)
+    assert outcome.startswith("failed: cleanup skipped because the archive did not complete")
+    assert {k for k in before if k.startswith(("trials/", "artifacts/"))} <= set(listing(root))
+
+    # with a working archive the same job archives, then removes what is not kept
+    (root / "trial_archive").unlink()
+    outcome = cleanup(ctx)
+    assert not outcome.startswith("failed"), outcome
+    assert (root / "trial_archive" / "trial_registry.json").is_file()
+    after = set(listing(root))
+    assert {k for k in before if k.startswith("trials/") and k.count("/") == 2} - after  # some went
