@@ -141,6 +141,7 @@ class DeployConfig(_Section):
     validation_fraction: float = Field(
         0.5, gt=0, lt=1, description="share of the hold-out bars in the validation window (the gate's)"
     )
+    candidates: int = Field(5, ge=1, description="the best trials tried in value order until one passes")
 
 
 class PreflightConfig(_Section):

@@ -67,7 +67,7 @@ def deploy(ctx: JobContext) -> str:
     argv += ["--max-drawdown", str(d.max_drawdown)]
     if st.holdout_cut:  # else each trial's own recorded cut
         argv += ["--holdout-cut", st.holdout_cut]
-    argv += ["--validation-fraction", str(d.validation_fraction)]
+    argv += ["--validation-fraction", str(d.validation_fraction), "--candidates", str(d.candidates)]
     if st.data:
         argv += ["--data", st.data]
     return _run(ctx, argv, "deploy")

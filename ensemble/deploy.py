@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import optuna
 from optuna.distributions import distribution_to_json
 from optuna.study import StudyDirection
@@ -60,15 +61,17 @@ from ensemble.deploy_slot import (
     swap_previous,
 )
 from trainers.bundle import PipelineSpec
-from trainers.data import DataError, load_panel
+from trainers.data import DataError, Panel, load_panel
 from trainers.features import compute_features
 from trainers.runtime.current_study import require_current_study
 from trainers.runtime.pidlock import holding
 from trainers.storage import default_storage_url, make_storage, redact_url
+from trainers.study_db import StudyDBError, open_engine, rank_trials
 
 log = logging.getLogger(__name__)
 
 DEPLOY_LOG_FILE = "deploy_log.jsonl"
+DEFAULT_CANDIDATES = 5
 LOCK_FILE = ".deploy.lock"
 
 Decision = Literal[
@@ -102,6 +105,7 @@ class DeployDecision:
     gates: dict[str, GateResult] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
     time: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    earlier: list[DeployDecision] = field(default_factory=list)
 
     @property
     def deployed_value(self) -> float | None:
@@ -192,15 +196,6 @@ def open_study(storage_url: str, study: str) -> optuna.Study:
     return loaded
 
 
-def best_complete_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The COMPLETE trial with the highest value (one indexed storage query, not a scan of
-    every trial); None when the study has none."""
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
 def trial_metadata(study: str, trial: FrozenTrial) -> dict[str, Any]:
     """``trial_metadata.json``: the trial as Optuna recorded it (params decoded)."""
     return {
@@ -285,10 +280,12 @@ def run_deploy(
     data: str | Path | None = None,
     holdout_cut: str | None = None,
     dry_run: bool = False,
+    candidates: int = DEFAULT_CANDIDATES,
 ) -> DeployDecision:
-    """Evaluate the study's best COMPLETE trial and promote it to ``deployments/model_<slot>``
-    if every gate passes (see the module docstrings of this module and
-    :mod:`ensemble.deploy_gate`).
+    """Try the study's best COMPLETE trials in value order (at most ``candidates``) and
+    promote the first that passes every gate to ``deployments/model_<slot>`` (see the module
+    docstrings of this module and :mod:`ensemble.deploy_gate`). Each refused candidate is a
+    line of the deploy log; trying stops at a promotion, or at the trial already deployed.
 
     Args:
         root: runtime root.
@@ -299,9 +296,11 @@ def run_deploy(
         data: dataset folder for the hold-out backtest; None = the embedded dataset.
         holdout_cut: first hold-out bar (UTC ISO 8601); None = the trial's own training cut.
         dry_run: evaluate everything, change no file (not even the deploy log).
+        candidates: how many of the best trials to try (>= 1).
 
     Returns:
-        The decision (also appended to the deploy log unless ``dry_run``).
+        The last decision (every decision is appended to the deploy log unless
+        ``dry_run``); ``earlier`` holds the refusals before it.
 
     Raises:
         DeployError: unknown study, no storage, bad data or cut, or a failed install (the
@@ -310,6 +309,8 @@ def run_deploy(
     root = Path(root)
     if slot < 0:
         raise DeployError(f"slot must be >= 0, got {slot}")
+    if candidates < 1:
+        raise DeployError(f"candidates must be >= 1, got {candidates}")
     thresholds = thresholds or DeployThresholds()
     if holdout_cut is not None:
         try:
@@ -320,29 +321,67 @@ def run_deploy(
         name = study or require_current_study(root)
     except ValueError as exc:
         raise DeployError(str(exc)) from None
-    loaded = open_study(storage or default_storage_url(root), name)
+    url = storage or default_storage_url(root)
+    loaded = open_study(url, name)
+    try:
+        ranked = rank_trials(open_engine(url), name, candidates)
+    except StudyDBError as exc:
+        raise DeployError(str(exc)) from None
     lock = contextlib.nullcontext() if dry_run else deploy_lock(root)
     with lock:
         if not dry_run:
             for action in repair_slot(root, slot):
                 log.warning("deployments/model_%d: %s", slot, action)
-        return _record(root, _decide(root, loaded, name, slot, thresholds, data, holdout_cut, dry_run))
+        current, problem = current_deployment(root, slot)
+        if not ranked:
+            return _record(
+                root, DeployDecision("no_candidate", name, slot, dry_run, deployed=_summary_of(current))
+            )
+        try:
+            panel = load_panel(data)
+        except DataError as exc:
+            raise DeployError(f"hold-out data: {exc}") from None
+        features = compute_features(panel.prices)
+        earlier: list[DeployDecision] = []
+        for candidate in ranked:
+            trial = loaded._storage.get_trial(candidate.trial_id)
+            decision = _record(
+                root,
+                _decide(
+                    root,
+                    trial,
+                    name,
+                    slot,
+                    thresholds,
+                    panel,
+                    features,
+                    holdout_cut,
+                    dry_run,
+                    current,
+                    problem,
+                ),
+            )
+            if decision.decision != "refused":
+                break
+            earlier.append(decision)
+        decision.earlier = [d for d in earlier if d is not decision]
+        return decision
 
 
 def _decide(
     root: Path,
-    study: optuna.Study,
+    trial: FrozenTrial,
     name: str,
     slot: int,
     thresholds: DeployThresholds,
-    data: str | Path | None,
+    panel: Panel,
+    features: np.ndarray,
     holdout_cut: str | None,
     dry_run: bool,
+    current: dict[str, Any] | None,
+    problem: str | None,
 ) -> DeployDecision:
-    current, problem = current_deployment(root, slot)
-    trial = best_complete_trial(study)
-    if trial is None:
-        return DeployDecision("no_candidate", name, slot, dry_run, deployed=_summary_of(current))
+    """The gates of one candidate trial (promoted: installed unless ``dry_run``)."""
     attrs = trial.user_attrs
     decision = DeployDecision(
         "refused",
@@ -373,10 +412,6 @@ def _decide(
         gates["improvement"].details["current_deployment_problem"] = problem
     gates["grade"] = check_grade(attrs.get("grade"), thresholds.min_grade)
     gates["rollback"] = check_not_rolled_back(rolled_back_from(root, slot, name, trial._trial_id), slot)
-    try:
-        panel = load_panel(data)
-    except DataError as exc:
-        raise DeployError(f"hold-out data: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="cappuccino-deploy-") as tmp:
         gates["bundle"], bundle, bundle_dir = check_bundle(
             root, trial, name, PipelineSpec(panel.symbols), Path(tmp)
@@ -385,9 +420,7 @@ def _decide(
             gates["holdout"] = GateResult("holdout", "skipped", [], {"why": "no valid bundle"})
         else:
             try:
-                gates["holdout"] = check_holdout(
-                    bundle, panel, compute_features(panel.prices), holdout_cut, thresholds
-                )
+                gates["holdout"] = check_holdout(bundle, panel, features, holdout_cut, thresholds)
             except ValueError as exc:
                 raise DeployError(f"hold-out backtest: {exc}") from None
         decision.reasons = [r for g in gates.values() for r in g.reasons]

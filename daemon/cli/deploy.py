@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from ensemble.deploy import DeployError, rollback, run_deploy
+from ensemble.deploy import DEFAULT_CANDIDATES, DeployError, rollback, run_deploy
 from ensemble.deploy_gate import (
     DEFAULT_MAX_DRAWDOWN,
     DEFAULT_MIN_GRADE,
@@ -44,6 +44,9 @@ def deploy(
     holdout_cut: str = typer.Option(
         None, help="First hold-out bar, UTC ISO 8601 (default: the trial's own training cut)."
     ),
+    candidates: int = typer.Option(
+        DEFAULT_CANDIDATES, min=1, help="Try at most this many of the best trials, in value order."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Evaluate the gates; change nothing."),
     do_rollback: bool = typer.Option(
         False, "--rollback", help="Swap model_<slot>.previous back in instead of deploying."
@@ -57,12 +60,16 @@ def deploy(
             thresholds = DeployThresholds(
                 min_improvement, min_grade.upper(), min_sharpe, max_drawdown, validation_fraction
             )
-            decision = run_deploy(root, study, storage, slot, thresholds, data, holdout_cut, dry_run)
+            decision = run_deploy(
+                root, study, storage, slot, thresholds, data, holdout_cut, dry_run, candidates
+            )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except DeployError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    for refused in getattr(decision, "earlier", []):
+        typer.echo(refused.summary())
     typer.echo(decision.summary())
     raise typer.Exit(1 if decision.decision == "rollback_refused" else 0)

@@ -86,7 +86,14 @@ def step_deploy(plan: Plan) -> StepResult:
             d.min_improvement, d.min_grade, d.min_sharpe, d.max_drawdown, d.validation_fraction
         )
         dec = run_deploy(
-            plan.root, plan.study, plan.storage, int(d.slot), thresholds, st.data, st.holdout_cut
+            plan.root,
+            plan.study,
+            plan.storage,
+            int(d.slot),
+            thresholds,
+            st.data,
+            st.holdout_cut,
+            candidates=d.candidates,
         )
     except (DeployError, ValueError) as exc:
         return StepResult("deploy", "failed", str(exc))

@@ -101,7 +101,7 @@ def deployed(trained_study, tmp_path_factory) -> tuple[Path, FrozenTrial]:
     """A root whose slot 0 holds a promoted candidate (value ``base_value``). Read-only."""
     root = _copy(trained_study.root, tmp_path_factory.mktemp("deployed") / "root")
     trial = add_candidate(root, base_value(root), "A")
-    decision = run_deploy(root, STUDY, thresholds=LENIENT)
+    decision = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT)
     assert decision.decision == "promoted", decision.summary()
     return root, trial
 
@@ -164,7 +164,7 @@ def test_promote_writes_a_verified_slot_and_logs_it(deployed):
 
 def test_the_same_best_trial_again_is_unchanged(root):
     before = _snapshot(slot_dir(root, 0))
-    decision = run_deploy(root, STUDY, thresholds=LENIENT)
+    decision = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT)
     assert decision.decision == "unchanged", decision.summary()
     assert _snapshot(slot_dir(root, 0)) == before
     assert [r["decision"] for r in read_log(root)] == ["promoted", "unchanged"]
@@ -180,7 +180,7 @@ def test_refused_for_value_or_grade_keeps_the_deployment(root, case, failing):
     value, grade = (v * 1.005, "A") if case == "improvement" else (v * 1.5, "B")
     cand = add_candidate(root, value, grade)
     before = _snapshot(slot_dir(root, 0))
-    decision = run_deploy(root, STUDY, thresholds=LENIENT)
+    decision = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT)
     assert decision.decision == "refused" and decision.trial_number == cand.number
     assert _failing(decision) == failing
     assert _snapshot(slot_dir(root, 0)) == before
@@ -200,7 +200,7 @@ def test_refused_for_value_or_grade_keeps_the_deployment(root, case, failing):
 @pytest.mark.parametrize("metric", ["sharpe", "drawdown"])
 def test_refused_by_the_holdout_backtest(root, metric):
     cand = add_candidate(root, base_value(root) * 1.5, "S")
-    probe = run_deploy(root, STUDY, thresholds=LENIENT, dry_run=True)
+    probe = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT, dry_run=True)
     assert probe.decision == "promoted" and probe.dry_run
     sharpe, dd = probe.gates["holdout"].details["sharpe"], probe.gates["holdout"].details["max_drawdown"]
     if metric == "sharpe":
@@ -209,7 +209,7 @@ def test_refused_by_the_holdout_backtest(root, metric):
         assert dd > 0, "the real hold-out backtest has some drawdown"
         thresholds = DeployThresholds(min_sharpe=-1e9, max_drawdown=dd / 2)
     before = _snapshot(slot_dir(root, 0))
-    decision = run_deploy(root, STUDY, thresholds=thresholds)
+    decision = run_deploy(root, STUDY, candidates=1, thresholds=thresholds)
     assert decision.decision == "refused" and decision.trial_number == cand.number
     assert _failing(decision) == {"holdout"}
     (reason,) = decision.reasons
@@ -221,7 +221,9 @@ def test_refused_by_the_holdout_backtest(root, metric):
 
 def test_every_failing_gate_is_reported(root):
     add_candidate(root, base_value(root) * 1.001, "C")
-    decision = run_deploy(root, STUDY, thresholds=DeployThresholds(min_sharpe=1e6, max_drawdown=0.0))
+    decision = run_deploy(
+        root, STUDY, candidates=1, thresholds=DeployThresholds(min_sharpe=1e6, max_drawdown=0.0)
+    )
     assert _failing(decision) == {"improvement", "grade", "holdout"}
     assert len(read_log(root)[-1]["reasons"]) >= 3
 
@@ -230,7 +232,7 @@ def test_every_failing_gate_is_reported(root):
 def test_refused_for_an_invalid_bundle(root, tamper, words):
     cand = add_candidate(root, base_value(root) * 1.5, "A", tamper=tamper)
     before = _snapshot(slot_dir(root, 0))
-    decision = run_deploy(root, STUDY, thresholds=LENIENT)
+    decision = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT)
     assert decision.decision == "refused" and decision.trial_number == cand.number
     assert _failing(decision) == {"bundle"} and decision.gates["holdout"].status == "skipped"
     (reason,) = decision.reasons
@@ -244,16 +246,16 @@ def test_bundle_comes_from_the_artifact_store(trained_study, tmp_path):
     tampered artifact falls back to ``bundle_path``, and with both broken it is refused."""
     root = _copy(trained_study.root, tmp_path / "root")
     best = _fixture_best(root)
-    probe = run_deploy(root, STUDY, thresholds=LENIENT, dry_run=True)
+    probe = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT, dry_run=True)
     assert probe.trial_number == best.number
     assert probe.gates["bundle"].details["source"] == f"artifact:{best.user_attrs['artifact_id']}"
     artifact = root / "artifacts" / best.user_attrs["artifact_id"]
     artifact.write_bytes(b"not a tar")
-    probe = run_deploy(root, STUDY, thresholds=LENIENT, dry_run=True)
+    probe = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT, dry_run=True)
     assert probe.gates["bundle"].status == "pass"
     assert probe.gates["bundle"].details["source"] == f"bundle_path:{best.user_attrs['bundle_path']}"
     (root / best.user_attrs["bundle_path"] / "model.json").unlink()
-    decision = run_deploy(root, STUDY, thresholds=LENIENT)
+    decision = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT)
     assert decision.decision == "refused" and _failing(decision) >= {"bundle"}
     assert "artifact:" in decision.reasons[-1] and "bundle_path:" in decision.reasons[-1]
     assert not slot_dir(root, 0).exists()
@@ -262,7 +264,7 @@ def test_bundle_comes_from_the_artifact_store(trained_study, tmp_path):
 def test_rollback_restores_the_previous_deployment_byte_for_byte(root, deployed):
     first = _snapshot(slot_dir(root, 0))
     cand = add_candidate(root, base_value(root) * 1.5, "A")
-    decision = run_deploy(root, STUDY, thresholds=LENIENT)
+    decision = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT)
     assert decision.decision == "promoted", decision.summary()
     assert _snapshot(previous_dir(root, 0)) == first
     info = json.loads((slot_dir(root, 0) / "deployment_info.json").read_text())
@@ -278,7 +280,7 @@ def test_rollback_restores_the_previous_deployment_byte_for_byte(root, deployed)
     assert line["deployed"]["trial_number"] == cand.number
 
     # the hourly job must not re-promote what was just rolled back
-    again = run_deploy(root, STUDY, thresholds=LENIENT)
+    again = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT)
     assert again.decision == "refused" and again.trial_number == cand.number
     assert _failing(again) == {"rollback"} and "rolled back from slot 0" in again.reasons[0]
     assert _snapshot(slot_dir(root, 0)) == first
@@ -287,7 +289,7 @@ def test_rollback_restores_the_previous_deployment_byte_for_byte(root, deployed)
     assert result.exit_code == 0, result.output
     assert result.output.startswith("rolled back: slot 0 now holds")
     assert _snapshot(slot_dir(root, 0)) == second and _snapshot(previous_dir(root, 0)) == first
-    assert run_deploy(root, STUDY, thresholds=LENIENT).decision == "unchanged"
+    assert run_deploy(root, STUDY, candidates=1, thresholds=LENIENT).decision == "unchanged"
     assert slot_dir(root, 0).exists() and not list((root / "deployments").glob(".model_0.*"))
 
 
@@ -307,7 +309,7 @@ def test_dry_run_changes_nothing(root, trained_study, tmp_path):
         return {k: v for k, v in _snapshot(root).items() if not k.startswith("optuna.db")}
 
     before = state()
-    decision = run_deploy(root, STUDY, thresholds=LENIENT, dry_run=True)
+    decision = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT, dry_run=True)
     assert decision.decision == "promoted" and decision.dry_run
     assert decision.summary().startswith("dry run: would have promoted")
     assert state() == before
@@ -343,7 +345,7 @@ def test_current_study_file_and_errors(root, tmp_path):
 
 def test_holdout_cut_inside_the_training_bars_is_refused(root):
     add_candidate(root, base_value(root) * 1.5, "A")
-    decision = run_deploy(root, STUDY, thresholds=LENIENT, holdout_cut="2019-01-01T00:00:00Z")
+    decision = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT, holdout_cut="2019-01-01T00:00:00Z")
     assert _failing(decision) == {"holdout"}
     assert "before the trial's own cut" in decision.reasons[0]
 
@@ -356,7 +358,7 @@ def test_crash_midway_is_repaired_before_the_next_run(root):
     stage = root / "deployments" / ".model_0.staging-crashed"
     stage.mkdir()
     (stage / "actor.pth").write_bytes(b"half")
-    decision = run_deploy(root, STUDY, thresholds=LENIENT)
+    decision = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT)
     assert decision.decision == "unchanged"
     assert _snapshot(slot_dir(root, 0)) == good
     assert not stage.exists() and not previous_dir(root, 0).exists()
@@ -387,3 +389,22 @@ def test_improvement_rule_for_negative_and_zero_values():
     assert check_improvement(1e-9, 0.0, 0.01).passed  # any positive value beats 0
     assert not check_improvement(0.0, 0.0, 0.01).passed
     assert not check_improvement(0.5, 0.5, 0.0).passed  # a tie never replaces the deployment
+
+
+def test_candidates_are_tried_in_value_order_until_one_passes(root):
+    """The best trial lost its bundle: it is refused (logged), and the next one, which
+    passes every gate, is promoted in the same run."""
+    v = base_value(root)
+    good = add_candidate(root, v * 1.5, "S")
+    broken = add_candidate(root, v * 2.0, "S", tamper="actor")
+    decision = run_deploy(root, STUDY, thresholds=LENIENT)
+    assert decision.decision == "promoted" and decision.trial_number == good.number, decision.summary()
+    assert [d.trial_number for d in decision.earlier] == [broken.number]
+    assert decision.earlier[0].decision == "refused" and "bundle" in _failing(decision.earlier[0])
+    lines = read_log(root)[-2:]
+    assert [(r["decision"], r["trial"]) for r in lines] == [
+        ("refused", broken.number),
+        ("promoted", good.number),
+    ]
+    # with one candidate only the best is tried, and refused
+    assert run_deploy(root, STUDY, candidates=1, thresholds=LENIENT).decision == "refused"
