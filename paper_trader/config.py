@@ -13,11 +13,9 @@ from typing import Literal
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from trainers.accounting import CostOverrides, Costs
+from trainers.runtime.layout import Layout
 
-LEDGER_FILE = "ledger.db"
-STATUS_FILE = "status.json"
-LOCK_FILE = "trader.lock"
-HEARTBEAT_NAME = "paper_trader.json"
+COMPONENT = "paper_trader"  # its log, heartbeat and status name
 _SLOT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -93,30 +91,34 @@ class TraderConfig(CostOverrides):
         """The traded model's costs with this trader's overrides applied."""
         return self.applied_to(model_costs)
 
-    # -- runtime paths ------------------------------------------------------------------------
+    # -- runtime paths (trainers.runtime.layout knows them all) -------------------------------
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.root)
 
     @property
     def trader_dir(self) -> Path:
         """``<root>/paper_trader``: the ledger, status file and process lock."""
-        return self.root / "paper_trader"
+        return self.layout.trader_dir
 
     @property
     def ledger_path(self) -> Path:
-        return self.trader_dir / LEDGER_FILE
+        return self.layout.ledger
 
     @property
     def status_path(self) -> Path:
-        return self.trader_dir / STATUS_FILE
+        return self.layout.trader_status
 
     @property
     def lock_path(self) -> Path:
-        return self.trader_dir / LOCK_FILE
+        return self.layout.trader_lock
 
     @property
     def heartbeat_path(self) -> Path:
         """``<root>/run/heartbeats/paper_trader.json`` (read by the supervisor's watchdog)."""
-        return self.root / "run" / "heartbeats" / HEARTBEAT_NAME
+        return self.layout.heartbeat(COMPONENT)
 
     @property
     def log_path(self) -> Path:
-        return self.root / "logs" / "paper_trader.log"
+        return self.layout.log(COMPONENT)

@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from paper_trader.config import COMPONENT
 from trainers.atomic_io import atomic_write_json
 from trainers.runtime.heartbeat import write_heartbeat as write_runtime_heartbeat
-
-COMPONENT = "paper_trader"
 
 
 def iso_ts(ts: int | None) -> str | None:

@@ -10,6 +10,7 @@ where ``study.get_trials()`` takes minutes (``bench/topn_sync.py``).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from sqlalchemy.engine import Engine
 from trainers.study_db.engine import (
     _COMPLETE,
     _FINITE,
+    StudyRow,
     _params,
     _trials,
     _user_attrs,
@@ -193,6 +195,20 @@ def best_trial(engine: Engine, study: str) -> RankedTrial | None:
     return top[0] if top else None
 
 
+@contextmanager
+def reading(engine: Engine, study: str) -> Iterator[tuple[sa.Connection, StudyRow]]:
+    """A connection and the study's row; a database error becomes one :class:`StudyDBError`.
+
+    Raises:
+        StudyDBError: unknown study, several objectives, or a database error.
+    """
+    try:
+        with engine.connect() as conn:
+            yield conn, require_study(conn, study)
+    except sa.exc.SQLAlchemyError as exc:
+        raise db_error(engine, study, exc) from None
+
+
 def trial_by_number(engine: Engine, study: str, number: int) -> RankedTrial | None:
     """The COMPLETE trial ``number`` of ``study`` with a finite value (its user attributes
     and decoded parameters), or None when there is none.
@@ -200,34 +216,31 @@ def trial_by_number(engine: Engine, study: str, number: int) -> RankedTrial | No
     Raises:
         StudyDBError: unknown study, several objectives, or a database error.
     """
-    try:
-        with engine.connect() as conn:
-            study_id = require_study(conn, study).study_id
-            row = conn.execute(
-                sa.select(_trials.c.trial_id, _values.c.value)
-                .join_from(_trials, _values, _values.c.trial_id == _trials.c.trial_id)
-                .where(
-                    _trials.c.study_id == study_id,
-                    _trials.c.number == number,
-                    _trials.c.state == _COMPLETE,
-                    _values.c.objective == 0,
-                    _values.c.value_type == _FINITE,
+    with reading(engine, study) as (conn, row_of_study):
+        study_id = row_of_study.study_id
+        row = conn.execute(
+            sa.select(_trials.c.trial_id, _values.c.value)
+            .join_from(_trials, _values, _values.c.trial_id == _trials.c.trial_id)
+            .where(
+                _trials.c.study_id == study_id,
+                _trials.c.number == number,
+                _trials.c.state == _COMPLETE,
+                _values.c.objective == 0,
+                _values.c.value_type == _FINITE,
+            )
+        ).first()
+        if row is None:
+            return None
+        trial_id = int(row[0])
+        attrs = user_attrs(conn, [trial_id])[trial_id]
+        params = {
+            name: json_to_distribution(dist).to_external_repr(internal)
+            for name, internal, dist in conn.execute(
+                sa.select(_params.c.param_name, _params.c.param_value, _params.c.distribution_json).where(
+                    _params.c.trial_id == trial_id
                 )
-            ).first()
-            if row is None:
-                return None
-            trial_id = int(row[0])
-            attrs = user_attrs(conn, [trial_id])[trial_id]
-            params = {
-                name: json_to_distribution(dist).to_external_repr(internal)
-                for name, internal, dist in conn.execute(
-                    sa.select(_params.c.param_name, _params.c.param_value, _params.c.distribution_json).where(
-                        _params.c.trial_id == trial_id
-                    )
-                )
-            }
-    except sa.exc.SQLAlchemyError as exc:
-        raise db_error(engine, study, exc) from None
+            )
+        }
     return RankedTrial(study, trial_id, number, float(row[1]), attrs, params)
 
 
@@ -238,14 +251,10 @@ def complete_attr(engine: Engine, study: str, key: str) -> dict[int, Any]:
     Raises:
         StudyDBError: unknown study, several objectives, or a database error.
     """
-    try:
-        with engine.connect() as conn:
-            study_id = require_study(conn, study).study_id
-            rows = conn.execute(
-                sa.select(_trials.c.number, _user_attrs.c.value_json)
-                .join_from(_trials, _user_attrs, _user_attrs.c.trial_id == _trials.c.trial_id)
-                .where(_trials.c.study_id == study_id, _trials.c.state == _COMPLETE, _user_attrs.c.key == key)
-            ).all()
-    except sa.exc.SQLAlchemyError as exc:
-        raise db_error(engine, study, exc) from None
+    with reading(engine, study) as (conn, row):
+        rows = conn.execute(
+            sa.select(_trials.c.number, _user_attrs.c.value_json)
+            .join_from(_trials, _user_attrs, _user_attrs.c.trial_id == _trials.c.trial_id)
+            .where(_trials.c.study_id == row.study_id, _trials.c.state == _COMPLETE, _user_attrs.c.key == key)
+        ).all()
     return {int(n): decode_json(raw) for n, raw in rows}
