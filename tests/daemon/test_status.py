@@ -50,7 +50,9 @@ def test_status_json_with_the_supervisor_down_and_up(tmp_path: Path, sups: Super
     assert down["supervisor_running"] is False and down["supervisor"] is None
     assert down["current_study"] == STUDY
     assert down["study"]["trials"] == {"COMPLETE": 2, "FAIL": 1, "PRUNED": 1}
-    assert down["study"]["best"] == {"number": 1, "value": 0.75, "vin": "PPO-A-TEST-2", "grade": "A"}
+    best = {"number": 1, "value": 0.75, "vin": "PPO-A-TEST-2", "grade": "A", "beats_baselines": None}
+    assert down["study"]["best"] == best  # no fold baselines recorded in this study
+    assert down["study"]["baselines"] is None
     assert down["ensemble"] is None and down["mismatches"] == []
 
     sup = sups.start(cfg, root, preflight=True)
