@@ -40,6 +40,7 @@ class EquityCurve:
         generation: ``(T,)`` int64, ensemble generation that decided the bar.
         initial_cash: cash the account started with (quote currency).
         symbols: traded symbols.
+        broker: ``sim`` (a replay of the hold-out bars) or ``alpaca``.
     """
 
     bar_ts: np.ndarray
@@ -49,6 +50,7 @@ class EquityCurve:
     generation: np.ndarray
     initial_cash: float
     symbols: tuple[str, ...]
+    broker: str = "sim"
 
 
 def ledger_path(root: Path) -> Path:
@@ -85,7 +87,9 @@ def equity_curve(path: Path) -> EquityCurve:
     """
 
     def query(conn: sa.Connection) -> EquityCurve:
-        acct = conn.execute(sa.select(Account.initial_cash, Account.symbols).where(Account.id == 1)).first()
+        acct = conn.execute(
+            sa.select(Account.initial_cash, Account.symbols, Account.broker).where(Account.id == 1)
+        ).first()
         if acct is None:
             raise LedgerReadError(f"{path}: the ledger has no account yet (no bar processed)")
         rows = conn.execute(
@@ -102,6 +106,7 @@ def equity_curve(path: Path) -> EquityCurve:
             generation=np.asarray(cols[4], dtype=np.int64),
             initial_cash=float(acct[0]),
             symbols=tuple(json.loads(acct[1])),
+            broker=str(acct[2]),
         )
 
     return _read(path, query)

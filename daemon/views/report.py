@@ -206,8 +206,10 @@ def plot_equity(curve: EquityCurve, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     start, stop = (np.datetime_as_string(times[i], unit="m").replace("T", " ") for i in (0, -1))
+    replay = " (sim replay of the hold-out bars: validation and test windows)"
+    window = replay if curve.broker == "sim" else ""
     ax.set_title(
-        f"Paper trader equity, {', '.join(curve.symbols)}: {start} to {stop} UTC\n"
+        f"Paper trader equity, {', '.join(curve.symbols)}: {start} to {stop} UTC{window}\n"
         f"{curve.bar_ts.size} bars, return {ret:+.2%}, max drawdown {curve.drawdown.max():.2%}, "
         f"generations {curve.generation.min()}-{curve.generation.max()}",
         fontsize=11,
