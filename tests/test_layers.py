@@ -2,13 +2,13 @@
 no import circle among the modules of a package, and views never import the command line.
 
 Every module's imports are read with :mod:`ast` (module-level and function-level imports
-alike; imports under ``if TYPE_CHECKING:`` are left out: they never run).
+alike, and those under ``if TYPE_CHECKING:`` too: a circle there still ties the modules
+together).
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,33 +26,13 @@ def all_modules() -> dict[str, Path]:
     return {module_name(p): p for top in RANK for p in sorted((REPO / top).rglob("*.py"))}
 
 
-def _type_checking_only(node: ast.AST) -> bool:
-    test = node.test if isinstance(node, ast.If) else None
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _walk(node: ast.AST) -> Iterator[ast.AST]:
-    """Every node below ``node`` except the bodies of ``if TYPE_CHECKING:``."""
-    for child in ast.iter_child_nodes(node):
-        if _type_checking_only(child):
-            assert isinstance(child, ast.If)
-            for other in child.orelse:
-                yield other
-                yield from _walk(other)
-            continue
-        yield child
-        yield from _walk(child)
-
-
 def imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """Modules of the four packages that ``name`` imports (``from pkg import sub`` names the
     submodule when there is one)."""
     tree = ast.parse(path.read_text(), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out: set[str] = set()
-    for node in _walk(tree):
+    for node in ast.walk(tree):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]

@@ -37,10 +37,10 @@ types), :mod:`~daemon.cleanup.files` (file-system helpers),
 :mod:`~daemon.cleanup.storage` (the reader of Optuna's tables).
 """
 
-from daemon.cleanup.format import format_result, human_size
+from daemon.cleanup.format import format_result
 from daemon.cleanup.plan import plan_cleanup
 from daemon.cleanup.remove import run_cleanup
-from daemon.cleanup.result import CleanupError, CleanupResult, Kept, Removal
+from daemon.cleanup.result import CleanupError, CleanupResult, Kept, Removal, human_size
 
 __all__ = [
     "CleanupError",

@@ -1,24 +1,10 @@
-"""Terminal formatting of a cleanup: sizes in binary units, one line per path."""
+"""Terminal formatting of a cleanup: one line per path, sizes in binary units."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from daemon.cleanup.result import CleanupResult
-
-
-def human_size(n: int) -> str:
-    """``1536`` -> ``1.5 KiB`` (binary units)."""
-    if n < 1024:
-        return f"{n} B"
-    size = float(n)
-    for unit in ("KiB", "MiB", "GiB"):
-        size /= 1024
-        if size < 1024:
-            return f"{size:.1f} {unit}"
-    return f"{size / 1024:.1f} TiB"
+from daemon.cleanup.result import CleanupResult, human_size
 
 
 def format_result(result: CleanupResult) -> Iterable[str]:

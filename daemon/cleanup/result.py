@@ -7,7 +7,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from daemon.cleanup.format import human_size
+
+def human_size(n: int) -> str:
+    """``1536`` -> ``1.5 KiB`` (binary units)."""
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1024:.1f} TiB"
+
 
 Kind = Literal["log", "scratch", "artifact"]
 
