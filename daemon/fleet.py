@@ -89,7 +89,7 @@ def paper_trader_spec(cfg: Config) -> ChildSpec | None:
     argv = [sys.executable, "-m", "paper_trader", "--root", str(root), "--broker", pt.broker]
     argv += ["--speed", str(pt.speed), "--initial-cash", str(pt.initial_cash)]
     argv += ["--min-notional", str(pt.min_notional)]
-    argv += cost_args(pt.given())  # overrides only
+    argv += cost_args(pt.overrides())
     argv += [*holdout_cut_args(cfg), "--log-level", cfg.log_level]
     if pt.deployment is not None:
         argv += ["--deployment", pt.deployment]

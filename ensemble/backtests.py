@@ -20,7 +20,7 @@ from trainers.bundle import Bundle, bundle_costs, to_numpy_policy
 from trainers.data import BARS_PER_YEAR
 
 
-def bars_per_year(bundle: Bundle) -> int:
+def study_bars_per_year(bundle: Bundle) -> int:
     """The bars per year a bundle's study annualised with (``model.json`` training record;
     hourly 24/7 bars, 8,760, for bundles that predate the record)."""
     value = bundle.meta.get("training", {}).get("bars_per_year")
@@ -34,7 +34,7 @@ def bundle_backtest(
     start: int,
     stop: int,
     costs: Costs | None = None,
-    bars_per_year: int = BARS_PER_YEAR,
+    bars_per_year: int | None = None,
 ) -> BacktestResult:
     """One bundle's deterministic actor over bars ``[start, stop)``.
 
@@ -45,7 +45,8 @@ def bundle_backtest(
             of ``prices``.
         start, stop: the window; ``start >= lookback - 1``.
         costs: the execution model (None: the bundle's own).
-        bars_per_year: annualisation of the Sharpe ratio.
+        bars_per_year: annualisation of the Sharpe ratio (None: the bundle's study's,
+            :func:`bars_per_year`).
 
     Raises:
         trainers.bundle.BundleError: the bundle records no valid costs.
@@ -55,7 +56,8 @@ def bundle_backtest(
     costs = costs or bundle_costs(bundle.meta, str(bundle.path))
     features = bundle.spec.norm.apply(raw_features)
     policy = to_numpy_policy(bundle.actor)
-    return backtest(policy, features, prices, start, stop, bundle.spec.lookback, costs, bars_per_year)
+    per_year = bars_per_year or study_bars_per_year(bundle)
+    return backtest(policy, features, prices, start, stop, bundle.spec.lookback, costs, per_year)
 
 
 def ensemble_backtest(
@@ -65,7 +67,7 @@ def ensemble_backtest(
     start: int,
     stop: int,
     costs: Costs | None = None,
-    bars_per_year: int = BARS_PER_YEAR,
+    bars_per_year: int | None = None,
 ) -> BacktestResult:
     """An ensemble over bars ``[start, stop)``, deciding as the paper trader does
     (:meth:`ensemble.policy.EnsemblePolicy.act` on the last ``max_lookback`` bars of raw
@@ -87,4 +89,5 @@ def ensemble_backtest(
     def act(t: int, weights: np.ndarray) -> np.ndarray:
         return policy.act(raw_features[t - lookback + 1 : t + 1], weights[0])
 
-    return run_decisions(act, prices, start, stop, costs or policy.costs, bars_per_year)
+    per_year = bars_per_year or study_bars_per_year(policy.bundles[0])
+    return run_decisions(act, prices, start, stop, costs or policy.costs, per_year)

@@ -41,7 +41,7 @@ import pandas as pd
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FrozenTrial
 
-from ensemble.backtests import bars_per_year, bundle_backtest
+from ensemble.backtests import bundle_backtest
 from trainers.bundle import (
     Bundle,
     BundleError,
@@ -292,9 +292,7 @@ def check_holdout(
         return GateResult("holdout", "fail", [reason], details)
     costs = bundle_costs(bundle.meta, str(bundle.path))
     try:
-        result = bundle_backtest(
-            bundle, panel.prices, raw_features, start, stop, costs, bars_per_year(bundle)
-        )
+        result = bundle_backtest(bundle, panel.prices, raw_features, start, stop, costs)
     except FloatingPointError as exc:
         return GateResult("holdout", "fail", [f"hold-out backtest: {exc}"], details)
     m = result.metrics

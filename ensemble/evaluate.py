@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ensemble.backtests import bars_per_year, bundle_backtest, ensemble_backtest
-from ensemble.deploy_gate import parse_cut
+from ensemble.backtests import bundle_backtest, ensemble_backtest, study_bars_per_year
+from ensemble.deploy_gate import resolve_cut
 from ensemble.deploy_slot import SlotError, slot_dir, verify_slot
 from ensemble.manifest import MANIFEST_FILE
 from ensemble.policy import EnsembleError, EnsemblePolicy
@@ -48,7 +48,7 @@ from ensemble.selection import BundleSkip, locate_bundle, verify_bundle
 from trainers import baselines, metrics
 from trainers.accounting import Costs
 from trainers.bundle import Bundle, BundleError, PipelineSpec, bundle_costs, load_bundle
-from trainers.data import DEFAULT_HOLDOUT_CUT, DataError, Panel, load_panel
+from trainers.data import DataError, Panel, load_panel
 from trainers.features import compute_features
 from trainers.runtime.layout import Layout
 from trainers.storage import default_storage_url
@@ -240,11 +240,7 @@ def _load_archive(root: Path, vin: str, pipeline: PipelineSpec) -> _Model:
 def _cut(model: _Model) -> pd.Timestamp:
     """The latest training cut among the model's bundles: every hold-out bar is after
     every bundle's training data."""
-    cuts = [
-        parse_cut(str(b.meta.get("training", {}).get("holdout_cut") or DEFAULT_HOLDOUT_CUT))
-        for b in model.bundles
-    ]
-    return max(cuts)
+    return max(resolve_cut(None, b)[1] for b in model.bundles)
 
 
 def _iso(panel: Panel, i: int) -> str:
@@ -411,7 +407,7 @@ def _run(
         start, stop = windows.bounds(window)
     except ValueError as exc:
         raise EvaluateError(f"hold-out windows: {exc}") from None
-    per_year = bars_per_year(model.bundles[0])
+    per_year = study_bars_per_year(model.bundles[0])
     costs = model.costs
     raw = compute_features(panel.prices)
     try:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from trainers.accounting import CostOverrides, Costs
+from trainers.accounting import CostOverrides
 from trainers.runtime.layout import Layout
 
 COMPONENT = "paper_trader"  # its log, heartbeat and status name
@@ -82,14 +82,6 @@ class TraderConfig(CostOverrides):
             first = exc.errors()[0]
             name = "--" + ".".join(str(p) for p in first["loc"]).replace("_", "-")
             raise ConfigError(f"{name}: {first['msg']} (got {first.get('input')!r})") from None
-
-    def cost_overrides(self) -> dict[str, float]:
-        """The execution-model fields this trader overrides (name -> value)."""
-        return self.given()
-
-    def effective_costs(self, model_costs: Costs) -> Costs:
-        """The traded model's costs with this trader's overrides applied."""
-        return self.applied_to(model_costs)
 
     # -- runtime paths (trainers.runtime.layout knows them all) -------------------------------
 

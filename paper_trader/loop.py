@@ -31,9 +31,9 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import structlog
 
+from ensemble.deploy_gate import resolve_cut
 from ensemble.policy import EnsemblePolicy
 from paper_trader.brokers import Bar, Broker, BrokerError
 from paper_trader.config import TraderConfig
@@ -239,12 +239,12 @@ class Trader:
             return
         old = self.policy
         self.policy = new
-        costs = self.config.effective_costs(new.costs)
+        costs = self.config.apply(new.costs)
         if costs != self.costs:
             self.costs = costs
             self.broker.set_costs(costs)
             self.log.info("costs", costs=costs.as_dict(), model_costs=new.costs.as_dict())
-            overrides = self.config.cost_overrides()
+            overrides = self.config.overrides()
             if overrides:
                 self.log.warning(
                     "cost_overrides", overrides=overrides, note="not the costs the model was trained with"
@@ -265,15 +265,12 @@ class Trader:
         if start is None:
             return None
         for i, bundle in enumerate(policy.bundles):
-            cut = bundle.meta.get("training", {}).get("holdout_cut")
-            if cut is None:
-                continue
-            cut_ts = int(pd.Timestamp(cut).tz_convert("UTC").timestamp())
-            if start < cut_ts:
+            cut = resolve_cut(None, bundle)[1]
+            if start < int(cut.timestamp()):
                 return (
                     f"member {i} ({bundle.meta.get('vin') or bundle.path}) was trained on bars up to its "
-                    f"hold-out cut {cut}; the replay starts earlier, at {iso_ts(start)}: replay from "
-                    "--holdout-cut at or after the models' cut"
+                    f"hold-out cut {cut.isoformat()}; the replay starts earlier, at {iso_ts(start)}: "
+                    "replay from --holdout-cut at or after the models' cut"
                 )
         return None
 
@@ -405,5 +402,5 @@ class Trader:
             "rejection_reason": reason,
             "reload": src,
             "costs": None if self.costs is None else self.costs.as_dict(),
-            "cost_overrides": self.config.cost_overrides(),
+            "cost_overrides": self.config.overrides(),
         }

@@ -22,6 +22,7 @@ Orders are then placed for every asset whose planned weight differs from its wei
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,14 +117,7 @@ def decide(
     m = min_trade_for(min_notional, equity)
     if band_at_decision:
         m = max(m, costs.min_trade)
-    band = Costs(
-        fee=costs.fee,
-        slippage=costs.slippage,
-        min_cash=costs.min_cash,
-        max_weight=costs.max_weight,
-        trailing_stop=costs.trailing_stop,
-        min_trade=m,
-    )
+    band = dataclasses.replace(costs, min_trade=m)
     target = action_to_weights(np.asarray(action, dtype=np.float64).reshape(1, n), band)
     target, stopped = apply_trailing_stop(target, weights, hwm[None, :], close, band.trailing_stop)
     target = enforce_limits(target, band)

@@ -127,13 +127,13 @@ class CostOverrides(BaseModel):
     trailing_stop: Rate | None = None
     min_trade: Rate | None = None
 
-    def given(self) -> dict[str, float]:
+    def overrides(self) -> dict[str, float]:
         """The fields that are set, by name."""
         return {k: float(v) for k in COST_FIELDS if (v := getattr(self, k)) is not None}
 
-    def applied_to(self, base: Costs) -> Costs:
-        """``base`` with the given fields replaced."""
-        return Costs(**{**base.as_dict(), **self.given()})
+    def apply(self, base: Costs) -> Costs:
+        """``base`` with the set fields replaced."""
+        return Costs(**{**base.as_dict(), **self.overrides()})
 
 
 def costs_from_options(base: Costs, where: str, **options: float | None) -> Costs:
@@ -143,9 +143,6 @@ def costs_from_options(base: Costs, where: str, **options: float | None) -> Cost
         ValueError: an unknown option or a value out of bounds; the message starts with
             ``where`` and names the field.
     """
-    unknown = sorted(set(options) - set(COST_FIELDS))
-    if unknown:
-        raise ValueError(f"{where}: unknown cost option(s) {', '.join(unknown)}")
     given = {k: v for k, v in options.items() if v is not None}
     return Costs.from_dict({**base.as_dict(), **given}, where)
 

@@ -34,7 +34,8 @@ from trainers.accounting import (
     costs_from_options,
 )
 from trainers.data import DataError
-from trainers.runtime.heartbeat import Heartbeat, heartbeat_path
+from trainers.runtime.heartbeat import Heartbeat
+from trainers.runtime.layout import Layout
 from trainers.runtime.logs import configure_logging
 from trainers.search_space import DEFAULT_BUDGET_STEPS
 from trainers.splits import Mode
@@ -185,7 +186,7 @@ def run_worker(opts: WorkerOptions) -> int:
         raise ValueError("--budget-steps, --n-trials and --max-trials-per-process must be >= 1")
     torch.set_num_threads(opts.torch_threads)
     log = configure_logging(opts.component, opts.root, opts.log_level).bind(study=opts.study)
-    heartbeat = Heartbeat(heartbeat_path(opts.root, opts.component), opts.component)
+    heartbeat = Heartbeat(Layout(opts.root).heartbeat(opts.component), opts.component)
     heartbeat.beat(force=True, state="starting")
     if opts.budget_steps < DEFAULT_BUDGET_STEPS:
         log.warning("budget_below_default", budget_steps=opts.budget_steps, note="for tests only")

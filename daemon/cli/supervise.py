@@ -18,7 +18,7 @@ from daemon.preflight import run_checks
 from daemon.views.status import build_status
 from trainers.atomic_io import read_json_object
 from trainers.naming import baseline_note
-from trainers.runtime.logs import log_path
+from trainers.runtime.layout import Layout
 from trainers.runtime.pidlock import supervisor_pid
 from trainers.storage import default_storage_url
 
@@ -171,7 +171,7 @@ def logs(
 ) -> None:
     """Show a component's log (JSON lines under <root>/logs/)."""
     cfg = _config(config, root)
-    path = log_path(cfg.root, component)
+    path = Layout(cfg.root).log(component)
     if not path.is_file():
         known = sorted(p.stem for p in (cfg.root / "logs").glob("*.log"))
         typer.echo(f"error: no log {path}; components with logs: {', '.join(known) or 'none'}", err=True)

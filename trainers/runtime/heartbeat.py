@@ -21,12 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from trainers.atomic_io import atomic_write_json, read_json_object
-from trainers.runtime.layout import Layout
-
-
-def heartbeat_path(root: str | Path, component: str) -> Path:
-    """``<root>/run/heartbeats/<component>.json``."""
-    return Layout(root).heartbeat(component)
 
 
 def heartbeat_record(component: str, **info: Any) -> dict[str, Any]:

@@ -32,11 +32,6 @@ _SHARED: list[Any] = [
 ]
 
 
-def log_path(root: str | Path, component: str) -> Path:
-    """``<root>/logs/<component>.log``."""
-    return Layout(root).log(component)
-
-
 def configure_logging(
     component: str, root: Path | None = None, level: str = "info", console: bool = True
 ) -> structlog.stdlib.BoundLogger:
@@ -58,7 +53,7 @@ def configure_logging(
     )
     handlers: list[logging.Handler] = []
     if root is not None:
-        path = log_path(root, component)
+        path = Layout(root).log(component)
         path.parent.mkdir(parents=True, exist_ok=True)
         file_handler = logging.handlers.RotatingFileHandler(
             path, maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT, encoding="utf-8"
