@@ -70,7 +70,12 @@ def test_sync_training_study_realigns_the_workers(tmp_path: Path, sups: Supervis
     status = sup.status()
     assert status["current_study"] == "new_study"
     assert status["studies"]["supervisor"] == "new_study"
-    assert status["mismatches"] == []
+    # The workers follow the new study at once; a live ensemble synced from the old study's
+    # trials before the switch keeps trading until the new study has trials of its own, and
+    # the status says so rather than hiding it.
+    assert set(status["mismatches"]) <= {"ensemble"}, status["mismatches"]
+    if status["mismatches"]:
+        assert status["ensemble"]["study"] == "old_study"
     assert status["study"]["study"] == "new_study"
     reloads = log_events(root, event="reloaded")
     assert [(e["study"], e["previous_study"]) for e in reloads] == [("new_study", "old_study")]
