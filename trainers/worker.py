@@ -266,7 +266,12 @@ app = typer.Typer(add_completion=False, help="Run training trials of one Optuna 
 @app.command()
 def main(
     study: str = typer.Option(..., help="Study name."),
-    storage: str = typer.Option(None, help="Storage URL (default sqlite:///<root>/optuna.db)."),
+    storage: str = typer.Option(
+        None,
+        envvar="CAPPUCCINO_STORAGE",
+        help="Storage URL (default sqlite:///<root>/optuna.db); the environment variable keeps a "
+        "password out of the process list.",
+    ),
     n_trials: int = typer.Option(100, help="Stop when the study has this many finished trials."),
     data: Path = typer.Option(None, help="Dataset folder (default: the embedded dataset)."),
     mode: str = typer.Option("quick", help="Walk-forward mode: quick or full."),
