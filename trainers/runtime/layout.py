@@ -15,6 +15,8 @@ path under the root                     writer
 ``run/children.json``                   the supervisor
 ``run/alerts.json``                     the supervisor's alert sink
 ``run/pipeline.lock``, ``pipeline.json``  ``cappuccino pipeline``
+``run/training.lock``                   ``start-training`` / ``stop-training`` / ``set-study``
+``run/api.token``                       the control API (or ``cappuccino api-token``)
 ``run/heartbeats/<component>.json``     that component (a worker, the paper trader)
 ``logs/<component>.log``                that component
 ``artifacts/``                          workers (Optuna's artifact store)
@@ -100,6 +102,18 @@ class Layout:
     def pipeline_result(self) -> Path:
         """``run/pipeline.json``: the pipeline's running state, then its summary."""
         return self.run_dir / "pipeline.json"
+
+    @property
+    def training_lock(self) -> Path:
+        """``run/training.lock``: held while a training request (start, stop, study switch)
+        rewrites ``training.toml`` / ``.current_study`` and signals the supervisor."""
+        return self.run_dir / "training.lock"
+
+    @property
+    def api_token(self) -> Path:
+        """``run/api.token``: the control API's bearer token (mode 0600), created at its first
+        start unless ``CAPPUCCINO_API_TOKEN`` is set."""
+        return self.run_dir / "api.token"
 
     def heartbeat(self, component: str) -> Path:
         """``run/heartbeats/<component>.json``."""
