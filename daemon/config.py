@@ -34,7 +34,7 @@ DEFAULT_CONFIG_FILE = "cappuccino.toml"
 TRAINING_OVERLAY = "training.toml"  # <root>/training.toml, written by `cappuccino start-training`
 ENV_PREFIX = "CAPPUCCINO_"
 # CAPPUCCINO_* variables that are not configuration keys (read by scripts, not by Config)
-NON_CONFIG_VARIABLES = frozenset({"CAPPUCCINO_TORCH_SPEC"})
+NON_CONFIG_VARIABLES = frozenset({"CAPPUCCINO_TORCH_SPEC", "CAPPUCCINO_API_TOKEN"})
 
 
 class ConfigError(ValueError):
@@ -184,6 +184,20 @@ class AlertsConfig(_Section):
     )
 
 
+class ApiConfig(_Section):
+    """The REST control API (:mod:`daemon.api`), run by the supervisor as its child ``api``.
+    Its bearer token is ``CAPPUCCINO_API_TOKEN`` or ``<root>/run/api.token`` (never here)."""
+
+    enabled: bool = Field(False, description="run the control API with the supervisor")
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="bind address; anything but a loopback address is logged as a warning",
+    )
+    port: int = Field(8765, ge=1, le=65535)
+    memory_limit_mb: int = Field(1024, ge=64)
+
+
 class Config(BaseSettings):
     """The whole configuration (see ``cappuccino.example.toml`` for every key)."""
 
@@ -206,6 +220,7 @@ class Config(BaseSettings):
     archive: ArchiveConfig = ArchiveConfig()
     cleanup: CleanupConfig = CleanupConfig()
     alerts: AlertsConfig = AlertsConfig()
+    api: ApiConfig = ApiConfig()
 
     @classmethod
     def settings_customise_sources(
