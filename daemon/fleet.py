@@ -25,6 +25,7 @@ from daemon.children import Child, ChildSpec, stop_process_group
 from daemon.config import Config
 from trainers.accounting import Costs
 from trainers.runtime.layout import Layout
+from trainers.storage import storage_env
 from trainers.study_db import FINISHED_STATES
 
 log = structlog.get_logger("fleet")
@@ -51,13 +52,17 @@ def holdout_cut_args(cfg: Config) -> list[str]:
 
 def worker_specs(cfg: Config, study: str, storage_url: str, costs: Costs | None = None) -> list[ChildSpec]:
     """The ``workers.count`` training workers (``python -m trainers.worker``) of ``study``,
-    with the study's execution model ``costs`` (None: the config's ``[costs]``)."""
+    with the study's execution model ``costs`` (None: the config's ``[costs]``).
+
+    ``storage_url`` reaches a worker through its environment
+    (:func:`trainers.storage.storage_env`), never its command line, so a password in it shows
+    in no ``ps`` listing and in no ``run/children.json``."""
     root, py = cfg.root, sys.executable
     costs = costs or cfg.costs.as_costs()
     specs = []
     for i in range(cfg.workers.count):
         name = f"worker-{i}"
-        argv = [py, "-m", "trainers.worker", "--study", str(study), "--storage", storage_url]
+        argv = [py, "-m", "trainers.worker", "--study", str(study)]
         argv += ["--root", str(root), "--n-trials", str(cfg.study.n_trials), "--mode", cfg.study.mode]
         argv += ["--max-trials-per-process", str(cfg.workers.max_trials_per_process)]
         argv += ["--device", cfg.workers.device, "--budget-steps", str(cfg.study.budget_steps)]
@@ -75,7 +80,7 @@ def worker_specs(cfg: Config, study: str, storage_url: str, costs: Costs | None 
                 Layout(root).heartbeat(name),
                 cfg.workers.heartbeat_timeout_s,
                 cfg.workers.memory_limit_mb,
-                env=(("OMP_NUM_THREADS", str(cfg.workers.torch_threads)),),
+                env=(("OMP_NUM_THREADS", str(cfg.workers.torch_threads)), *storage_env(storage_url).items()),
             )
         )
     return specs

@@ -22,6 +22,7 @@ from daemon.children import Child
 from daemon.config import Config
 from daemon.scheduler import JobRunner
 from trainers.runtime.layout import Layout
+from trainers.storage import storage_env
 
 log = structlog.get_logger("supervisor")
 
@@ -42,9 +43,12 @@ def _cli(*args: str) -> list[str]:
 
 
 def _run(ctx: JobContext, argv: list[str], job: str) -> str:
-    """Run a job command bounded by 90% of ``jobs.job_timeout_s``; output to ``logs/<job>.out``."""
+    """Run a job command bounded by 90% of ``jobs.job_timeout_s``; output to ``logs/<job>.out``.
+    The storage URL goes in the command's environment, never its argv (a password in it
+    would show in ``ps``)."""
     timeout = ctx.config.jobs.job_timeout_s * 0.9
-    outcome, detail = ctx.runner.run_command(argv, timeout, Layout(ctx.root).job_output(job))
+    out = Layout(ctx.root).job_output(job)
+    outcome, detail = ctx.runner.run_command(argv, timeout, out, storage_env(ctx.storage_url))
     return detail if outcome == "ok" else f"{outcome}: {detail}"
 
 
@@ -52,7 +56,7 @@ def sync(ctx: JobContext) -> str:
     """``cappuccino sync``: rebuild the ensemble from the study's top trials."""
     cfg = ctx.config
     argv = _cli("sync", "--study", ctx.study, "--root", str(ctx.root))
-    argv += ["--storage", ctx.storage_url, "--top-n", str(cfg.ensemble.top_n)]
+    argv += ["--top-n", str(cfg.ensemble.top_n)]
     if cfg.study.data:
         argv += ["--data", cfg.study.data]
     return _run(ctx, argv, "sync")
@@ -62,7 +66,7 @@ def deploy(ctx: JobContext) -> str:
     """``cappuccino deploy``: promote the best trial past the gates."""
     d, st = ctx.config.deploy, ctx.config.study
     argv = _cli("deploy", "--study", ctx.study, "--root", str(ctx.root))
-    argv += ["--storage", ctx.storage_url, "--slot", d.slot, "--min-improvement", str(d.min_improvement)]
+    argv += ["--slot", d.slot, "--min-improvement", str(d.min_improvement)]
     argv += ["--min-grade", d.min_grade, "--min-sharpe", str(d.min_sharpe)]
     argv += ["--max-drawdown", str(d.max_drawdown)]
     if st.holdout_cut:  # else each trial's own recorded cut
@@ -76,7 +80,7 @@ def deploy(ctx: JobContext) -> str:
 def archive(ctx: JobContext) -> str:
     """``cappuccino archive``: copy the top trials into the archive."""
     a = ctx.config.archive
-    argv = _cli("archive", "--study", ctx.study, "--root", str(ctx.root), "--storage", ctx.storage_url)
+    argv = _cli("archive", "--study", ctx.study, "--root", str(ctx.root))
     argv += ["--top-percent", str(a.top_percent), "--min-grade", a.min_grade]
     return _run(ctx, argv, "archive")
 
@@ -93,7 +97,7 @@ def cleanup(ctx: JobContext) -> str:
             log.warning("cleanup_skipped", reason="archive did not complete", archive=archived)
             return f"failed: cleanup skipped because the archive did not complete ({archived})"
     keep_top = max(cfg.cleanup.keep_top, cfg.ensemble.top_n)
-    argv = _cli("clean", "--root", str(ctx.root), "--storage", ctx.storage_url)
+    argv = _cli("clean", "--root", str(ctx.root))
     argv += ["--keep-days", str(cfg.cleanup.keep_days), "--keep-top", str(keep_top)]
     return _run(ctx, argv, "cleanup")
 

@@ -10,10 +10,11 @@ outcome and duration go to the log and into :attr:`JobRecord.as_dict` for ``stat
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -155,8 +156,12 @@ class JobRunner:
             return "timeout", f"abandoned after {self.timeout_s:.0f} s"
         return result["value"]
 
-    def run_command(self, argv: list[str], timeout_s: float, log_file: Path) -> tuple[str, str]:
+    def run_command(
+        self, argv: list[str], timeout_s: float, log_file: Path, env: Mapping[str, str] | None = None
+    ) -> tuple[str, str]:
         """Run a job command in its own process group; kill the group past ``timeout_s``.
+        ``env``: variables added to the supervisor's environment (the storage URL, which
+        never goes on a command line).
 
         Returns ``(outcome, detail)``: ``ok`` / ``failed`` (non-zero exit, detail = last
         output line) / ``timeout``. :meth:`shutdown` stops commands still running.
@@ -173,6 +178,7 @@ class JobRunner:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
+                    env={**os.environ, **(env or {})},
                 )
                 self._active.add(proc)
             try:

@@ -35,7 +35,7 @@ from trainers.runtime.current_study import read_current_study
 from trainers.runtime.layout import Layout
 from trainers.runtime.logs import configure_logging
 from trainers.runtime.pidlock import LockHeld, PidLock, lock_holder
-from trainers.storage import default_storage_url
+from trainers.storage import default_storage_url, redact_argv, redact_url
 
 log = structlog.get_logger("supervisor")
 
@@ -108,13 +108,21 @@ class Supervisor:
 
     # ------------------------------------------------------------------ children
     def record_children(self) -> None:
+        """Write ``run/children.json`` (owner-only, 0600): each running child's name, pid,
+        create time and command line, with any URL password redacted."""
         atomic_write_json(
             Layout(self.root).children,
             [
-                {"name": c.spec.name, "pid": c.pid, "create_time": c.create_time, "argv": list(c.spec.argv)}
+                {
+                    "name": c.spec.name,
+                    "pid": c.pid,
+                    "create_time": c.create_time,
+                    "argv": redact_argv(c.spec.argv),
+                }
                 for c in self.children.values()
                 if c.pid is not None and c.state == "running"
             ],
+            mode=0o600,
         )
 
     def start_child(self, spec: ChildSpec) -> None:
@@ -334,7 +342,8 @@ class Supervisor:
         from daemon.alerts import AlertSink
 
         self.alerts = AlertSink.from_config(self.config.alerts, self.root, Layout(self.root).alerts_state)
-        log.info("supervisor_started", study=self.study, root=str(self.root), storage=self.storage_url)
+        storage = redact_url(self.storage_url)
+        log.info("supervisor_started", study=self.study, root=str(self.root), storage=storage)
         self.align_children()
         self.schedule_jobs()
         self.jobs.scheduler.start()

@@ -41,9 +41,9 @@ def fsync_dir(directory: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    """:func:`atomic_write_bytes` of pretty-printed JSON."""
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+def atomic_write_json(path: str | Path, data: Any, mode: int = 0o644) -> None:
+    """:func:`atomic_write_bytes` of pretty-printed JSON (``mode``: the new file's permissions)."""
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), mode)
 
 
 def read_json(path: str | Path) -> Any:

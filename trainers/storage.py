@@ -16,8 +16,9 @@ SQLite file, a session advisory lock on PostgreSQL.
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ DEFAULT_GRACE_PERIOD = 120  # seconds without a heartbeat before a trial is stal
 DEFAULT_BUSY_TIMEOUT = 120.0  # seconds a SQLite connection waits for a lock
 MAX_RETRY = 1
 SCHEMA_LOCK_KEY = 0x63617070  # PostgreSQL advisory-lock key ("capp") of schema creation
+# the storage URL of a process started without --storage; the configuration's study.storage
+# variable, so the supervisor, every command and every child agree on one name
+STORAGE_ENV = "CAPPUCCINO_STUDY__STORAGE"
 
 
 def normalize_url(url: str) -> str:
@@ -53,9 +57,35 @@ def redact_url(url: str) -> str:
         return "<unparsable storage URL>"
 
 
+def redact_argv(argv: Iterable[str]) -> list[str]:
+    """A command line with the password of every URL argument hidden (``--storage URL`` and
+    ``--storage=URL`` alike, by :func:`redact_url`); other arguments are unchanged."""
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if "://" in value:
+            try:
+                has_password = make_url(value).password is not None
+            except sqlalchemy.exc.ArgumentError:
+                has_password = False
+            if has_password:
+                arg = f"{flag}{eq}{redact_url(value)}"
+        out.append(arg)
+    return out
+
+
 def default_storage_url(root: str | Path) -> str:
-    """``sqlite:///<root>/optuna.db`` (relative roots stay relative)."""
-    return f"sqlite:///{Path(root) / 'optuna.db'}"
+    """The storage URL when none is given: the :data:`STORAGE_ENV` environment variable
+    (``CAPPUCCINO_STUDY__STORAGE``, also the configuration's ``study.storage``; this is how the
+    supervisor hands the URL and its password to workers and jobs, never on a command line),
+    else ``sqlite:///<root>/optuna.db`` (relative roots stay relative)."""
+    return os.environ.get(STORAGE_ENV) or f"sqlite:///{Path(root) / 'optuna.db'}"
+
+
+def storage_env(url: str) -> dict[str, str]:
+    """The environment that gives a child process ``url`` as its storage (read back by
+    :func:`default_storage_url` in a child started without ``--storage``)."""
+    return {STORAGE_ENV: url}
 
 
 def prepare_sqlite(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:

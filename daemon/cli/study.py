@@ -17,13 +17,14 @@ from trainers.accounting import costs_from_options
 from trainers.atomic_io import atomic_write_bytes
 from trainers.runtime.current_study import write_current_study
 from trainers.runtime.pidlock import supervisor_pid
-from trainers.storage import default_storage_url, make_storage
+from trainers.storage import default_storage_url, make_storage, storage_env
 
 
 def _sync_now(root: Path, storage: str, study: str) -> int:
+    """``cappuccino sync`` of ``study`` as a child process (the storage URL in its
+    environment, never its argv); returns its exit code."""
     argv = [sys.executable, "-m", "daemon.cli", "sync", "--study", study, "--root", str(root)]
-    argv += ["--storage", storage]
-    return subprocess.run(argv, check=False).returncode
+    return subprocess.run(argv, check=False, env={**os.environ, **storage_env(storage)}).returncode
 
 
 def set_study(
