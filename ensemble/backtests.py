@@ -15,8 +15,8 @@ import numpy as np
 
 from ensemble.policy import EnsemblePolicy
 from trainers.accounting import Costs
-from trainers.backtest import BacktestResult, backtest, run_decisions
-from trainers.bundle import Bundle, bundle_costs, to_numpy_policy
+from trainers.backtest import BacktestResult, backtest, decision_bars, run_decisions
+from trainers.bundle import Bundle, bundle_costs, to_numpy_policy, trained_bar_seconds
 from trainers.data import BARS_PER_YEAR
 
 
@@ -27,6 +27,24 @@ def study_bars_per_year(bundle: Bundle) -> int:
     return int(value) if isinstance(value, (int, float)) and value > 0 else BARS_PER_YEAR
 
 
+def _decide(bundle: Bundle, interval: int, timestamps: np.ndarray | None) -> np.ndarray | None:
+    """The decision bars of a model deciding every ``interval`` bars
+    (:func:`trainers.backtest.decision_bars`; None: every bar).
+
+    Raises:
+        ValueError: ``interval > 1`` and no timestamps to place the decisions on.
+    """
+    if interval <= 1:
+        return None
+    if timestamps is None:
+        raise ValueError(f"a model deciding every {interval} bars needs the bars' timestamps")
+    bar_seconds = trained_bar_seconds(bundle.meta)
+    if bar_seconds is None:
+        steps = np.diff(np.asarray(timestamps).astype("datetime64[s]").astype(np.int64))
+        bar_seconds = int(np.median(steps))
+    return decision_bars(timestamps, bar_seconds, interval)
+
+
 def bundle_backtest(
     bundle: Bundle,
     prices: np.ndarray,
@@ -35,6 +53,7 @@ def bundle_backtest(
     stop: int,
     costs: Costs | None = None,
     bars_per_year: int | None = None,
+    timestamps: np.ndarray | None = None,
 ) -> BacktestResult:
     """One bundle's deterministic actor over bars ``[start, stop)``.
 
@@ -47,17 +66,25 @@ def bundle_backtest(
         costs: the execution model (None: the bundle's own).
         bars_per_year: annualisation of the Sharpe ratio (None: the bundle's study's,
             :func:`bars_per_year`).
+        timestamps: ``(T,)`` bar times of the panel; needed by a model that decides every
+            ``k > 1`` bars (it then trades at :func:`trainers.backtest.decision_bars` only).
 
     Raises:
         trainers.bundle.BundleError: the bundle records no valid costs.
-        ValueError: the window is too short or starts before a full lookback window.
+        ValueError: the window is too short or starts before a full lookback window, or a
+            decision interval without timestamps.
         FloatingPointError: the actor produced a non-finite action.
     """
     costs = costs or bundle_costs(bundle.meta, str(bundle.path))
     features = bundle.spec.norm.apply(raw_features)
     policy = to_numpy_policy(bundle.actor)
     per_year = bars_per_year or study_bars_per_year(bundle)
-    return backtest(policy, features, prices, start, stop, bundle.spec.lookback, costs, per_year)
+    design = bundle.design
+    decide = _decide(bundle, design.decision_interval, timestamps)
+    lookback = bundle.spec.lookback
+    return backtest(
+        policy, features, prices, start, stop, lookback, costs, per_year, design.action_scheme, decide
+    )
 
 
 def ensemble_backtest(
@@ -68,6 +95,7 @@ def ensemble_backtest(
     stop: int,
     costs: Costs | None = None,
     bars_per_year: int | None = None,
+    timestamps: np.ndarray | None = None,
 ) -> BacktestResult:
     """An ensemble over bars ``[start, stop)``, deciding as the paper trader does
     (:meth:`ensemble.policy.EnsemblePolicy.act` on the last ``max_lookback`` bars of raw
@@ -75,7 +103,8 @@ def ensemble_backtest(
 
     Args:
         policy: the ensemble.
-        prices, raw_features, start, stop, bars_per_year: as :func:`bundle_backtest`.
+        prices, raw_features, start, stop, bars_per_year, timestamps: as
+            :func:`bundle_backtest`.
         costs: the execution model (None: the members' one, ``policy.costs``).
 
     Raises:
@@ -90,4 +119,6 @@ def ensemble_backtest(
         return policy.act(raw_features[t - lookback + 1 : t + 1], weights[0])
 
     per_year = bars_per_year or study_bars_per_year(policy.bundles[0])
-    return run_decisions(act, prices, start, stop, costs or policy.costs, per_year)
+    decide = _decide(policy.bundles[0], policy.decision_interval, timestamps)
+    costs = costs or policy.costs
+    return run_decisions(act, prices, start, stop, costs, per_year, policy.action_scheme, decide)

@@ -42,6 +42,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FrozenTrial
 
 from ensemble.backtests import bundle_backtest
+from trainers.accounting import action_dim
 from trainers.bundle import (
     Bundle,
     BundleError,
@@ -160,7 +161,7 @@ def _verify(directory: Path, trial: FrozenTrial, study: str, pipeline: PipelineS
             f"{directory}: bundle of study {meta.get('study')!r} trial id {meta.get('trial_id')}, "
             f"not of study {study!r} trial id {trial._trial_id}"
         )
-    expected_shape = [len(bundle.spec.symbols)]
+    expected_shape = [action_dim(bundle.design.action_scheme, len(bundle.spec.symbols))]
     if meta.get("action_spec", {}).get("shape") != expected_shape:
         raise BundleError(f"{directory}: model.json action_spec shape is not {expected_shape}")
     bundle_costs(meta, str(directory))
@@ -292,7 +293,9 @@ def check_holdout(
         return GateResult("holdout", "fail", [reason], details)
     costs = bundle_costs(bundle.meta, str(bundle.path))
     try:
-        result = bundle_backtest(bundle, panel.prices, raw_features, start, stop, costs)
+        result = bundle_backtest(
+            bundle, panel.prices, raw_features, start, stop, costs, timestamps=panel.timestamps
+        )
     except FloatingPointError as exc:
         return GateResult("holdout", "fail", [f"hold-out backtest: {exc}"], details)
     m = result.metrics

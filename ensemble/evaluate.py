@@ -412,9 +412,13 @@ def _run(
     raw = compute_features(panel.prices)
     try:
         if model.policy is not None:
-            result = ensemble_backtest(model.policy, panel.prices, raw, start, stop, costs, per_year)
+            result = ensemble_backtest(
+                model.policy, panel.prices, raw, start, stop, costs, per_year, panel.timestamps
+            )
         else:
-            result = bundle_backtest(model.bundles[0], panel.prices, raw, start, stop, costs, per_year)
+            result = bundle_backtest(
+                model.bundles[0], panel.prices, raw, start, stop, costs, per_year, panel.timestamps
+            )
     except (ValueError, FloatingPointError) as exc:
         raise EvaluateError(f"{model.name}: {exc}") from None
     lines = [
@@ -422,7 +426,7 @@ def _run(
     ]
     if model.policy is not None:
         for name, bundle in zip(model.member_names, model.bundles, strict=True):
-            r = bundle_backtest(bundle, panel.prices, raw, start, stop, costs, per_year)
+            r = bundle_backtest(bundle, panel.prices, raw, start, stop, costs, per_year, panel.timestamps)
             lines.append(Line(name, "member", r.equity, r.weights, r.metrics.turnover, per_year).compute())
     lines += _baseline_lines(panel, start, stop, costs, per_year)
     notes = []

@@ -11,12 +11,18 @@ INTERFACE (stable):
 * ``policy.max_lookback``: bars of feature history the policy needs; ``policy.n_assets``.
 * ``policy.costs``: the members' one execution model (:class:`trainers.accounting.Costs`);
   members trained with different costs are refused with :class:`EnsembleError`.
-* ``policy.member_actions(raw_features, weights)`` -> ``(n_members, n_assets)`` float32, each
-  member's deterministic action in [-1, 1], in ``bundles`` order.
+* ``policy.action_scheme``, ``policy.decision_interval``, ``policy.action_dim``: how the
+  members' actions become weights and how often they decide (one for all members, else
+  :class:`EnsembleError`). With softmax actions the mean combine averages the members'
+  logits, i.e. the combined weights are the normalised geometric mean of the members'
+  weights (a log-linear opinion pool; Genest & Zidek 1986, "Combining Probability
+  Distributions", Statistical Science 1(1)).
+* ``policy.member_actions(raw_features, weights)`` -> ``(n_members, action_dim)`` float32,
+  each member's deterministic action in [-1, 1], in ``bundles`` order.
 * ``policy.act(raw_features, weights)``: ``raw_features (L >= max_lookback, n_assets,
   n_features)`` raw (un-normalised) features of the most recent bars, last row = decision
-  bar; ``weights (n_assets,)`` current weights -> combined action ``(n_assets,)`` float64 in
-  [-1, 1].
+  bar; ``weights (n_assets,)`` current weights -> combined action ``(action_dim,)`` float64
+  in [-1, 1].
 
 Combine rules (``combine``), over the members' clipped actions ``a_i``:
 
@@ -74,8 +80,15 @@ import numpy as np
 import torch.nn as nn
 
 from ensemble.manifest import Combine, ManifestError, read_manifest
-from trainers.accounting import Costs
-from trainers.bundle import Bundle, BundleError, PipelineSpec, common_costs, load_bundle
+from trainers.accounting import Costs, action_dim
+from trainers.bundle import (
+    Bundle,
+    BundleError,
+    PipelineSpec,
+    common_costs,
+    load_bundle,
+    trained_bar_seconds,
+)
 from trainers.features import NORM_CLIP
 
 COMBINE_RULES: tuple[str, ...] = ("mean", "median", "value_weighted")
@@ -157,10 +170,10 @@ class _Group:
         row: ``A * F`` inputs per bar.
     """
 
-    def __init__(self, members: list[_Member], x: np.ndarray, start: int, row: int) -> None:
+    def __init__(self, members: list[_Member], x: np.ndarray, start: int, row: int, n_assets: int) -> None:
         self.members = self.order(members)
         m = self.m = len(members)
-        n_assets = members[0].layers[-1][0].shape[0]
+        n_out = members[0].layers[-1][0].shape[0]  # the action dimension
         head = n_assets + 1  # weights + cash
         d_in = head + max(mem.lookback for mem in members) * row
         width = max(mem.width for mem in members)
@@ -193,8 +206,8 @@ class _Group:
             y = np.zeros((len(deep), width, 1), dtype=np.float32)
             self.hidden.append((len(deep), wk, bk, y, _runs([mem.activation for mem in deep])))
 
-        wo = np.zeros((m, n_assets, width), dtype=np.float32)
-        bo = np.zeros((m, n_assets, 1), dtype=np.float32)
+        wo = np.zeros((m, n_out, width), dtype=np.float32)
+        bo = np.zeros((m, n_out, 1), dtype=np.float32)
         for j, mem in enumerate(self.members):
             w, b = mem.layers[-1]
             wo[j, :, : mem.width] = w
@@ -208,7 +221,7 @@ class _Group:
         return sorted(members, key=lambda m: (-m.depth, m.activation, m.index))
 
     def forward(self, out: np.ndarray) -> None:
-        """Write the group's unclipped actions ``(M, n_assets, 1)`` into ``out`` (the shared
+        """Write the group's unclipped actions ``(M, action_dim, 1)`` into ``out`` (the shared
         input must hold the current bar)."""
         np.copyto(self.x[:, :, 0], self.src)
         w1, b1, runs = self.first
@@ -297,7 +310,19 @@ class EnsemblePolicy:
             )
         except BundleError as exc:
             raise EnsembleError(str(exc)) from None
+        designs = {(b.design.action_scheme, b.design.decision_interval) for b in self.bundles}
+        if len(designs) != 1:
+            raise EnsembleError(
+                f"members act differently (action scheme, decision interval): {sorted(designs)}"
+            )
+        self.action_scheme, self.decision_interval = designs.pop()
+        self._bar_seconds = trained_bar_seconds(self.bundles[0].meta)
+        if self.decision_interval > 1 and self._bar_seconds is None:
+            raise EnsembleError(
+                f"members decide every {self.decision_interval} bars but record no bar interval"
+            )
         self._n_assets = len(self.bundles[0].spec.symbols)
+        self._action_dim = action_dim(self.action_scheme, self._n_assets)
         self._n_features = len(self.bundles[0].spec.feature_names)
         self._max_lookback = max(b.spec.lookback for b in self.bundles)
         if self.combine not in COMBINE_RULES:
@@ -337,11 +362,11 @@ class EnsemblePolicy:
         self._head = np.empty(head)
         self._groups: list[_Group] = []
         self._slices: list[np.ndarray] = []
-        self._actions_3d = np.zeros((n, self._n_assets, 1), dtype=np.float32)
-        self._actions = self._actions_3d[:, :, 0]  # (n, n_assets) view, internal order
+        self._actions_3d = np.zeros((n, self._action_dim, 1), dtype=np.float32)
+        self._actions = self._actions_3d[:, :, 0]  # (n, action_dim) view, internal order
         start = 0
         for g in parts:
-            self._groups.append(_Group(g, self._x, start, row))
+            self._groups.append(_Group(g, self._x, start, row, self._n_assets))
             self._slices.append(self._actions_3d[start : start + len(g)])
             start += len(g)
         self._combine_weights = None if combine_weights is None else combine_weights[order]
@@ -414,6 +439,18 @@ class EnsemblePolicy:
     def n_assets(self) -> int:
         return self._n_assets
 
+    def decides_at(self, ts: int) -> bool:
+        """Whether the bar starting at ``ts`` (UTC epoch seconds) is a decision bar
+        (:func:`trainers.backtest.decision_bars`); always True for a 1-bar interval."""
+        if self.decision_interval <= 1 or self._bar_seconds is None:
+            return True
+        return (int(ts) // self._bar_seconds) % self.decision_interval == 0
+
+    @property
+    def action_dim(self) -> int:
+        """Length of an action: ``n_assets`` (scores) or ``n_assets + 1`` (softmax)."""
+        return self._action_dim
+
     @property
     def n_features(self) -> int:
         return self._n_features
@@ -444,7 +481,7 @@ class EnsemblePolicy:
         return raw, w
 
     def _forward(self, raw: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """Clipped actions ``(n_members, n_assets)`` float32 in internal order (a view of
+        """Clipped actions ``(n_members, action_dim)`` float32 in internal order (a view of
         the reused buffer: copy it before releasing the lock).
 
         ``raw`` is ``(max_lookback, A, F)``: normalised for every member in one broadcast,
@@ -472,7 +509,7 @@ class EnsemblePolicy:
             weights: ``(n_assets,)`` current weights (fractions; cash = 1 - sum).
 
         Returns:
-            ``(n_members, n_assets)`` float32 in [-1, 1], in ``bundles`` order.
+            ``(n_members, action_dim)`` float32 in [-1, 1], in ``bundles`` order.
 
         Raises:
             ValueError: wrong shapes, too few bars, or non-finite inputs.
@@ -482,7 +519,7 @@ class EnsemblePolicy:
             return self._forward(raw, w)[self._inverse]
 
     def act(self, raw_features: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Combined action ``(n_assets,)`` float64 in [-1, 1] by ``combine`` (module
+        """Combined action ``(action_dim,)`` float64 in [-1, 1] by ``combine`` (module
         docstring); arguments and errors as :meth:`member_actions`."""
         raw, w = self._check(raw_features, weights)
         with self._lock:

@@ -430,20 +430,21 @@ class BarTx:
         source: str,
         generation: int,
         study: str,
-        action: np.ndarray,
+        action: np.ndarray | None,
         target: np.ndarray,
         planned: np.ndarray,
         stopped: np.ndarray,
         n_orders: int,
     ) -> None:
-        """Record the bar's decision; vectors ``(n_assets,)`` in symbol order."""
+        """Record the bar's decision; vectors ``(n_assets,)`` in symbol order (``action`` is the
+        model's, ``(action_dim,)``; JSON ``null`` at a bar that is not a decision bar)."""
         self.session.add(
             Decision(
                 bar_ts=self.bar_ts,
                 source=source,
                 generation=int(generation),
                 study=study,
-                action=_json(action),
+                action="null" if action is None else _json(action),
                 target=_json(target),
                 planned=_json(planned),
                 stopped=_json(stopped),

@@ -4,8 +4,11 @@ the one implementation of the rules (the same code trains, backtests and trades)
 For a decision at the close of bar ``t`` (all weights are fractions of equity ``V`` at that
 close; cash is ``1 - sum(w)``):
 
-1. ``target = action_to_weights(action)``: long only, each ``<= max_weight``, total
-   ``<= 1 - min_cash``;
+1. ``target = action_to_weights(action, scheme)``: long only, each ``<= max_weight``, total
+   ``<= 1 - min_cash``. At a bar that is not one of the model's decision bars (a model
+   that decides every ``k`` bars, :func:`trainers.backtest.decision_bars`) there is no
+   action and the target is the current weights: nothing is traded but stopped positions
+   (steps 3 and 5 do not apply), exactly as the backtest holds;
 2. ``apply_trailing_stop``: a held asset whose close is ``<= hwm * (1 - trailing_stop)``
    (high-water mark of the close since entry) gets target 0;
 3. ``enforce_limits`` (a no-op after 1, kept as the final guard);
@@ -78,7 +81,7 @@ def min_trade_for(min_notional: float, equity: float) -> float:
 
 
 def decide(
-    action: np.ndarray,
+    action: np.ndarray | None,
     qty: np.ndarray,
     hwm: np.ndarray,
     close: np.ndarray,
@@ -86,11 +89,13 @@ def decide(
     costs: Costs,
     min_notional: float,
     band_at_decision: bool = True,
+    action_scheme: str = "scores",
 ) -> RiskDecision:
     """Turn a model's action into risk-checked orders (see the module docstring).
 
     Args:
-        action: ``(n_assets,)`` scores in [-1, 1] (NaN counts as 0).
+        action: ``(action_dim,)`` in [-1, 1] (NaN counts as 0) under ``action_scheme``
+            (:func:`trainers.accounting.action_to_weights`); None: not a decision bar, hold.
         qty: ``(n_assets,)`` held quantities (asset units, >= 0).
         hwm: ``(n_assets,)`` high-water marks of the close since entry (0 when flat).
         close: ``(n_assets,)`` closes of the decision bar (quote currency, > 0).
@@ -118,9 +123,15 @@ def decide(
     if band_at_decision:
         m = max(m, costs.min_trade)
     band = dataclasses.replace(costs, min_trade=m)
-    target = action_to_weights(np.asarray(action, dtype=np.float64).reshape(1, n), band)
+    hold = action is None
+    if hold:
+        target = weights.copy()
+    else:
+        act = np.asarray(action, dtype=np.float64).reshape(1, -1)
+        target = action_to_weights(act, band, action_scheme)
     target, stopped = apply_trailing_stop(target, weights, hwm[None, :], close, band.trailing_stop)
-    target = enforce_limits(target, band)
+    if not hold:
+        target = enforce_limits(target, band)
     planned = executed_target(target, weights, close, close, band).copy()
     # below the minimum notional (also where it exceeds the equity, beyond the band's cap)
     kept = (planned != target) | (np.abs(target - weights) * equity < min_notional)
@@ -129,7 +140,7 @@ def decide(
     planned[0, stop_mask] = 0.0
     kept[0, stop_mask] = False
     cap = 1.0 - band.min_cash
-    breaks = planned.sum() > cap + LIMIT_EPS or (planned > band.max_weight + LIMIT_EPS).any()
+    breaks = not hold and (planned.sum() > cap + LIMIT_EPS or (planned > band.max_weight + LIMIT_EPS).any())
     forced = np.zeros(n, dtype=bool)
     if breaks:
         forced = kept[0] & (weights[0] > target[0])

@@ -147,7 +147,64 @@ def costs_from_options(base: Costs, where: str, **options: float | None) -> Cost
     return Costs.from_dict({**base.as_dict(), **given}, where)
 
 
-def action_to_weights(action: np.ndarray, costs: Costs) -> np.ndarray:
+ACTION_SCHEMES: tuple[str, ...] = ("scores", "softmax")
+"""How an agent's action maps to target weights: ``scores`` (one score per asset,
+:func:`score_weights`) or ``softmax`` (one logit per asset plus one for cash,
+:func:`softmax_weights`)."""
+SOFTMAX_LOGIT_SCALE = 3.0
+"""Actions in [-1, 1] are scaled to logits in [-3, 3]: enough to put 99% of the value in one
+asset or in cash (with 3 assets, ``1 / (1 + 3 e^-6) = 0.993``)."""
+
+
+def action_dim(scheme: str, n_assets: int) -> int:
+    """Length of an action vector: ``n_assets`` for ``scores``, ``n_assets + 1`` (cash last)
+    for ``softmax``.
+
+    Raises:
+        ValueError: unknown scheme.
+    """
+    if scheme not in ACTION_SCHEMES:
+        raise ValueError(f"unknown action scheme {scheme!r}; known: {', '.join(ACTION_SCHEMES)}")
+    return n_assets + (scheme == "softmax")
+
+
+def action_to_weights(action: np.ndarray, costs: Costs, scheme: str = "scores") -> np.ndarray:
+    """Target weights ``(n, n_assets)`` of actions ``(n, action_dim(scheme, n_assets))`` in
+    [-1, 1] under ``scheme`` (:data:`ACTION_SCHEMES`).
+
+    Raises:
+        ValueError: unknown scheme.
+    """
+    if scheme == "softmax":
+        return softmax_weights(action, costs)
+    if scheme != "scores":
+        raise ValueError(f"unknown action scheme {scheme!r}; known: {', '.join(ACTION_SCHEMES)}")
+    return score_weights(action, costs)
+
+
+def softmax_weights(action: np.ndarray, costs: Costs) -> np.ndarray:
+    """Map logits for each asset and cash to long-only target weights: the portfolio-vector
+    action of Jiang, Xu & Liang (2017, "A Deep Reinforcement Learning Framework for the
+    Financial Portfolio Management Problem", section 3.2; also FinRL's portfolio
+    environments): ``p = softmax(3 * a)`` over the ``n_assets + 1`` entries, the asset
+    entries ``p[:n_assets]`` are the weights, then :func:`enforce_limits` applies the cash
+    reserve and the maximum weight. A zero action (an untrained agent's mean) is the
+    equal-weight portfolio over assets and cash, ``1 / (n_assets + 1)`` each.
+
+    Args:
+        action: ``(n, n_assets + 1)`` in [-1, 1] (cash last); values outside are clipped,
+            NaN -> 0.
+
+    Returns:
+        ``(n, n_assets)`` float64 target weights.
+    """
+    a = np.clip(np.nan_to_num(np.asarray(action, dtype=np.float64)), -1.0, 1.0) * SOFTMAX_LOGIT_SCALE
+    e = np.exp(a - a.max(axis=-1, keepdims=True))
+    p = e / e.sum(axis=-1, keepdims=True)
+    return enforce_limits(p[..., :-1], costs)
+
+
+def score_weights(action: np.ndarray, costs: Costs) -> np.ndarray:
     """Map per-asset scores in [-1, 1] to long-only target weights.
 
     A score ``<= 0`` means no position. Positive scores ``s`` become

@@ -16,32 +16,34 @@ from trainers.search_space import ACTIVATIONS, activation_class
 
 
 class Actor(nn.Module):
-    """MLP ``obs (batch, obs_dim) -> action mean (batch, n_assets)``.
+    """MLP ``obs (batch, obs_dim) -> action mean (batch, action_dim)``; ``action_dim`` is
+    ``n_assets`` (score actions) or ``n_assets + 1`` (softmax actions, cash last; see
+    :func:`trainers.accounting.action_dim`).
 
     Raises:
         ValueError: unknown activation or non-positive sizes.
     """
 
-    def __init__(self, obs_dim: int, n_assets: int, width: int, depth: int, activation: str) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, width: int, depth: int, activation: str) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
-        if min(obs_dim, n_assets, width, depth) <= 0:
-            raise ValueError("obs_dim, n_assets, width and depth must be positive")
+        if min(obs_dim, action_dim, width, depth) <= 0:
+            raise ValueError("obs_dim, action_dim, width and depth must be positive")
         layers: list[nn.Module] = []
         last = obs_dim
         for _ in range(depth):
             layers += [nn.Linear(last, width), activation_class(activation)()]
             last = width
         self.policy_net = nn.Sequential(*layers)
-        self.action_net = nn.Linear(last, n_assets)
+        self.action_net = nn.Linear(last, action_dim)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.action_net(self.policy_net(obs))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Deterministic actions in [-1, 1], ``(batch, n_assets)``."""
+        """Deterministic actions in [-1, 1], ``(batch, action_dim)``."""
         return self.forward(obs).clamp(-1.0, 1.0)
 
 

@@ -31,7 +31,7 @@ from trainers.data import BARS_PER_YEAR
 from trainers.observation import build_observations
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
-"""Maps observations ``(n, obs_dim)`` float32 to actions ``(n, n_assets)`` in [-1, 1]."""
+"""Maps observations ``(n, obs_dim)`` float32 to actions ``(n, action_dim)`` in [-1, 1]."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,29 @@ def buy_and_hold(prices: np.ndarray, start: int, stop: int, costs: Costs) -> tup
 
 ActFn = Callable[[int, np.ndarray], np.ndarray]
 """Maps a decision bar ``t`` and the weights ``(1, n_assets)`` at its close to an action
-``(1, n_assets)`` in [-1, 1], using bars ``<= t`` only."""
+``(1, action_dim)`` in [-1, 1], using bars ``<= t`` only."""
+
+
+def decision_bars(timestamps: np.ndarray, bar_seconds: int, interval: int) -> np.ndarray:
+    """Which bars are decision bars for a decision interval of ``interval`` bars: those whose
+    bar number since the Unix epoch, ``timestamp // bar_seconds``, is a multiple of
+    ``interval``. The backtest and the paper trader use this one clock, so they decide at the
+    same bars whatever slice they start on.
+
+    Args:
+        timestamps: ``(T,)`` bar open times, Unix seconds (or datetime64).
+        bar_seconds: the bar interval in seconds (> 0).
+        interval: bars per decision (>= 1); 1 makes every bar a decision bar.
+
+    Returns:
+        ``(T,)`` bool.
+    """
+    ts = np.asarray(timestamps)
+    if np.issubdtype(ts.dtype, np.datetime64):
+        ts = ts.astype("datetime64[s]").astype(np.int64)
+    if interval <= 1:
+        return np.ones(len(ts), dtype=bool)
+    return (ts.astype(np.int64) // int(bar_seconds)) % int(interval) == 0
 
 
 def backtest(
@@ -129,6 +151,8 @@ def backtest(
     lookback: int,
     costs: Costs,
     bars_per_year: int = BARS_PER_YEAR,
+    action_scheme: str = "scores",
+    decide: np.ndarray | None = None,
 ) -> BacktestResult:
     """Run a deterministic policy over bars ``[start, stop)`` starting all in cash.
 
@@ -142,6 +166,7 @@ def backtest(
         start, stop: the test slice; ``start >= lookback - 1`` and ``stop - start >= 2``.
         lookback: observation window in bars.
         costs: fees and risk limits (including the trailing stop).
+        action_scheme, decide: as :func:`run_decisions`.
 
     Raises:
         ValueError: the slice is too short or starts before a full lookback window.
@@ -155,7 +180,7 @@ def backtest(
         t_arr[0] = t
         return np.asarray(policy(build_observations(features, t_arr, lookback, weights)))
 
-    return run_decisions(act, prices, start, stop, costs, bars_per_year)
+    return run_decisions(act, prices, start, stop, costs, bars_per_year, action_scheme, decide)
 
 
 def run_decisions(
@@ -165,6 +190,8 @@ def run_decisions(
     stop: int,
     costs: Costs,
     bars_per_year: int = BARS_PER_YEAR,
+    action_scheme: str = "scores",
+    decide: np.ndarray | None = None,
 ) -> BacktestResult:
     """The one backtest loop: decisions of ``act`` over bars ``[start, stop)`` from all cash,
     through the execution model ``costs`` (target weights, trailing stop, fills at the next
@@ -176,6 +203,11 @@ def run_decisions(
         start, stop: the slice; ``stop - start >= 2``.
         costs: the execution model.
         bars_per_year: annualisation of the Sharpe ratio.
+        action_scheme: how actions map to weights
+            (:func:`trainers.accounting.action_to_weights`).
+        decide: ``(T,)`` bool, the decision bars (:func:`decision_bars`); at other bars
+            ``act`` is not called and nothing is traded (the weights drift; the trailing stop
+            still applies). None: every bar.
 
     Raises:
         ValueError: the slice is shorter than 2 bars.
@@ -191,10 +223,13 @@ def run_decisions(
     equity[0], held[0] = 1.0, 0.0
     turnover = 0.0
     for k, t in enumerate(range(start, stop - 1)):
-        action = np.asarray(act(t, weights), dtype=np.float64)
-        if not np.isfinite(action).all():
-            raise FloatingPointError(f"policy returned a non-finite action at bar {t}")
-        target = action_to_weights(action.reshape(1, n_assets), costs)
+        if decide is None or decide[t]:
+            action = np.asarray(act(t, weights), dtype=np.float64)
+            if not np.isfinite(action).all():
+                raise FloatingPointError(f"policy returned a non-finite action at bar {t}")
+            target = action_to_weights(action.reshape(1, -1), costs, action_scheme)
+        else:
+            target = drifted_weights(weights, close[t], opn[t + 1])
         target, _ = apply_trailing_stop(target, weights, hwm, close[t], costs.trailing_stop)
         value, weights, _, to = rebalance_step(
             value, weights, target, close[t], opn[t + 1], close[t + 1], costs

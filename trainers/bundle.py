@@ -10,7 +10,9 @@ A bundle is a directory with
   metrics, data fingerprint, creation time, VIN, grade, objective value and the sha256 of
   ``actor.pth``.
 
-Schema versions: 2 (current) records ``costs``; 1 recorded only ``fee``, ``min_cash`` and
+Schema versions: 3 (current) adds the action scheme and decision interval to
+``action_spec`` and the trial's ``design`` (:class:`trainers.design.Design`); a version-2
+bundle acts with scores at every bar. 2 records ``costs``; 1 recorded only ``fee``, ``min_cash`` and
 ``trailing_stop`` in its ``action_spec`` and is read as those with the rest of the costs at
 what version-1 training used (no slippage, maximum weight 1, a 0.01 minimum trade).
 
@@ -29,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers.accounting import DEFAULT_MIN_TRADE, Costs
+from trainers.accounting import DEFAULT_MIN_TRADE, Costs, action_dim
 from trainers.atomic_io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from trainers.design import Design
 from trainers.features import FEATURE_NAMES, FEATURE_PIPELINE_VERSION, NormStats
 from trainers.observation import observation_dim
 
@@ -39,8 +42,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: consumers that only rea
 
     from trainers.actor import Actor
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 ACTOR_FILE = "actor.pth"
 META_FILE = "model.json"
 
@@ -136,6 +139,11 @@ class Bundle:
     def sha256(self) -> str:
         return str(self.meta["actor_sha256"])
 
+    @property
+    def design(self) -> Design:
+        """How the actor's actions are traded (scheme, decision interval) and were learnt."""
+        return Design.from_meta(self.meta)
+
 
 def common_costs(metas: list[tuple[str, dict[str, Any]]]) -> Costs:
     """The one execution model of several bundles (an ensemble's members).
@@ -157,6 +165,13 @@ def common_costs(metas: list[tuple[str, dict[str, Any]]]) -> Costs:
             fields = ", ".join(f"{k} {a:g} vs {b:g}" for k, (a, b) in diff.items())
             raise BundleError(f"{first_label} and {label} were trained with different costs ({fields})")
     return first
+
+
+def trained_bar_seconds(meta: dict[str, Any]) -> int | None:
+    """The bar interval (seconds) a bundle was trained on (``model.json``'s training record;
+    None for bundles that predate it)."""
+    value = meta.get("training", {}).get("bar_seconds") if isinstance(meta.get("training"), dict) else None
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def save_bundle(directory: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
@@ -253,9 +268,10 @@ def load_bundle(
     try:
         spec = ObservationSpec.from_json(meta["observation_spec"])
         arch = meta["architecture"]
+        design = Design.from_meta(meta)
         actor = Actor(
             spec.obs_dim,
-            len(spec.symbols),
+            action_dim(design.action_scheme, len(spec.symbols)),
             int(arch["width"]),
             int(arch["depth"]),
             arch["activation"],

@@ -33,9 +33,9 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 
-from trainers.accounting import Costs
+from trainers.accounting import Costs, action_dim
 from trainers.actor import Actor, actor_state_from_sb3
-from trainers.backtest import backtest
+from trainers.backtest import backtest, decision_bars
 from trainers.bundle import ObservationSpec, pack_bundle, save_bundle, to_numpy_policy
 from trainers.data import (
     DEFAULT_MAX_FILL_BARS,
@@ -44,6 +44,7 @@ from trainers.data import (
     resolve_holdout_cut,
     split_holdout,
 )
+from trainers.design import Design, DesignOptions, suggest_design
 from trainers.env import DEFAULT_EPISODE_DAYS, PortfolioVecEnv
 from trainers.features import (
     FEATURE_NAMES,
@@ -90,6 +91,8 @@ class TrainingConfig:
         device: torch device for PPO (``cpu`` or ``cuda``).
         seed: base seed (trial number is added); None = random.
         grade_thresholds: objective value per grade (None = defaults).
+        design: the agent designs the study allows (action scheme, decision intervals,
+            rewards, turnover penalty; :class:`trainers.design.DesignOptions`).
     """
 
     mode: Mode = "quick"
@@ -105,12 +108,13 @@ class TrainingConfig:
     device: str = "cpu"
     seed: int | None = 0
     grade_thresholds: dict[str, float] | None = field(default=None)
+    design: DesignOptions = field(default_factory=DesignOptions)
 
     def as_record(self) -> dict[str, Any]:
         """The settings as JSON-able values (``model.json``'s ``training``); resolve them
         first (:meth:`for_data`) so the record holds the cut and bars per year used."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("grade_thresholds", "costs")}
-        return {**out, "costs": self.costs.as_dict()}
+        out = {k: v for k, v in asdict(self).items() if k not in ("grade_thresholds", "costs", "design")}
+        return {**out, "costs": self.costs.as_dict(), "design": self.design.as_dict()}
 
     def for_data(self, data: StudyData) -> TrainingConfig:
         """These settings with every data-dependent default resolved against ``data``:
@@ -215,6 +219,7 @@ def train_fold(
     seed: int | None,
     stop: threading.Event | None = None,
     heartbeat: Heartbeat | None = None,
+    design: Design | None = None,
 ) -> FoldResult:
     """Train PPO on a fold's train slice and backtest it on its test slice.
 
@@ -223,6 +228,7 @@ def train_fold(
     """
     t0 = time.perf_counter()
     config = config.for_data(data)
+    design = design or Design()
     norm = NormStats.fit(data.features[fold.train_start : fold.train_stop])
     features = norm.apply(data.features)
     costs = config.costs
@@ -236,6 +242,7 @@ def train_fold(
         costs,
         config.episode_bars,
         seed,
+        **design.env_kwargs(),
     )
     model = PPO("MlpPolicy", env, **ppo_kwargs(params, config, seed))
     # SB3's default logger creates an empty SB3-<time> folder in the temp dir on every
@@ -247,9 +254,8 @@ def train_fold(
     state = actor_state_from_sb3(model.policy)
     if not all(np.isfinite(v.numpy()).all() for v in state.values()):
         raise TrialFailed(f"fold {fold.index}: trained weights contain NaN or inf")
-    actor = Actor(
-        env.core.obs_dim, data.panel.n_assets, params.net_width, params.net_depth, params.activation
-    )
+    width, depth = params.net_width, params.net_depth
+    actor = Actor(env.core.obs_dim, env.core.action_dim, width, depth, params.activation)
     actor.load_state_dict(state)
     train_seconds = time.perf_counter() - t0
     try:
@@ -262,6 +268,8 @@ def train_fold(
             params.lookback,
             costs,
             data.panel.bars_per_year,
+            design.action_scheme,
+            decision_bars(data.panel.timestamps, data.panel.bar_seconds, design.decision_interval),
         )
     except FloatingPointError as exc:
         raise TrialFailed(f"fold {fold.index}: {exc}") from None
@@ -334,10 +342,12 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> float:
         params = suggest_params(trial)
+        design = suggest_design(trial, self.config.design)
         trial.set_user_attr("mode", self.config.mode)
         trial.set_user_attr("budget_steps", self.config.budget_steps)
         trial.set_user_attr("data_fingerprint", self.data.fingerprint)
         trial.set_user_attr("feature_pipeline_version", FEATURE_PIPELINE_VERSION)
+        trial.set_user_attr("design", design.as_dict())
         for stale in ("fail_reason", "vin", "grade", "artifact_id", "actor_sha256"):
             if stale in trial.user_attrs:  # a retried trial inherits its predecessor's attrs
                 trial.set_user_attr(stale, None)
@@ -352,7 +362,7 @@ class Objective:
             fold_stop = self.stop if fold.index < len(folds) - 1 else None
             if self.heartbeat is not None:
                 self.heartbeat.beat(force=True, state="fold", trial=trial.number, fold=fold.index)
-            last = train_fold(self.data, fold, params, self.config, seed, fold_stop, self.heartbeat)
+            last = train_fold(self.data, fold, params, self.config, seed, fold_stop, self.heartbeat, design)
             results.append(last.metrics)
             trial.set_user_attr("fold_metrics", results)
             trial.report(last.metrics["excess_sharpe"], fold.index)
@@ -362,13 +372,14 @@ class Objective:
         value = objective_value([r["excess_sharpe"] for r in results])
         if not math.isfinite(value):
             raise TrialFailed("objective value is NaN or inf")
-        self._save_bundle(trial, params, folds[-1], last, value, results)
+        self._save_bundle(trial, params, design, folds[-1], last, value, results)
         return value
 
     def _save_bundle(
         self,
         trial: optuna.Trial,
         params: PPOParams,
+        design: Design,
         fold: Fold,
         result: FoldResult,
         value: float,
@@ -403,11 +414,14 @@ class Objective:
             },
             "observation_spec": spec.to_json(),
             "action_spec": {
-                "shape": [self.data.panel.n_assets],
+                "shape": [action_dim(design.action_scheme, self.data.panel.n_assets)],
                 "low": -1.0,
                 "high": 1.0,
-                "meaning": "per-asset scores; <=0 no position; see trainers.accounting.action_to_weights",
+                "scheme": design.action_scheme,
+                "decision_interval": design.decision_interval,
+                "meaning": "see trainers.accounting.action_to_weights and trainers.backtest.decision_bars",
             },
+            "design": design.as_dict(),
             "costs": costs.as_dict(),
             "hyperparameters": params.as_dict(),
             "training": self.config.as_record(),

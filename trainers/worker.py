@@ -34,6 +34,7 @@ from trainers.accounting import (
     costs_from_options,
 )
 from trainers.data import DataError
+from trainers.design import DEFAULT_ACTION_SCHEME, DesignOptions
 from trainers.runtime.heartbeat import Heartbeat
 from trainers.runtime.layout import Layout
 from trainers.runtime.logs import configure_logging
@@ -75,6 +76,7 @@ class WorkerOptions:
     component: str = "worker"
     log_level: str = "info"
     costs: Costs = field(default_factory=Costs)
+    design: DesignOptions = field(default_factory=DesignOptions)
 
     @property
     def storage_url(self) -> str:
@@ -82,6 +84,7 @@ class WorkerOptions:
 
 
 STUDY_COSTS_ATTR = "costs"
+STUDY_DESIGN_ATTR = "design_options"
 
 
 def create_study(
@@ -144,6 +147,26 @@ def check_study_costs(study: optuna.Study, costs: Costs) -> None:
         )
 
 
+def check_study_design(study: optuna.Study, design: DesignOptions) -> None:
+    """Record the agent designs a study allows on a study that has none; refuse others.
+
+    Raises:
+        ValueError: the study was started with other design options (the message names them).
+    """
+    recorded = study.user_attrs.get(STUDY_DESIGN_ATTR)
+    if recorded is None:
+        study.set_user_attr(STUDY_DESIGN_ATTR, design.as_dict())
+        return
+    ours = design.as_dict()
+    diff = {k: (recorded.get(k), v) for k, v in ours.items() if recorded.get(k) != v}
+    if diff:
+        fields = ", ".join(f"{k} {a} (asked {b})" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"study {study.study_name!r} was started with other design options: {fields}; "
+            "start a new study to change them"
+        )
+
+
 def finished_trials(study: optuna.Study) -> int:
     """Number of COMPLETE or PRUNED trials."""
     return len(study.get_trials(deepcopy=False, states=FINISHED))
@@ -156,6 +179,7 @@ def _open_study(opts: WorkerOptions, log: Any) -> optuna.Study:
         try:
             storage = make_storage(opts.storage_url, opts.heartbeat_interval, opts.grace_period)
             study = create_study(storage, opts.study, seed=opts.seed, costs=opts.costs)
+            check_study_design(study, opts.design)
             fail_orphaned_trials(study, opts.grace_period)
             return study
         except (OperationalError, optuna.exceptions.StorageInternalError) as exc:
@@ -208,6 +232,7 @@ def run_worker(opts: WorkerOptions) -> int:
         device=opts.device,
         seed=opts.seed,
         costs=opts.costs,
+        design=opts.design,
     )
     data = StudyData.load(opts.data, config)
     config = config.for_data(data)  # the cut, bars per year, embargo and episode actually used
@@ -305,6 +330,17 @@ def main(
         DEFAULT_TRAILING_STOP, help="Trailing stop below the high (0 = off)."
     ),
     min_trade: float = typer.Option(DEFAULT_MIN_TRADE, help="No-trade band per asset, fraction of equity."),
+    action_scheme: str = typer.Option(
+        DEFAULT_ACTION_SCHEME, help="softmax (weights over assets and cash) or scores (one per asset)."
+    ),
+    decision_intervals: str = typer.Option(
+        "1", help="Bars between decisions, comma-separated; several are searched (e.g. 1,4,24)."
+    ),
+    rewards: str = typer.Option(
+        "log_return",
+        help="log_return, excess_log_return or differential_sharpe, comma-separated; several are searched.",
+    ),
+    turnover_penalty: float = typer.Option(0.0, help="Reward subtracted per unit of turnover."),
 ) -> None:
     """Run a training worker."""
     if mode not in ("quick", "full"):
@@ -323,6 +359,23 @@ def main(
     except ValueError as exc:
         name = str(exc).split("costs.")[-1].split(":")[0].replace("_", "-")
         raise typer.BadParameter(str(exc).split(": ", 2)[-1], param_hint=f"--{name}") from None
+    try:
+        intervals = tuple(int(k) for k in decision_intervals.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{decision_intervals!r} is not a comma-separated list of bar counts",
+            param_hint="--decision-intervals",
+        ) from None
+    try:
+        design = DesignOptions(
+            action_scheme=action_scheme,
+            decision_intervals=intervals,
+            rewards=tuple(r.strip() for r in rewards.split(",")),
+            turnover_penalty=turnover_penalty,
+        )
+    except ValueError as exc:
+        option = str(exc).split(":")[0].replace("_", "-")
+        raise typer.BadParameter(str(exc), param_hint=f"--{option}") from None
     opts = WorkerOptions(
         study=study,
         storage=storage,
@@ -343,6 +396,7 @@ def main(
         component=component,
         log_level=log_level,
         costs=costs,
+        design=design,
     )
     try:
         code = run_worker(opts)

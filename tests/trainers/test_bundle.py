@@ -185,7 +185,7 @@ def test_bad_meta(bundle_dir: Path, tmp_path: Path) -> None:
     good = json.loads(meta_path.read_text())
 
     atomic_write_json(meta_path, {**good, "schema_version": 99})
-    with pytest.raises(BundleError, match=r"schema_version must be one of \(1, 2\)"):
+    with pytest.raises(BundleError, match=r"schema_version must be one of \(1, 2, 3\)"):
         load_bundle(bundle_dir)
 
     meta_path.write_text("{ not json")

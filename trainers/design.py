@@ -1,0 +1,121 @@
+"""The agent design of a trial: how its actions map to weights, how often it decides and
+what reward it learns from.
+
+A study fixes the choices (:class:`DesignOptions`, part of its training configuration);
+where it allows several values of one item (decision intervals, rewards), the item becomes
+a searched parameter of each trial. What a trial used is recorded in its bundle
+(``model.json``'s ``action_spec`` and ``design``) and honoured identically by the training
+environment, every backtest, ``cappuccino evaluate`` and the paper trader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import optuna
+
+from trainers.accounting import ACTION_SCHEMES
+
+REWARDS: tuple[str, ...] = ("log_return", "excess_log_return", "differential_sharpe")
+"""The rewards an agent can learn from (defined in :mod:`trainers.env`)."""
+DEFAULT_ACTION_SCHEME = "softmax"
+DEFAULT_DECISION_INTERVALS: tuple[int, ...] = (1,)
+DEFAULT_REWARDS: tuple[str, ...] = ("log_return",)
+
+
+@dataclass(frozen=True)
+class DesignOptions:
+    """What a study allows (not searched when one value is given).
+
+    Attributes:
+        action_scheme: :data:`trainers.accounting.ACTION_SCHEMES` (``softmax``: portfolio
+            weights over the assets and cash; ``scores``: one score per asset, <= 0 flat).
+        decision_intervals: bars between decisions, searched when several.
+        rewards: :data:`REWARDS`, searched when several.
+        turnover_penalty: reward subtracted per unit of turnover (>= 0).
+
+    Raises:
+        ValueError: an unknown scheme or reward, an interval < 1, an empty choice or a
+            negative penalty; the message names the option.
+    """
+
+    action_scheme: str = DEFAULT_ACTION_SCHEME
+    decision_intervals: tuple[int, ...] = DEFAULT_DECISION_INTERVALS
+    rewards: tuple[str, ...] = DEFAULT_REWARDS
+    turnover_penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.action_scheme not in ACTION_SCHEMES:
+            known = ", ".join(ACTION_SCHEMES)
+            raise ValueError(f"action_scheme: {self.action_scheme!r} is not one of {known}")
+        if not self.decision_intervals or any(int(k) < 1 for k in self.decision_intervals):
+            raise ValueError(f"decision_intervals: {list(self.decision_intervals)} must be bars >= 1")
+        bad = [r for r in self.rewards if r not in REWARDS]
+        if not self.rewards or bad:
+            raise ValueError(f"rewards: {bad or 'none'} not among {', '.join(REWARDS)}")
+        if not self.turnover_penalty >= 0.0:
+            raise ValueError(f"turnover_penalty: {self.turnover_penalty} must be >= 0")
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        return {**out, "decision_intervals": list(self.decision_intervals), "rewards": list(self.rewards)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DesignOptions:
+        """Options from :meth:`as_dict` (missing keys take their defaults).
+
+        Raises:
+            ValueError: as the constructor.
+        """
+        return cls(
+            action_scheme=str(data.get("action_scheme", DEFAULT_ACTION_SCHEME)),
+            decision_intervals=tuple(
+                int(k) for k in data.get("decision_intervals", DEFAULT_DECISION_INTERVALS)
+            ),
+            rewards=tuple(str(r) for r in data.get("rewards", DEFAULT_REWARDS)),
+            turnover_penalty=float(data.get("turnover_penalty", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Design:
+    """One trial's design (what :class:`trainers.env.PortfolioCore` takes)."""
+
+    action_scheme: str = DEFAULT_ACTION_SCHEME
+    decision_interval: int = 1
+    reward: str = "log_return"
+    turnover_penalty: float = 0.0
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Design:
+        """The design recorded in a bundle's ``model.json`` (bundles before schema version 3
+        acted with scores at every bar)."""
+        spec = meta.get("action_spec") if isinstance(meta.get("action_spec"), dict) else {}
+        design = meta.get("design") if isinstance(meta.get("design"), dict) else {}
+        return cls(
+            action_scheme=str(spec.get("scheme", "scores")),
+            decision_interval=int(spec.get("decision_interval", 1)),
+            reward=str(design.get("reward", "log_return")),
+            turnover_penalty=float(design.get("turnover_penalty", 0.0)),
+        )
+
+
+def suggest_design(trial: optuna.Trial, options: DesignOptions) -> Design:
+    """The trial's design: fixed items from ``options``, the others sampled."""
+    intervals = list(options.decision_intervals)
+    rewards = list(options.rewards)
+    return Design(
+        action_scheme=options.action_scheme,
+        decision_interval=intervals[0]
+        if len(intervals) == 1
+        else int(trial.suggest_categorical("decision_interval", intervals)),
+        reward=rewards[0] if len(rewards) == 1 else str(trial.suggest_categorical("reward", rewards)),
+        turnover_penalty=options.turnover_penalty,
+    )
