@@ -43,6 +43,7 @@ from trainers.splits import Mode
 from trainers.storage import (
     DEFAULT_GRACE_PERIOD,
     DEFAULT_HEARTBEAT_INTERVAL,
+    STORAGE_ENV,
     default_storage_url,
     fail_orphaned_trials,
     make_storage,
@@ -293,7 +294,7 @@ def main(
     study: str = typer.Option(..., help="Study name."),
     storage: str = typer.Option(
         None,
-        envvar="CAPPUCCINO_STORAGE",
+        envvar=STORAGE_ENV,
         help="Storage URL (default sqlite:///<root>/optuna.db); the environment variable keeps a "
         "password out of the process list.",
     ),
