@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Start the supervisor: via systemd when the cappuccino unit is installed, otherwise in the
-# background (log: <root>/logs/supervisor.console). Arguments go to `cappuccino supervise`.
+# Start the supervisor: via systemd when the cappuccino unit is installed (a user unit,
+# `systemctl --user`, or a system unit; bin/_systemd_unit.sh), otherwise in the background
+# (log: <root>/logs/supervisor.console). Arguments go to `cappuccino supervise`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${CAPPUCCINO_ROOT:-train_results}
-if command -v systemctl >/dev/null 2>&1 && systemctl cat cappuccino.service >/dev/null 2>&1; then
-  exec systemctl start cappuccino.service
+. bin/_systemd_unit.sh
+if [ ${#SYSTEMCTL[@]} -gt 0 ]; then
+  exec "${SYSTEMCTL[@]}" start cappuccino.service
 fi
 [ -x .venv/bin/cappuccino ] || bin/setup
 pidfile="$ROOT/run/supervisor.pid"

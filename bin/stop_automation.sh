@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Stop the supervisor (it stops its children first): via systemd when the unit is installed,
-# otherwise SIGTERM to the pid in <root>/run/supervisor.pid, then wait for it to exit.
+# Stop the supervisor (it stops its children first): via systemd when the unit is installed
+# (user or system unit; bin/_systemd_unit.sh), otherwise SIGTERM to the pid in
+# <root>/run/supervisor.pid, then wait for it to exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${CAPPUCCINO_ROOT:-train_results}
 TIMEOUT=${STOP_TIMEOUT:-120}
-if command -v systemctl >/dev/null 2>&1 && systemctl cat cappuccino.service >/dev/null 2>&1; then
-  exec systemctl stop cappuccino.service
+. bin/_systemd_unit.sh
+if [ ${#SYSTEMCTL[@]} -gt 0 ]; then
+  exec "${SYSTEMCTL[@]}" stop cappuccino.service
 fi
 pidfile="$ROOT/run/supervisor.pid"
 pid=$(cat "$pidfile" 2>/dev/null || true)
