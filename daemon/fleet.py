@@ -16,11 +16,13 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 import structlog
 
+from daemon.api import HEARTBEAT_TIMEOUT_S as API_HEARTBEAT_TIMEOUT_S
 from daemon.children import Child, ChildSpec, stop_process_group
 from daemon.config import Config
 from trainers.accounting import Costs
@@ -114,10 +116,38 @@ def paper_trader_spec(cfg: Config) -> ChildSpec | None:
     )
 
 
-def child_specs(cfg: Config, study: str, storage_url: str, costs: Costs | None = None) -> list[ChildSpec]:
-    """Every child the supervisor runs: the workers, then the paper trader if enabled."""
-    trader = paper_trader_spec(cfg)
-    return worker_specs(cfg, study, storage_url, costs) + ([trader] if trader is not None else [])
+def api_spec(cfg: Config, config_path: Path | None = None) -> ChildSpec | None:
+    """The control API (``python -m daemon.api``, :mod:`daemon.api.server`) with the
+    supervisor's configuration file, or None when ``api.enabled`` is false. Host and port are
+    on its command line so a SIGHUP that changes them restarts it; its token comes from the
+    environment or the token file, never its argv."""
+    if not cfg.api.enabled:
+        return None
+    argv = [sys.executable, "-m", "daemon.api", "--root", str(cfg.root)]
+    argv += ["--host", cfg.api.host, "--port", str(cfg.api.port), "--log-level", cfg.log_level]
+    if config_path is not None:
+        argv += ["--config", str(config_path)]
+    return ChildSpec(
+        "api",
+        tuple(argv),
+        Layout(cfg.root).heartbeat("api"),
+        API_HEARTBEAT_TIMEOUT_S,
+        cfg.api.memory_limit_mb,
+        env=(("OMP_NUM_THREADS", "1"),),
+    )
+
+
+def child_specs(
+    cfg: Config,
+    study: str,
+    storage_url: str,
+    costs: Costs | None = None,
+    config_path: Path | None = None,
+) -> list[ChildSpec]:
+    """Every child the supervisor runs: the workers, the paper trader if enabled, the
+    control API if enabled (``config_path``: the supervisor's configuration file)."""
+    extra = [spec for spec in (paper_trader_spec(cfg), api_spec(cfg, config_path)) if spec is not None]
+    return worker_specs(cfg, study, storage_url, costs) + extra
 
 
 def ensure_study(storage_url: str, study: str, default_costs: Costs) -> Costs:

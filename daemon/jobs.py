@@ -62,8 +62,9 @@ def sync(ctx: JobContext) -> str:
     return _run(ctx, argv, "sync")
 
 
-def deploy(ctx: JobContext) -> str:
-    """``cappuccino deploy``: promote the best trial past the gates."""
+def deploy(ctx: JobContext, dry_run: bool = False) -> str:
+    """``cappuccino deploy``: promote the best trial past the gates (``dry_run``: evaluate
+    them and change nothing; the control API's ``POST /api/deploy``)."""
     d, st = ctx.config.deploy, ctx.config.study
     argv = _cli("deploy", "--study", ctx.study, "--root", str(ctx.root))
     argv += ["--slot", d.slot, "--min-improvement", str(d.min_improvement)]
@@ -74,6 +75,15 @@ def deploy(ctx: JobContext) -> str:
     argv += ["--validation-fraction", str(d.validation_fraction), "--candidates", str(d.candidates)]
     if st.data:
         argv += ["--data", st.data]
+    if dry_run:
+        argv.append("--dry-run")
+    return _run(ctx, argv, "deploy")
+
+
+def rollback(ctx: JobContext) -> str:
+    """``cappuccino deploy --rollback`` of the configured slot (the control API's
+    ``POST /api/deploy/rollback``); output to ``logs/deploy.out`` like the deploy job's."""
+    argv = _cli("deploy", "--root", str(ctx.root), "--slot", ctx.config.deploy.slot, "--rollback")
     return _run(ctx, argv, "deploy")
 
 

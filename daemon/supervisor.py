@@ -104,7 +104,9 @@ class Supervisor:
         return name
 
     def child_specs(self) -> list[ChildSpec]:
-        return fleet.child_specs(self.config, str(self.study), self.storage_url, self.study_costs)
+        return fleet.child_specs(
+            self.config, str(self.study), self.storage_url, self.study_costs, self.config_path
+        )
 
     # ------------------------------------------------------------------ children
     def record_children(self) -> None:

@@ -1,10 +1,10 @@
-"""``cappuccino set-study`` (behind ``bin/sync_training_study``) and
-``cappuccino start-training`` (behind ``bin/start_training.sh``)."""
+"""``cappuccino set-study`` (behind ``bin/sync_training_study``), ``cappuccino
+start-training`` (behind ``bin/start_training.sh``) and ``cappuccino stop-training``: the
+command-line side of :mod:`daemon.training_control` (the control API calls the same
+functions)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,54 +12,54 @@ from pathlib import Path
 
 import typer
 
-from daemon.config import TRAINING_OVERLAY, ConfigError, load_config
-from trainers.accounting import costs_from_options
-from trainers.atomic_io import atomic_write_bytes
-from trainers.runtime.current_study import write_current_study
+from daemon import training_control
+from daemon.cli._options import CONFIG_HELP, ROOT_HELP, runtime_config
+from daemon.config import ConfigError
+from daemon.training_control import Mode, StudySwitch, TrainingBusy, TrainingRequest
+from trainers.runtime.layout import Layout
 from trainers.runtime.pidlock import supervisor_pid
-from trainers.storage import default_storage_url, make_storage, storage_env
+
+SYNC_RETRY_NOTE = "ensemble sync found nothing to sync yet (the sync job retries on schedule)"
 
 
-def _sync_now(root: Path, storage: str, study: str) -> int:
-    """``cappuccino sync`` of ``study`` as a child process (the storage URL in its
-    environment, never its argv); returns its exit code."""
-    argv = [sys.executable, "-m", "daemon.cli", "sync", "--study", study, "--root", str(root)]
-    return subprocess.run(argv, check=False, env={**os.environ, **storage_env(storage)}).returncode
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(2)
+
+
+def _report_switch(switch: StudySwitch) -> None:
+    for line in switch.lines():
+        typer.echo(line)
+    if switch.sync_code != 0:
+        typer.echo(SYNC_RETRY_NOTE, err=True)
 
 
 def set_study(
     study: str = typer.Argument(..., help="The study every component should follow."),
-    config: Path = typer.Option(None, "--config", "-c"),
-    root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
+    config: Path = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    root: Path = typer.Option(None, help=ROOT_HELP),
 ) -> None:
     """Make STUDY the current study: write .current_study, sync the ensemble from it at once,
     and SIGHUP the supervisor so workers, jobs and the paper trader follow it."""
     try:
-        cfg = load_config(config, {"root": root} if root else None)
-        cfg.root.mkdir(parents=True, exist_ok=True)
-        write_current_study(cfg.root, study)
-    except (ConfigError, ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"current study: {study} ({cfg.root / '.current_study'})")
-    storage = cfg.study.storage or default_storage_url(cfg.root)
-    code = _sync_now(cfg.root, storage, study)
-    if code != 0:
-        typer.echo("ensemble sync found nothing to sync yet (the sync job retries on schedule)", err=True)
-    pid = supervisor_pid(cfg.root)
-    if pid is not None:
-        os.kill(pid, signal.SIGHUP)
-        typer.echo(f"supervisor pid {pid} signalled (SIGHUP): realigning workers, jobs and trader")
-    else:
-        typer.echo("supervisor is not running; it will follow this study when started")
+        switch = training_control.set_study(config, root, study)
+    except (ConfigError, ValueError, OSError, TrainingBusy) as exc:
+        raise _fail(exc) from None
+    _report_switch(switch)
 
 
 def start_training(
     study: str = typer.Option(..., help="Study name (created if needed)."),
     n_trials: int = typer.Option(..., min=1, help="Finished trials to reach."),
     workers: int = typer.Option(..., min=0, help="Training worker processes."),
-    config: Path = typer.Option(None, "--config", "-c"),
-    root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
+    mode: Mode = typer.Option(
+        None, help="Walk-forward mode, quick or full (default: the config's study.mode)."
+    ),
+    budget_steps: int = typer.Option(
+        None, min=1, help="Env steps per fold (default: the config's study.budget_steps)."
+    ),
+    config: Path = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    root: Path = typer.Option(None, help=ROOT_HELP),
     wait: float = typer.Option(30.0, help="Seconds to wait for a background supervisor to come up."),
     fee: float = typer.Option(None, help="Study cost: commission per side (default: the config's [costs])."),
     slippage: float = typer.Option(None, help="Study cost: slippage per side, fraction."),
@@ -71,9 +71,7 @@ def start_training(
     """Create the study if needed (with its execution model: the config's [costs], with the
     cost options given here), record the request in <root>/training.toml, make it the
     current study (sync + SIGHUP), and start the supervisor in the background if it is not
-    running."""
-    from trainers.worker import create_study
-
+    running. The control API's POST /api/training/start does the same."""
     options = {
         "fee": fee,
         "slippage": slippage,
@@ -82,27 +80,25 @@ def start_training(
         "trailing_stop": trailing_stop,
         "min_trade": min_trade,
     }
-    given = {k: v for k, v in options.items() if v is not None}
+    request = TrainingRequest(
+        study=study,
+        n_trials=n_trials,
+        workers=workers,
+        mode=mode,
+        budget_steps=budget_steps,
+        costs={k: v for k, v in options.items() if v is not None},
+    )
     try:
-        cfg = load_config(config, {"root": root} if root else None)
-        costs = costs_from_options(cfg.costs.as_costs(), "start-training options", **options)
-        cfg.root.mkdir(parents=True, exist_ok=True)
-        storage = cfg.study.storage or default_storage_url(cfg.root)
-        create_study(make_storage(storage, heartbeat_interval=None), study, costs=costs)
-        overlay = f"[study]\nn_trials = {n_trials}\n\n[workers]\ncount = {workers}\n"
-        if given:
-            overlay += "\n[costs]\n" + "".join(f"{k} = {v!r}\n" for k, v in costs.as_dict().items())
-        atomic_write_bytes(cfg.root / TRAINING_OVERLAY, overlay.encode())
-        load_config(config, {"root": root} if root else None)  # validate before signalling anyone
-    except (ConfigError, ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    set_study(study, config, root)
-    if supervisor_pid(cfg.root) is not None:
+        started = training_control.start_training(config, root, request)
+    except (ConfigError, ValueError, OSError, TrainingBusy) as exc:
+        raise _fail(exc) from None
+    _report_switch(started.switch)
+    cfg_root = started.overlay.parent
+    if supervisor_pid(cfg_root) is not None:
         return
-    log = cfg.root / "logs" / "supervisor.console"
+    log = Layout(cfg_root).logs_dir / "supervisor.console"
     log.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "daemon.cli", "supervise", "--root", str(cfg.root)]
+    argv = [sys.executable, "-m", "daemon.cli", "supervise", "--root", str(cfg_root)]
     if config is not None:
         argv += ["--config", str(config)]
     with open(log, "ab") as out:
@@ -111,10 +107,27 @@ def start_training(
         )
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        pid = supervisor_pid(cfg.root)
+        pid = supervisor_pid(cfg_root)
         if pid is not None:
             typer.echo(f"supervisor started in the background: pid {pid} (log {log})")
             return
         time.sleep(0.5)
     typer.echo(f"error: the supervisor did not come up within {wait:.0f} s; see {log}", err=True)
     raise typer.Exit(1)
+
+
+def stop_training(
+    config: Path = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    root: Path = typer.Option(None, help=ROOT_HELP),
+) -> None:
+    """Stop the training workers: workers.count = 0 in <root>/training.toml and SIGHUP the
+    supervisor (each worker re-queues its current trial). The supervisor, the paper trader
+    and the scheduled jobs keep running; start-training starts workers again. The control
+    API's POST /api/training/stop does the same."""
+    cfg = runtime_config(config, root)
+    try:
+        stopped = training_control.stop_training(config, cfg.root)
+    except (ConfigError, ValueError, OSError, TrainingBusy) as exc:
+        raise _fail(exc) from None
+    for line in stopped.lines():
+        typer.echo(line)

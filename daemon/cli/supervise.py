@@ -15,11 +15,9 @@ from rich.table import Table
 
 from daemon.config import ConfigError, load_config
 from daemon.preflight import run_checks
-from daemon.views.status import build_status
-from trainers.atomic_io import read_json_object
+from daemon.views.status import status_document
 from trainers.naming import baseline_note
 from trainers.runtime.layout import Layout
-from trainers.runtime.pidlock import supervisor_pid
 from trainers.storage import default_storage_url
 
 console = Console()
@@ -86,15 +84,7 @@ def status(
 ) -> None:
     """Show the system's status (also with the supervisor down)."""
     cfg = _config(config, root)
-    pid = supervisor_pid(cfg.root)
-    doc: dict[str, Any] | None = None
-    status_file = cfg.root / "run" / "status.json"
-    if pid is not None and status_file.is_file():
-        doc = read_json_object(status_file)
-    if doc is None:
-        url = cfg.study.storage or default_storage_url(cfg.root)
-        doc = build_status(cfg.root, url, cfg.study.name, supervisor=None)
-    doc["supervisor_running"] = pid is not None
+    doc = status_document(cfg.root, cfg.study.storage or default_storage_url(cfg.root), cfg.study.name)
     if as_json:
         typer.echo(json.dumps(doc, indent=2, default=str))
         return

@@ -10,6 +10,8 @@ from daemon.study_stats import study_stats
 from trainers.atomic_io import read_json_object
 from trainers.naming import beats_baselines
 from trainers.runtime.current_study import read_current_study
+from trainers.runtime.layout import Layout
+from trainers.runtime.pidlock import supervisor_pid
 
 
 def ensemble_summary(root: Path, baselines: dict[str, float] | None = None) -> dict[str, Any] | None:
@@ -62,3 +64,16 @@ def build_status(
     out["studies"] = studies
     out["mismatches"] = [k for k, v in studies.items() if v is not None and current and v != current]
     return out
+
+
+def status_document(root: Path, storage_url: str, study: str | None) -> dict[str, Any]:
+    """What ``cappuccino status`` and ``GET /api/status`` show: the running supervisor's
+    ``run/status.json`` (rewritten every ``status_interval_s``), or, with no supervisor
+    running, :func:`build_status` now (``study`` is the configured study, used when there is
+    no ``.current_study``); ``supervisor_running`` (bool) is added either way."""
+    pid = supervisor_pid(root)
+    doc = read_json_object(Layout(root).status) if pid is not None else None
+    if doc is None:
+        doc = build_status(root, storage_url, study, supervisor=None)
+    doc["supervisor_running"] = pid is not None
+    return doc
