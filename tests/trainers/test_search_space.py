@@ -15,10 +15,13 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from stable_baselines3 import PPO
 
 from trainers.accounting import COST_FIELDS, Costs
-from trainers.env import PortfolioCore
-from trainers.objective import FoldResult, StudyData, TrainingConfig, train_fold
+from trainers.design import Design
+from trainers.env import PortfolioCore, PortfolioVecEnv
+from trainers.features import FEATURE_NAMES
+from trainers.objective import FoldResult, StudyData, TrainingConfig, ppo_kwargs, train_fold
 from trainers.search_space import (
     ACTIVATIONS,
     BATCH_SIZE_CHOICES,
@@ -160,3 +163,74 @@ def test_trailing_stop_triggers_on_the_training_slice(study_data: StudyData) -> 
     tight, loose = outcome[tight_stop], outcome[loose_stop]
     assert tight[1] > loose[1]  # the tight stop takes positions off more often
     assert not np.array_equal(tight[0], loose[0])
+
+
+# one change per item of the agent design, away from CONFIG's (softmax, every bar, log return)
+DESIGN_CHANGES: dict[str, object] = {
+    "action_scheme": "scores",
+    "decision_interval": 4,
+    "reward": "differential_sharpe",
+    "turnover_penalty": 0.05,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(DESIGN_CHANGES))
+def test_each_design_item_changes_the_trained_actor(
+    study_data: StudyData, base_actor: dict[str, torch.Tensor], name: str
+) -> None:
+    assert set(DESIGN_CHANGES) == {f.name for f in dataclasses.fields(Design)}
+    assert getattr(Design(), name) != DESIGN_CHANGES[name]
+    design = dataclasses.replace(Design(), **{name: DESIGN_CHANGES[name]})
+    state = train_fold(study_data, study_data.folds[0], BASE, CONFIG, SEED, design=design).state
+    assert not _same_actor(state, base_actor), f"{name}={DESIGN_CHANGES[name]} trained the same actor"
+
+
+@pytest.mark.slow
+def test_excess_reward_changes_the_trained_actor(
+    study_data: StudyData, base_actor: dict[str, torch.Tensor]
+) -> None:
+    design = Design(reward="excess_log_return")
+    state = train_fold(study_data, study_data.folds[0], BASE, CONFIG, SEED, design=design).state
+    assert not _same_actor(state, base_actor)
+
+
+def test_each_sampled_value_reaches_the_sb3_attribute_it_names(study_data: StudyData) -> None:
+    """Distinct values for every field, read back from the Stable-Baselines3 model: a swap
+    (say gamma and GAE lambda) or a dropped parameter fails here."""
+    params = PPOParams(
+        learning_rate=1.23e-4,
+        n_steps=256,
+        batch_size=512,
+        n_epochs=7,
+        gamma=0.97,
+        gae_lambda=0.91,
+        clip_range=0.33,
+        ent_coef=4.5e-3,
+        net_width=64,
+        net_depth=1,
+        activation="elu",
+        lookback=20,
+    )
+    fold = study_data.folds[0]
+    env = PortfolioVecEnv(
+        study_data.features, study_data.panel.prices, fold.train_start, fold.train_stop, params.lookback, 2
+    )
+    model = PPO("MlpPolicy", env, **ppo_kwargs(params, CONFIG, SEED))
+    read = {
+        "learning_rate": model.learning_rate,
+        "n_steps": model.n_steps,
+        "batch_size": model.batch_size,
+        "n_epochs": model.n_epochs,
+        "gamma": model.gamma,
+        "gae_lambda": model.gae_lambda,
+        "clip_range": model.clip_range(1.0),
+        "ent_coef": model.ent_coef,
+        "net_width": model.policy.mlp_extractor.policy_net[0].out_features,
+        "net_depth": sum(isinstance(m, torch.nn.Linear) for m in model.policy.mlp_extractor.policy_net),
+        "activation": type(model.policy.mlp_extractor.policy_net[1]).__name__.lower(),
+        "lookback": (model.observation_space.shape[0] - 3 - 1) // (3 * len(FEATURE_NAMES)),
+    }
+    assert read == params.as_dict()
+    value_net = [m for m in model.policy.mlp_extractor.value_net if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in value_net] == [64]  # the critic has the same shape
