@@ -44,7 +44,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger("alerts")
 
 Severity = Literal["info", "warning", "critical"]
-KINDS = ("worker_budget_exhausted", "stagnation", "below_baselines", "drawdown", "reload_rejected")
+KINDS = (
+    "worker_budget_exhausted",
+    "stagnation",
+    "below_baselines",
+    "drawdown",
+    "reload_rejected",
+    "manifest_rebuilt",
+)
 RETRY_STATUS = frozenset({408, 425, 429})
 RECENT_KEPT = 50
 _STOP = object()

@@ -7,8 +7,9 @@ trials that improved the best value, ``ORDER BY number DESC LIMIT n``): the data
 the scanning and only small results come back, so a study of any size costs the same few
 round trips. Works on SQLite (>= 3.25, window functions) and PostgreSQL.
 
-:func:`monitor_alerts` turns the figures, the supervisor's children and
-``<root>/paper_trader/status.json`` into :class:`daemon.alerts.Alert` conditions for
+:func:`monitor_alerts` turns the figures, the supervisor's children,
+``<root>/paper_trader/status.json`` and the manifests the ensemble sync rebuilt
+(:func:`manifest_alerts`) into :class:`daemon.alerts.Alert` conditions for
 :meth:`daemon.alerts.AlertSink.update`.
 """
 
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.alerts import Alert
+from ensemble.generations import read_generations, set_aside_files
+from ensemble.manifest import ManifestError
 from trainers.atomic_io import read_json_object
 from trainers.naming import baseline_note, beats_baselines
 from trainers.study_db import (
@@ -173,6 +176,7 @@ def monitor_alerts(
       ``<root>/paper_trader/status.json``) above ``drawdown_limit``.
     * ``reload_rejected`` (warning): the paper trader's ``rejected_generation`` is set
       (with ``rejection_reason``); one alert per rejected generation.
+    * ``manifest_rebuilt`` (warning): see :func:`manifest_alerts`.
 
     Args:
         root: runtime root.
@@ -259,6 +263,49 @@ def monitor_alerts(
                     "rejected_generation": rejected,
                     "reason": reason,
                     "generation": trader.get("generation"),
+                },
+            )
+        )
+    alerts += manifest_alerts(root)
+    return alerts
+
+
+def manifest_alerts(root: str | Path) -> list[Alert]:
+    """``manifest_rebuilt`` (warning) for every unreadable manifest the ensemble sync kept
+    aside (``<root>/ensemble/ensemble_manifest.json.corrupt-<UTC time>``,
+    :mod:`ensemble.generations`) after rebuilding the manifest from the study: why it was
+    unreadable and the generation the rebuilt one got, from ``ensemble/generations.json``.
+    The key names the file, so the alert stays active until an operator has looked at the
+    file and removed it, and each new rebuild alerts again.
+    """
+    ens = Path(root) / "ensemble"
+    files = set_aside_files(ens)
+    if not files:
+        return []
+    try:
+        record = read_generations(ens)
+    except ManifestError:
+        record = None
+    rebuilds = {r.set_aside: r for r in record.rebuilds} if record is not None else {}
+    alerts = []
+    for path in files:
+        rebuild = rebuilds.get(path.name)
+        why = rebuild.reason if rebuild is not None else "reason not recorded"
+        gen = rebuild.generation if rebuild is not None else None
+        alerts.append(
+            Alert(
+                "manifest_rebuilt",
+                "warning",
+                f"the ensemble manifest was unreadable ({why}); the sync rebuilt it from the study"
+                + (f" as generation {gen}" if gen is not None else "")
+                + f" and kept the bad file as ensemble/{path.name}: inspect it, then remove it "
+                "to clear this alert",
+                f"manifest_rebuilt:{path.name}",
+                details={
+                    "set_aside": path.name,
+                    "generation": gen,
+                    "reason": why,
+                    "rebuilt_at": None if rebuild is None else rebuild.at,
                 },
             )
         )

@@ -5,11 +5,18 @@ an immutable directory ``<root>/ensemble/model_<trial_id>_<sha256[:12]>/`` named
 identity, so the sync job never edits a live member in place: it writes new member
 directories, replaces the manifest atomically (``generation`` + 1), touches
 ``ensemble/.reload``, and only then removes directories no member refers to.
+
+An ensemble is identified by its ``generation`` and its content ``digest``
+(:func:`content_digest`: study, combine rule and members, not the generation or the time),
+which :func:`write_manifest` records in the file and :func:`read_manifest` checks, so a
+manifest edited or damaged by hand does not pass for the ensemble it names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -21,6 +28,8 @@ from trainers.atomic_io import atomic_write_json
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "ensemble_manifest.json"
 RELOAD_FILE = ".reload"
+_GENERATION_RE = re.compile(rb'"generation"\s*:\s*(\d+)')
+_DIGEST_RE = re.compile(rb'"digest"\s*:\s*"([0-9a-f]{64})"')
 Combine = Literal["mean", "median", "value_weighted"]
 
 
@@ -60,9 +69,28 @@ class Manifest(BaseModel):
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     combine: Combine = "mean"
     members: list[Member]
+    digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # content_digest(); None in old files
 
     def member_keys(self) -> list[tuple[str, int, str]]:
         return [m.key for m in self.members]
+
+    @property
+    def identity(self) -> tuple[int, str]:
+        """``(generation, content digest)``: what the paper trader calls one ensemble."""
+        return (self.generation, content_digest(self))
+
+
+def content_digest(manifest: Manifest) -> str:
+    """sha256 (64 hex digits) of what an ensemble trades: its study, combine rule and members
+    in slot order, as canonical JSON (sorted keys, no spaces). The generation, ``created_at``
+    and the recorded digest are not part of it, so the same members published twice have
+    the same digest under two generations."""
+    body = {
+        "study": manifest.study,
+        "combine": manifest.combine,
+        "members": [m.model_dump(mode="json") for m in manifest.members],
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def manifest_path(ensemble_dir: str | Path) -> Path:
@@ -103,12 +131,44 @@ def read_manifest(path: str | Path) -> Manifest:
             raise ManifestError(f"{path}: member {m.slot} is from study {m.study!r}, not {manifest.study!r}")
         if Path(m.bundle_path).is_absolute() or ".." in Path(m.bundle_path).parts:
             raise ManifestError(f"{path}: member {m.slot} bundle_path must be relative and inside")
+    if manifest.digest is not None and manifest.digest != content_digest(manifest):
+        raise ManifestError(
+            f"{path}: digest does not match the content (edited or damaged; the sync job rebuilds it)"
+        )
     return manifest
 
 
 def write_manifest(path: str | Path, manifest: Manifest) -> None:
-    """Write a manifest atomically (temp file, fsync, ``os.replace``, fsync the folder)."""
-    atomic_write_json(path, manifest.model_dump(mode="json"))
+    """Write a manifest atomically (temp file, fsync, ``os.replace``, fsync the folder), with
+    its ``digest`` set to :func:`content_digest`."""
+    recorded = manifest.model_copy(update={"digest": content_digest(manifest)})
+    atomic_write_json(path, recorded.model_dump(mode="json"))
+
+
+def peek_generation(path: str | Path) -> int | None:
+    """The ``generation`` of a manifest without validating it (a regex over the raw bytes).
+
+    Cheap enough for every bar (one small read). Works on a truncated or otherwise damaged
+    manifest as long as the generation field survived; None if the file is missing or holds
+    no generation.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None
+    match = _GENERATION_RE.search(raw)
+    return int(match.group(1)) if match else None
+
+
+def peek_digest(path: str | Path) -> str | None:
+    """The recorded ``digest`` of a manifest without validating it (see :func:`peek_generation`);
+    None if the file is missing or records none."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None
+    match = _DIGEST_RE.search(raw)
+    return match.group(1).decode() if match else None
 
 
 def touch_reload(ensemble_dir: str | Path) -> None:

@@ -8,11 +8,25 @@ Order of writes, so a reader never sees a manifest that points at a missing memb
 3. ``ensemble/.reload`` is touched;
 4. member directories the new manifest no longer refers to are removed.
 
+Before step 2 the new generation is recorded in ``ensemble/generations.json``
+(:mod:`ensemble.generations`): generations only increase, even across a rebuilt or removed
+manifest. Step 4 never removes a member directory that the paper trader's status file says
+its current ensemble uses (it goes at a later sync, once the trader has moved on).
+
+The manifest is derived state. A sync that finds it unreadable (truncated, not JSON, a
+schema violation, a digest that does not match) keeps the file aside as
+``ensemble_manifest.json.corrupt-<UTC time>``, rebuilds the manifest from the study above
+the highest generation ever published and records the rebuild (``SyncResult.rebuilt``, and
+in ``generations.json``, from which the supervisor's monitor raises a ``manifest_rebuilt``
+alert). A missing manifest is rebuilt the same way (nothing to keep aside).
+
 A sync whose membership (the ordered list of (study, trial id, sha256)) equals the
-manifest's, with every member directory intact, changes nothing: no new generation,
-no file written, no mtime changed. Syncing another study than the manifest's replaces the
-whole membership. Artifacts are unpacked into a staging folder outside ``ensemble/``.
-One sync at a time: ``ensemble/.sync.lock`` is held with ``flock`` for the duration.
+manifest's, with every member directory intact, publishes nothing: no new generation, no
+manifest written; it only removes member directories that neither the manifest nor the
+trader uses any more (left behind while the trader used them). Syncing another study than
+the manifest's replaces the whole membership. Artifacts are unpacked into a staging folder
+outside ``ensemble/``. One sync at a time: ``ensemble/.sync.lock`` is held with ``flock``
+for the duration.
 """
 
 from __future__ import annotations
@@ -21,12 +35,24 @@ import os
 import shutil
 import tempfile
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from ensemble.generations import (
+    REBUILDS_KEPT,
+    GenerationRecord,
+    Rebuild,
+    TraderUse,
+    highest_generation,
+    read_generations,
+    set_aside,
+    trader_use,
+    write_generations,
+)
 from ensemble.manifest import (
     Combine,
     Manifest,
@@ -68,6 +94,10 @@ class SyncResult:
         added: member directory names written by this sync.
         removed: member directory names removed by this sync.
         skipped: ranked trials that were not usable (with reasons).
+        rebuilt: set when the manifest was unreadable or missing and this sync rebuilt it
+            from the study (why, the generation, the name of the file kept aside).
+        kept: stale member directory names left in place because the paper trader's
+            current ensemble uses them.
     """
 
     study: str
@@ -77,6 +107,8 @@ class SyncResult:
     added: list[str]
     removed: list[str]
     skipped: list[SkippedTrial]
+    rebuilt: Rebuild | None = None
+    kept: list[str] = field(default_factory=list)
 
 
 def ensemble_dir(root: str | Path) -> Path:
@@ -121,16 +153,46 @@ def _write_member(ens: Path, chosen: SelectedTrial) -> str:
     return name
 
 
-def _read_current(ens: Path) -> Manifest | None:
+def _read_current(ens: Path) -> tuple[Manifest | None, str | None]:
+    """``(manifest, None)``, ``(None, why it is unreadable)``, or ``(None, None)`` if missing."""
     path = manifest_path(ens)
     if not path.exists():
-        return None
+        return None, None
     try:
-        return read_manifest(path)
+        return read_manifest(path), None
     except ManifestError as exc:
-        raise SyncError(
-            f"{exc}; the sync job owns this file: fix it, or remove it to start a new ensemble"
-        ) from None
+        return None, str(exc)
+
+
+def _read_record(ens: Path, log: Any) -> GenerationRecord | None:
+    try:
+        return read_generations(ens)
+    except ManifestError as exc:  # derived as well: the other sources still bound the generation
+        log.warning("generation_record_unreadable", error=str(exc), note="rewritten at the next publish")
+        return None
+
+
+def _remove_stale(
+    ens: Path, keep: set[str], trader: TraderUse | None, log: Any
+) -> tuple[list[str], list[str]]:
+    """Remove member folders outside ``keep`` (and leftovers of ours or of a crashed sync),
+    except those the trader's current ensemble uses. Returns ``(removed, kept for the trader)``."""
+    in_use = trader.member_dirs if trader is not None and trader.running else frozenset()
+    removed, kept = [], []
+    for entry in sorted(ens.iterdir()):
+        stale_member = entry.name.startswith(MEMBER_PREFIX) and entry.name not in keep
+        leftover = entry.name.startswith((".trash-", ".tmp-"))  # ours, or a crashed sync's (lock held)
+        if not entry.is_dir() or not (stale_member or leftover):
+            continue
+        if stale_member and entry.name in in_use:
+            kept.append(entry.name)
+            continue
+        shutil.rmtree(entry)
+        if stale_member:
+            removed.append(entry.name)
+    if kept:
+        log.info("members_kept_for_trader", kept=kept, trader_generation=trader and trader.generation)
+    return removed, kept
 
 
 def sync_ensemble(
@@ -157,10 +219,10 @@ def sync_ensemble(
         What was done (``changed`` is False when the membership is unchanged).
 
     Raises:
-        SyncError: the root does not exist, the current manifest is unreadable, another
-            sync holds the lock (:class:`SyncBusy`), no ranked trial is usable, or the
-            selected trials were trained with different costs. The ensemble is left
-            untouched.
+        SyncError: the root does not exist, another sync holds the lock
+            (:class:`SyncBusy`), no ranked trial is usable, or the selected trials were
+            trained with different costs. The ensemble is left untouched (an unreadable
+            manifest too: it is rebuilt only when there is something to rebuild it from).
         trainers.study_db.StudyDBError: unknown study or unreadable storage (untouched).
     """
     log = log or structlog.get_logger("ensemble.sync").bind(component="sync", study=study, pid=os.getpid())
@@ -191,12 +253,15 @@ def _sync_locked(
     log: Any,
 ) -> SyncResult:
     with _sync_lock(ens), tempfile.TemporaryDirectory(prefix="cappuccino-sync-") as staging:
-        current = _read_current(ens)
+        current, unreadable = _read_current(ens)
+        if unreadable is not None:
+            log.error("manifest_unreadable", error=unreadable, note="rebuilding it from the study")
+        kept_note = f"; the unreadable manifest stays as it is ({unreadable})" if unreadable else ""
         selection = select_top_n(storage, study, root, pipeline, staging, top_n, ens, log)
         if not selection.selected:
             raise SyncError(
                 f"study {study!r}: no usable COMPLETE trial ({len(selection.skipped)} skipped, see the log); "
-                "the ensemble is unchanged"
+                f"the ensemble is unchanged{kept_note}"
             )
         try:
             common_costs([(f"trial {s.trial.number} ({s.vin})", s.meta) for s in selection.selected])
@@ -204,6 +269,7 @@ def _sync_locked(
             raise SyncError(
                 f"study {study!r}: the top trials cannot trade as one ensemble: {exc}; the ensemble is "
                 "unchanged (a study has one execution model: train its trials with the same costs)"
+                f"{kept_note}"
             ) from None
         keys = [(study, s.trial.trial_id, s.sha256) for s in selection.selected]
         intact = {
@@ -211,15 +277,28 @@ def _sync_locked(
             for s in selection.selected
         }
         rule: Combine = combine or (current.combine if current else "mean")
+        record = _read_record(ens, log)
+        trader = trader_use(root)
         if (
             current is not None
             and current.member_keys() == keys
             and current.combine == rule
             and all(intact.values())
         ):
-            log.info("ensemble_unchanged", generation=current.generation, members=len(keys))
+            if record is None or record.highest < current.generation:  # a root from before the record
+                write_generations(ens, GenerationRecord(highest=current.generation))
+            removed, kept = _remove_stale(ens, {m.bundle_path for m in current.members}, trader, log)
+            log.info("ensemble_unchanged", generation=current.generation, members=len(keys), removed=removed)
             return SyncResult(
-                study, current.generation, False, list(current.members), [], [], selection.skipped
+                study,
+                current.generation,
+                False,
+                list(current.members),
+                [],
+                removed,
+                selection.skipped,
+                None,
+                kept,
             )
         added = [_write_member(ens, s) for s in selection.selected if not intact[s.trial.trial_id]]
         if added:
@@ -238,26 +317,41 @@ def _sync_locked(
             )
             for i, s in enumerate(selection.selected)
         ]
-        generation = current.generation + 1 if current else 1
+        highest = highest_generation(ens, record, trader, [current.generation if current else None])
+        generation = highest + 1
+        rebuilt = None
+        if current is None and (unreadable is not None or highest > 0):
+            aside = set_aside(manifest_path(ens)) if unreadable is not None else None
+            rebuilt = Rebuild(
+                at=datetime.now(UTC).isoformat(),
+                generation=generation,
+                reason=unreadable or "no manifest",
+                set_aside=aside,
+            )
+        history = [] if record is None else list(record.rebuilds)
+        if rebuilt is not None:
+            history = [*history, rebuilt][-REBUILDS_KEPT:]
+        write_generations(ens, GenerationRecord(highest=generation, rebuilds=history))
         write_manifest(
             manifest_path(ens), Manifest(study=study, generation=generation, combine=rule, members=members)
         )
         touch_reload(ens)
-        keep = {m.bundle_path for m in members}
-        removed = []
-        for entry in sorted(ens.iterdir()):
-            stale_member = entry.name.startswith(MEMBER_PREFIX) and entry.name not in keep
-            leftover = entry.name.startswith((".trash-", ".tmp-"))  # ours, or a crashed sync's (lock held)
-            if entry.is_dir() and (stale_member or leftover):
-                shutil.rmtree(entry)
-                if stale_member:
-                    removed.append(entry.name)
+        removed, kept = _remove_stale(ens, {m.bundle_path for m in members}, trader, log)
+        if rebuilt is not None:
+            log.warning(
+                "manifest_rebuilt",
+                generation=generation,
+                reason=rebuilt.reason,
+                set_aside=rebuilt.set_aside,
+                previous_highest=highest,
+            )
         log.info(
             "ensemble_synced",
             generation=generation,
             members=len(members),
             added=len(added),
             removed=len(removed),
+            kept_for_trader=len(kept),
             skipped=len(selection.skipped),
         )
-        return SyncResult(study, generation, True, members, added, removed, selection.skipped)
+        return SyncResult(study, generation, True, members, added, removed, selection.skipped, rebuilt, kept)

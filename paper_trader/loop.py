@@ -327,13 +327,23 @@ class Trader:
             self.log.warning("short_history", bars=len(history), wanted=HISTORY_BARS)
         with self.ledger.bar(bar.ts) as tx:
             mark = settle(tx, self.broker, bar)
-            raw = compute_features(history)
-            action = np.asarray(policy.act(raw, mark.weights), dtype=np.float64)
+            action: np.ndarray | None = None  # between a model's decision bars it holds
+            if policy.decides_at(bar.ts):
+                raw = compute_features(history)
+                action = np.asarray(policy.act(raw, mark.weights), dtype=np.float64)
             min_notional = self.config.min_notional
             assert self.costs is not None  # set with the policy
             band_here = not self.broker.band_at_fill
             dec = decide(
-                action, mark.qty, mark.hwm, bar.close, mark.cash, self.costs, min_notional, band_here
+                action,
+                mark.qty,
+                mark.hwm,
+                bar.close,
+                mark.cash,
+                self.costs,
+                min_notional,
+                band_here,
+                policy.action_scheme,
             )
             orders = record_orders(tx, self.broker.symbols, dec, policy.generation, policy.study)
             tx.add_decision(
@@ -364,6 +374,21 @@ class Trader:
             self._last_status = now
             write_status(self.config.status_path, hb, self.status_details(state))
 
+    def _ensemble_in_use(self, src: dict[str, Any]) -> dict[str, Any] | None:
+        """``{"generation", "digest", "member_dirs"}`` of the ensemble traded now (None when
+        the source is not the ensemble or there is no policy yet). The sync job reads
+        ``member_dirs`` and never removes those folders (:mod:`ensemble.sync`)."""
+        policy = self.policy
+        if policy is None or self.source.name != "ensemble":
+            return None
+        dirs = [Path(b.path).name for b in policy.bundles]
+        same = src.get("generation") == policy.generation and src.get("member_dirs") == dirs
+        return {
+            "generation": policy.generation,
+            "digest": src.get("digest") if same else None,
+            "member_dirs": dirs,
+        }
+
     def status_details(self, state: AccountState) -> dict[str, Any]:
         """The status fields beyond the heartbeat (see :mod:`paper_trader.status`)."""
         prices = None if self._last_bar is None else self._last_bar.close
@@ -385,8 +410,11 @@ class Trader:
         src = self.source.status
         rejected, reason = src.get("rejected_generation"), src.get("rejection_reason")
         current = None if self.policy is None else self.policy.generation
-        if rejected is not None and current is not None and rejected <= current:
-            rejected, reason = None, None  # superseded by the generation in use (raw: "reload")
+        reloaded, rejected_at = src.get("last_reload_at"), src.get("rejected_at")
+        if (rejected is not None and current is not None and rejected <= current) or (
+            reloaded is not None and rejected_at is not None and reloaded > rejected_at
+        ):
+            rejected, reason = None, None  # superseded by the ensemble in use (raw: "reload")
         return {
             "broker": self.broker.name,
             "source": self.source.name,
@@ -400,6 +428,7 @@ class Trader:
             "last_reload": src.get("last_reload_at"),
             "rejected_generation": rejected,
             "rejection_reason": reason,
+            "ensemble": self._ensemble_in_use(src),
             "reload": src,
             "costs": None if self.costs is None else self.costs.as_dict(),
             "cost_overrides": self.config.overrides(),

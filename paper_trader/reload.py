@@ -10,7 +10,13 @@ The ensemble sync job writes new member directories, replaces
   ``debounce_s`` of quiet;
 * :meth:`ReloadWatcher.request_reload`, e.g. from the trader's SIGHUP handler (forces a load);
 * :meth:`ReloadWatcher.check_generation`, called by the trading loop each bar: a cheap look at
-  the manifest's generation, so a missed file event never leaves a stale ensemble.
+  the manifest's generation and digest, so a missed file event never leaves a stale ensemble.
+
+An ensemble is identified by its generation *and* its content digest
+(:func:`ensemble.manifest.content_digest`, recorded in the manifest): a manifest that names
+the generation in use with other content (e.g. rebuilt by hand from scratch) is a different
+ensemble and is loaded. The sync job never reuses a generation
+(:mod:`ensemble.generations`), so this is the second line of defence.
 
 Loading (manifest validation, every member's hash, spec and weights) runs on the watcher's
 loader thread, never on the trading thread. The loop picks the new policy up between bars
@@ -31,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import select
 import threading
 import time
@@ -49,7 +54,15 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from ensemble.manifest import MANIFEST_FILE, RELOAD_FILE
+from ensemble.manifest import (
+    MANIFEST_FILE,
+    RELOAD_FILE,
+    ManifestError,
+    content_digest,
+    peek_digest,
+    peek_generation,
+    read_manifest,
+)
 from ensemble.policy import EnsembleError, EnsemblePolicy
 from trainers.bundle import PipelineSpec
 from trainers.runtime.current_study import read_current_study
@@ -59,10 +72,10 @@ ENSEMBLE_DIR = "ensemble"
 _WAKE_EVENT = b"e"  # a file event or a generation change seen by check_generation
 _WAKE_FORCED = b"f"  # request_reload: load even if the generation is known
 _WAKE_STOP = b"q"
-_GENERATION_RE = re.compile(rb'"generation"\s*:\s*(\d+)')
 _MAX_DEBOUNCE_FACTOR = 10  # a continuous stream of events still loads after this many debounce_s
 
 FileSignature = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
+__all__ = ["ReloadWatcher", "file_signature", "peek_digest", "peek_generation", "same_ensemble"]
 
 
 def _now() -> str:
@@ -81,18 +94,19 @@ def file_signature(path: Path) -> FileSignature | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def peek_generation(path: Path) -> int | None:
-    """The ``generation`` of a manifest without validating it (a regex over the raw bytes).
+def same_ensemble(
+    gen: int | None, digest: str | None, other_gen: int | None, other_digest: str | None
+) -> bool:
+    """Whether ``(gen, digest)`` names the ensemble ``(other_gen, other_digest)``: same
+    generation and, where both digests are known, same digest (a manifest written before
+    digests were recorded is compared by generation)."""
+    if gen is None or other_gen is None or gen != other_gen:
+        return False
+    return digest is None or other_digest is None or digest == other_digest
 
-    Cheap enough for every bar (one small read). Works on a truncated manifest as long as the
-    generation field survived; returns None if the file is missing or holds no generation.
-    """
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return None
-    match = _GENERATION_RE.search(raw)
-    return int(match.group(1)) if match else None
+
+class _Superseded(Exception):
+    """The manifest was replaced between reading it and loading its members."""
 
 
 class _EnsembleDirHandler(FileSystemEventHandler):
@@ -127,6 +141,8 @@ class ReloadWatcher:
             of ``<root>/.current_study`` when that file exists.
         pipeline: what the trader can feed a model; every member's observation spec must match.
         current: the policy the trader starts with (None if it has none yet).
+        current_digest: the content digest of ``current``'s manifest, if known (else
+            ``current`` is recognised by its generation alone).
         debounce_s: an event after ``debounce_s`` of quiet loads at once; events within
             ``debounce_s`` of the last handled one wait for ``debounce_s`` of quiet and then
             become one load (a burst costs at most two loads; a continuous stream still loads
@@ -143,6 +159,7 @@ class ReloadWatcher:
         pipeline: PipelineSpec,
         current: EnsemblePolicy | None,
         debounce_s: float = 0.2,
+        current_digest: str | None = None,
     ) -> None:
         if debounce_s < 0:
             raise ValueError(f"debounce_s must be >= 0, got {debounce_s}")
@@ -156,19 +173,23 @@ class ReloadWatcher:
         )
         self._lock = threading.Lock()  # guards the state below (never taken in request_reload)
         self._current = current
+        self._current_digest = current_digest
         self._pending: EnsemblePolicy | None = None
+        self._pending_digest: str | None = None
         self._last_reload_at: str | None = None
         self._last_load_s: float | None = None
         self._reloads = 0
         self._rejections = 0
         self._load_checks = 0  # wake-ups the loader has handled (loads, rejections and skips)
         self._rejected_generation: int | None = None
+        self._rejected_digest: str | None = None
         self._rejected_signature: FileSignature | None = None
         self._rejection_reason: str | None = None
         self._rejected_at: str | None = None
         self._file_events = 0  # relevant watchdog events seen (observer thread only)
         self._seen_signature: FileSignature | None = None  # check_generation's last look
         self._seen_generation: int | None = None
+        self._seen_digest: str | None = None
         self._rfd = -1
         self._wfd = -1
         self._observer: Any = None
@@ -251,12 +272,13 @@ class ReloadWatcher:
         self._wake(_WAKE_FORCED)
 
     def check_generation(self) -> int | None:
-        """Cheap per-bar look at the manifest; requests a load if its generation is new.
+        """Cheap per-bar look at the manifest; requests a load if it names a new ensemble.
 
         One ``stat`` per call while the manifest file is unchanged; after a change, one small
-        read of its ``generation``. A load is requested when that generation differs from the
-        current (or already loaded, pending) one and from the last rejected one, or when an
-        unreadable manifest has not been rejected yet. Call from the trading thread.
+        read of its ``generation`` and ``digest``. A load is requested when that (generation,
+        digest) is neither the current (or already loaded, pending) ensemble nor the last
+        rejected one (see :func:`same_ensemble`), or when an unreadable manifest has not been
+        rejected yet. Call from the trading thread.
 
         Returns:
             the manifest's generation as last seen (None if missing or unreadable).
@@ -269,11 +291,18 @@ class ReloadWatcher:
             return self._seen_generation
         self._seen_signature = sig
         gen = peek_generation(self.manifest_path)
-        self._seen_generation = gen
+        digest = peek_digest(self.manifest_path)
+        self._seen_generation, self._seen_digest = gen, digest
         with self._lock:
-            known = self._accepted_generation()
-            rejected_gen, rejected_sig = self._rejected_generation, self._rejected_signature
-        stale = sig != rejected_sig if gen is None else gen not in (known, rejected_gen)
+            known, known_digest = self._accepted()
+            rejected = (self._rejected_generation, self._rejected_digest)
+            rejected_sig = self._rejected_signature
+        if gen is None:
+            stale = sig != rejected_sig
+        else:
+            stale = not same_ensemble(gen, digest, known, known_digest) and not same_ensemble(
+                gen, digest, *rejected
+            )
         if stale:
             self._wake(_WAKE_EVENT)
         return gen
@@ -286,7 +315,7 @@ class ReloadWatcher:
         with self._lock:
             policy, self._pending = self._pending, None
             if policy is not None:
-                self._current = policy
+                self._current, self._current_digest = policy, self._pending_digest
         return policy
 
     @property
@@ -299,25 +328,30 @@ class ReloadWatcher:
     def status(self) -> dict[str, Any]:
         """JSON-ready snapshot of the reload state.
 
-        Keys: ``generation``, ``study``, ``members`` (of the current policy),
-        ``pending_generation``, ``last_reload_at`` (UTC ISO time), ``last_load_s`` (seconds the
-        last successful load took), ``reloads``, ``rejections``, ``rejected_generation``,
-        ``rejection_reason``, ``rejected_at`` (the last rejection; None if never), ``load_checks``
-        (debounced wake-ups the loader handled: loads, rejections and skips), ``file_events``
+        Keys: ``generation``, ``digest`` (the content digest of its manifest, None if
+        unknown), ``study``, ``members`` (count), ``member_dirs`` (the member folder names in
+        ``ensemble/``) of the current policy, ``pending_generation``, ``last_reload_at``
+        (UTC ISO time), ``last_load_s`` (seconds the last successful load took), ``reloads``,
+        ``rejections``, ``rejected_generation``, ``rejected_digest``, ``rejection_reason``,
+        ``rejected_at`` (the last rejection; None if never), ``load_checks`` (debounced
+        wake-ups the loader handled: loads, rejections and skips), ``file_events``
         (relevant watchdog events seen), ``watching`` (loader thread alive).
         """
         with self._lock:
             cur, pend = self._current, self._pending
             return {
                 "generation": cur.generation if cur is not None else None,
+                "digest": self._current_digest if cur is not None else None,
                 "study": cur.study if cur is not None else None,
                 "members": len(cur.bundles) if cur is not None else 0,
+                "member_dirs": [Path(b.path).name for b in cur.bundles] if cur is not None else [],
                 "pending_generation": pend.generation if pend is not None else None,
                 "last_reload_at": self._last_reload_at,
                 "last_load_s": self._last_load_s,
                 "reloads": self._reloads,
                 "rejections": self._rejections,
                 "rejected_generation": self._rejected_generation,
+                "rejected_digest": self._rejected_digest,
                 "rejection_reason": self._rejection_reason,
                 "rejected_at": self._rejected_at,
                 "load_checks": self._load_checks,
@@ -327,10 +361,14 @@ class ReloadWatcher:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _accepted_generation(self) -> int | None:
-        """Generation of the pending policy, else of the current one (caller holds the lock)."""
-        policy = self._pending if self._pending is not None else self._current
-        return policy.generation if policy is not None else None
+    def _accepted(self) -> tuple[int | None, str | None]:
+        """(generation, digest) of the pending policy, else of the current one (caller holds
+        the lock)."""
+        if self._pending is not None:
+            return self._pending.generation, self._pending_digest
+        if self._current is not None:
+            return self._current.generation, self._current_digest
+        return None, None
 
     def _wake(self, kind: bytes) -> None:
         """Signal-safe wake-up of the loader thread (a full pipe already means 'wake up')."""
@@ -406,24 +444,34 @@ class ReloadWatcher:
         """Validate and load the manifest; publish it as pending or record the rejection."""
         sig = file_signature(self.manifest_path)
         gen = peek_generation(self.manifest_path)
+        digest = peek_digest(self.manifest_path)
         with self._lock:
-            known = self._accepted_generation()
-            rejected_gen, rejected_sig = self._rejected_generation, self._rejected_signature
+            known, known_digest = self._accepted()
+            rejected = (self._rejected_generation, self._rejected_digest)
+            rejected_sig = self._rejected_signature
         if sig is None:
             if forced:
                 self._log.info("ensemble_reload_skipped", manifest=str(self.manifest_path), why="no manifest")
             return  # no manifest yet: nothing to load, nothing wrong
         if not forced:
-            if gen is not None and gen == known:
-                return  # already trading (or holding) this generation
-            if (gen is not None and gen == rejected_gen) or sig == rejected_sig:
-                return  # this bad generation was rejected already; wait for a newer one
+            if same_ensemble(gen, digest, known, known_digest):
+                return  # already trading (or holding) this ensemble
+            if same_ensemble(gen, digest, *rejected) or sig == rejected_sig:
+                return  # this bad ensemble was rejected already; wait for another one
         t0 = time.perf_counter()
         try:
             expected_study = read_current_study(self.root)
+            manifest = read_manifest(self.manifest_path)
+            digest = loaded_digest = content_digest(manifest)
             policy = EnsemblePolicy.from_manifest(self.manifest_path, self.pipeline, expected_study)
+            if (policy.generation, [b.sha256 for b in policy.bundles]) != (
+                manifest.generation,
+                [m.sha256 for m in manifest.members],
+            ):
+                raise _Superseded(f"{self.manifest_path}: replaced while it was loaded")
         except Exception as exc:  # EnsembleError for bad ensembles; anything else is rejected too
-            reason = str(exc) if isinstance(exc, EnsembleError) else f"{type(exc).__name__}: {exc}"
+            known_error = isinstance(exc, (EnsembleError, ManifestError, _Superseded))
+            reason = str(exc) if known_error else f"{type(exc).__name__}: {exc}"
             if file_signature(self.manifest_path) != sig:
                 # Replaced while loading (sync may then remove members of the old manifest):
                 # not a verdict on either manifest; look at the new one.
@@ -442,6 +490,7 @@ class ReloadWatcher:
             with self._lock:
                 self._rejections += 1
                 self._rejected_generation = gen
+                self._rejected_digest = digest
                 self._rejected_signature = sig
                 self._rejection_reason = reason
                 self._rejected_at = _now()
@@ -450,14 +499,16 @@ class ReloadWatcher:
         self._log.info(
             "ensemble_reloaded",
             generation=policy.generation,
+            digest=loaded_digest[:12],
             previous_generation=known,
+            previous_digest=known_digest and known_digest[:12],
             study=policy.study,
             members=len(policy.bundles),
             load_s=round(elapsed, 4),
             forced=forced,
         )
         with self._lock:
-            self._pending = policy
+            self._pending, self._pending_digest = policy, loaded_digest
             self._reloads += 1
             self._last_reload_at = _now()
             self._last_load_s = elapsed

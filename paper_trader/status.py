@@ -10,7 +10,11 @@
   ``equity``, ``cash``, ``positions`` (per symbol: qty, price, value, weight, hwm, entry),
   ``drawdown``, ``peak_equity``, ``initial_cash``, ``source``, ``study``, ``last_reload``,
   ``rejected_generation``, ``rejection_reason`` (the last rejected generation while it is
-  newer than the one in use, else None), the hot-reload watcher's own ``reload`` status,
+  newer than the one in use and than the last successful reload, else None), ``ensemble``
+  (``{"generation", "digest", "member_dirs"}`` of the ensemble traded: its generation, the
+  content digest of its manifest and its member folder names in ``ensemble/``, which the
+  sync job does not remove while they are listed here; None for a deployment slot or
+  before a model is loaded), the hot-reload watcher's own ``reload`` status,
   ``costs`` (the execution model traded: the model's own, with any overrides) and
   ``cost_overrides`` (the fields the trader's options override).
 """

@@ -18,13 +18,23 @@ from trainers.study_db.baselines import read_study_baselines
 
 
 def format_result(result: SyncResult, baselines: dict[str, float] | None = None) -> str:
-    """A short human summary: generation, whether it changed, and one line per member (its
-    grade with the verdict against the study's constant baselines, when recorded)."""
+    """A short human summary: generation, whether it changed, whether the manifest was
+    rebuilt (and where the unreadable one is kept), member folders kept for the paper trader,
+    and one line per member (its grade with the verdict against the study's constant
+    baselines, when recorded)."""
     state = "new" if result.changed else "unchanged"
     lines = [
         f"study {result.study}: generation {result.generation} ({state}), {len(result.members)} members"
         + (f", {len(result.skipped)} trials skipped" if result.skipped else "")
     ]
+    if result.rebuilt is not None:
+        aside = result.rebuilt.set_aside
+        lines.append(
+            f"  manifest rebuilt from the study ({result.rebuilt.reason})"
+            + (f"; the unreadable file is kept as ensemble/{aside}" if aside else "")
+        )
+    if result.kept:
+        lines.append(f"  kept for the paper trader (its ensemble uses them): {', '.join(result.kept)}")
     for m in result.members:
         lines.append(
             f"  slot {m.slot}: trial {m.trial_number} (id {m.trial_id}) value {m.value:.4f} "

@@ -310,7 +310,7 @@ def manifest_data(path: Path) -> dict:
 def test_from_manifest_rejects_a_hash_mismatch(ensemble_dir: Path, panel: Panel) -> None:
     data = manifest_data(ensemble_dir)
     data["members"][2]["sha256"] = data["members"][1]["sha256"]
-    ensemble_dir.write_text(json.dumps(data))
+    write_manifest(ensemble_dir, Manifest.model_validate(data))  # as the sync would: digest matches
     with pytest.raises(EnsembleError) as exc:
         EnsemblePolicy.from_manifest(ensemble_dir, PipelineSpec(panel.symbols))
     msg = str(exc.value)
@@ -346,7 +346,7 @@ def test_from_manifest_rejects_nan_weights(
     state["action_net.weight"] = state["action_net.weight"].clone()
     state["action_net.weight"][0, 0] = float("nan")
     data["members"][1]["sha256"] = save_bundle(bundle_dir, state, bundle.meta)
-    ensemble_dir.write_text(json.dumps(data))
+    write_manifest(ensemble_dir, Manifest.model_validate(data))  # as the sync would: digest matches
     with pytest.raises(EnsembleError, match=r"member 1 \(VIN-1\).*NaN or inf"):
         EnsemblePolicy.from_manifest(ensemble_dir, PipelineSpec(panel.symbols))
 

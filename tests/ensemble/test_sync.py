@@ -239,10 +239,14 @@ def test_failed_sync_leaves_the_ensemble_untouched(
     with pytest.raises(SyncError, match=r"no usable COMPLETE trial \(3 skipped"):
         sync_ensemble(root, url, study, PipelineSpec(("BTCUSD", "ETHUSD")))
     assert snapshot(ens) == before
+    # an unreadable manifest is rebuilt only from a usable study: a failed sync leaves it as it is
     (ens / MANIFEST_FILE).write_text('{"schema_version": 1, "study": ')  # truncated
-    with pytest.raises(SyncError, match=r"not valid JSON.*remove it to start a new ensemble"):
-        sync_ensemble(root, url, study, pipeline)
+    with pytest.raises(
+        SyncError, match=r"no usable COMPLETE trial.*unreadable manifest stays.*not valid JSON"
+    ):
+        sync_ensemble(root, url, study, PipelineSpec(("BTCUSD", "ETHUSD")))
     assert (ens / MANIFEST_FILE).read_text() == '{"schema_version": 1, "study": '
+    assert sorted(p.name for p in ens.glob(f"{MANIFEST_FILE}*")) == [MANIFEST_FILE]  # nothing set aside
 
 
 def test_one_sync_at_a_time(copied: tuple[Path, str, str], pipeline: PipelineSpec) -> None:
