@@ -194,11 +194,13 @@ class JobRunner:
         return "failed", f"exit {code}: {_summary_line(log_file, offset)}"
 
     def shutdown(self, timeout_s: float) -> None:
-        """Stop the scheduler and every job command still running (process groups)."""
+        """Stop the scheduler (when it was started) and every job command still running
+        (process groups)."""
         with self._active_lock:
             self._closing = True
             active = list(self._active)
-        self.scheduler.shutdown(wait=False)
+        if self.scheduler.running:  # the control API runs commands without scheduling any
+            self.scheduler.shutdown(wait=False)
         for proc in active:
             stop_process_group(proc.pid, None, timeout_s, proc)
 

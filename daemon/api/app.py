@@ -17,6 +17,7 @@ supervisor runs after its last SIGHUP. The training routes call :mod:`daemon.tra
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class ApiContext:
     root: Path
     token: ApiToken
     runner: JobRunner = field(default_factory=lambda: JobRunner(60.0, 600.0))
+    job_locks: dict[str, threading.Lock] = field(
+        default_factory=lambda: {"sync": threading.Lock(), "deploy": threading.Lock()}
+    )
 
     def config(self) -> Config:
         """The configuration now (file, ``training.toml``, environment).
@@ -111,24 +115,32 @@ def _bearer_check(ctx: ApiContext) -> Callable[..., None]:
 
 
 def _job_response(ctx: ApiContext, job: str, log_name: str, body: Callable[[], str]) -> dict[str, Any]:
-    """Run a job command now; its outcome, summary line and what it printed.
+    """Run a job command now; its outcome, summary line and what it printed (the lines it
+    added to ``logs/<log_name>.out``). One API run per log file at a time, so two runs'
+    lines never mix there (a scheduled run of the supervisor may still add its own).
 
     Raises:
-        HTTPException: 409 the command failed, 504 it timed out (detail: the outcome).
+        HTTPException: 409 the command failed or another API run of it is in progress,
+            504 it timed out (detail: the outcome).
     """
-    out = Layout(ctx.root).job_output(log_name)
-    offset = out.stat().st_size if out.is_file() else 0
-    t0 = time.monotonic()
-    detail = body()
-    outcome, _, rest = (
-        detail.partition(":") if detail.startswith(("failed", "timeout")) else ("ok", "", detail)
-    )
+    lock = ctx.job_locks[log_name]
+    if not lock.acquire(blocking=False):
+        raise HTTPException(409, f"another {log_name} command started through the API is running")
     try:
-        with open(out, "rb") as fh:
-            fh.seek(offset)
-            output = [ln for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        output = []
+        out = Layout(ctx.root).job_output(log_name)
+        offset = out.stat().st_size if out.is_file() else 0
+        t0 = time.monotonic()
+        detail = body()
+        try:
+            with open(out, "rb") as fh:
+                fh.seek(offset)
+                output = [ln for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            output = []
+    finally:
+        lock.release()
+    failed = detail.startswith(("failed", "timeout"))
+    outcome, _, rest = detail.partition(":") if failed else ("ok", "", detail)
     result = {
         "job": job,
         "outcome": outcome,

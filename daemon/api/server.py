@@ -8,8 +8,10 @@ writes its heartbeat (``run/heartbeats/api.json``) from the event loop every
 :data:`daemon.api.HEARTBEAT_INTERVAL_S` seconds, and serves with uvicorn. A bind address that is not a
 loopback address is logged as a warning (``api_bind_not_loopback``).
 
-SIGTERM / SIGINT: uvicorn stops accepting, finishes the requests in flight and the process
-exits 0. Exit code 2: a bad configuration or token; 1: the address cannot be bound.
+SIGTERM / SIGINT: uvicorn stops accepting and gives the requests in flight
+:data:`GRACEFUL_SHUTDOWN_S` seconds; job commands still running (a sync or deploy started
+through the API) are then stopped with their process groups, and the process exits 0.
+Exit code 2: a bad configuration or token; 1: the address cannot be bound.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from trainers.runtime.layout import Layout
 from trainers.runtime.logs import configure_logging
 
 COMPONENT = "api"
+GRACEFUL_SHUTDOWN_S = 5  # requests still running this long after SIGTERM are cancelled
+JOB_STOP_TIMEOUT_S = 5.0  # then their job commands get SIGTERM, and SIGKILL after this
 
 log = structlog.get_logger(COMPONENT)
 
@@ -53,10 +57,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _with_heartbeat(app: FastAPI, root: Path) -> FastAPI:
+def _with_lifespan(app: FastAPI, ctx: ApiContext) -> FastAPI:
     """Add the heartbeat task to ``app``'s lifespan (written from the event loop, so a
-    stalled loop stops it and the supervisor's watchdog restarts the API)."""
-    beat = Heartbeat(Layout(root).heartbeat(COMPONENT), COMPONENT, min_interval_s=0.0)
+    stalled loop stops it and the supervisor's watchdog restarts the API); at shutdown, stop
+    the job commands still running (their process groups)."""
+    beat = Heartbeat(Layout(ctx.root).heartbeat(COMPONENT), COMPONENT, min_interval_s=0.0)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -70,6 +75,7 @@ def _with_heartbeat(app: FastAPI, root: Path) -> FastAPI:
             yield
         finally:
             task.cancel()
+            ctx.runner.shutdown(JOB_STOP_TIMEOUT_S)
             beat.beat(force=True, state="stopped")
 
     app.router.lifespan_context = lifespan
@@ -111,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             port=port,
             note="the control API is reachable from other machines; anyone with the token controls training",
         )
-    app = _with_heartbeat(create_app(ApiContext(args.config, cfg.root, token)), cfg.root)
+    ctx = ApiContext(args.config, cfg.root, token)
+    app = _with_lifespan(create_app(ctx), ctx)
     log.info("api_starting", host=host, port=port, token_source=token.source, root=str(cfg.root))
     server = uvicorn.Server(
         uvicorn.Config(
@@ -121,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             log_config=None,  # uvicorn's own records go to the root logger: logs/api.log
             access_log=False,  # api_request events instead
             server_header=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             log_level=level,
         )
     )
