@@ -8,20 +8,29 @@ trial's identity, value and grade), so the gates see exactly what a worker would
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import shutil
+from functools import cache
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import optuna
+import pandas as pd
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 from typer.testing import CliRunner
 
 from daemon.cli import app
+from ensemble.backtests import bundle_backtest
 from ensemble.deploy import DeployError, read_log, rollback, run_deploy
 from ensemble.deploy_gate import DeployThresholds, check_improvement
 from ensemble.deploy_slot import SLOT_FILES, previous_dir, slot_dir
 from trainers.bundle import atomic_write_json, load_bundle, sha256_file
+from trainers.data import Panel, load_panel
+from trainers.features import compute_features
 from trainers.naming import vin_for
 from trainers.storage import default_storage_url
 from trainers.worker import create_study
@@ -90,6 +99,58 @@ def add_candidate(
     return added
 
 
+@cache
+def _panel() -> tuple[Panel, np.ndarray]:
+    panel = load_panel()
+    return panel, compute_features(panel.prices)
+
+
+def hand_holdout(bundle_dir: Path, details: dict[str, Any]) -> dict[str, float]:
+    """The gate's hold-out figures recomputed by hand from the backtest's equity curve.
+
+    The window: from the hold-out cut, the first half of the hold-out bars (the validation
+    window, ``round(0.5 * n_holdout)`` bars). The figures (trainers/metrics.py): per-bar
+    simple returns ``r_t = e_t / e_{t-1} - 1``; Sharpe = ``mean(r) / std(r, ddof=1) *
+    sqrt(bars_per_year)`` with a zero risk-free rate, ``bars_per_year = 365 * 24`` for the
+    hourly, around-the-clock embedded bars; max drawdown ``max_t 1 - e_t / max_{s<=t} e_s``;
+    total return ``e_last / e_first - 1``. Sums in plain Python (``math.fsum``), not numpy.
+    """
+    panel, raw = _panel()
+    bundle = load_bundle(bundle_dir)
+    cut = pd.Timestamp(details["holdout_cut"])
+    start = int(
+        np.searchsorted(panel.timestamps, cut.tz_convert(None).to_datetime64().astype("datetime64[s]"))
+    )
+    stop = start + round(0.5 * (len(panel) - start))
+    first, last = (pd.Timestamp(panel.timestamps[i], tz="UTC").isoformat() for i in (start, stop - 1))
+    assert (details["first_bar"], details["last_bar"]) == (first, last)
+    equity = [
+        float(x)
+        for x in bundle_backtest(bundle, panel.prices, raw, start, stop, timestamps=panel.timestamps).equity
+    ]
+    r = [b / a - 1.0 for a, b in itertools.pairwise(equity)]
+    mean = math.fsum(r) / len(r)
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in r) / (len(r) - 1))
+    peak, drawdown = equity[0], 0.0
+    for e in equity:
+        peak = max(peak, e)
+        drawdown = max(drawdown, 1.0 - e / peak)
+    return {
+        "n_bars": len(r),
+        "sharpe": mean / sd * math.sqrt(365 * 24),
+        "max_drawdown": drawdown,
+        "total_return": equity[-1] / equity[0] - 1.0,
+    }
+
+
+def assert_matches_hand(details: dict[str, Any], bundle_dir: Path) -> None:
+    hand = hand_holdout(bundle_dir, details)
+    assert details["bars_per_year"] == 365 * 24
+    assert details["n_bars"] == hand["n_bars"]
+    for key in ("sharpe", "max_drawdown", "total_return"):
+        assert details[key] == pytest.approx(hand[key], rel=1e-9, abs=1e-12), key
+
+
 def base_value(root: Path) -> float:
     """The value of the first deployed candidate: above every fixture trial, and positive so
     relative steps are clear."""
@@ -138,6 +199,7 @@ def test_promote_writes_a_verified_slot_and_logs_it(deployed):
     assert holdout["n_bars"] > 1000 and holdout["first_bar"] >= holdout["holdout_cut"]
     assert holdout["first_bar"].startswith("2019-07-01T00:00:00")
     assert {"sharpe", "max_drawdown", "total_return", "benchmark_sharpe", "data_fingerprint"} <= set(holdout)
+    assert_matches_hand(holdout, source)
     meta = json.loads((slot / "trial_metadata.json").read_text())
     assert (meta["study"], meta["trial_number"], meta["trial_id"], meta["value"]) == (
         STUDY,
@@ -203,6 +265,7 @@ def test_refused_by_the_holdout_backtest(root, metric):
     probe = run_deploy(root, STUDY, candidates=1, thresholds=LENIENT, dry_run=True)
     assert probe.decision == "promoted" and probe.dry_run
     sharpe, dd = probe.gates["holdout"].details["sharpe"], probe.gates["holdout"].details["max_drawdown"]
+    assert_matches_hand(probe.gates["holdout"].details, root / cand.user_attrs["bundle_path"])
     if metric == "sharpe":
         thresholds = DeployThresholds(min_sharpe=sharpe + 0.1, max_drawdown=1.0)
     else:
