@@ -118,7 +118,8 @@ def test_tampered_actor_fails_the_hash_check(bundle_dir: Path) -> None:
 def test_expected_hash_is_checked(bundle_dir: Path) -> None:
     with pytest.raises(BundleError, match="does not match expected"):
         load_bundle(bundle_dir, expect_sha256="0" * 64)
-    load_bundle(bundle_dir, expect_sha256=sha256_file(bundle_dir / ACTOR_FILE))
+    digest = sha256_file(bundle_dir / ACTOR_FILE)
+    assert load_bundle(bundle_dir, expect_sha256=digest).sha256 == digest
 
 
 def test_pickled_objects_are_refused(bundle_dir: Path) -> None:
@@ -155,9 +156,17 @@ def test_spec_mismatch_names_both_specs(bundle_dir: Path, pipeline: PipelineSpec
     assert "symbols=['ETHUSD', 'LTCUSD', 'XRPUSD']" in msg and "lookback=5" in msg
 
 
-def test_matching_pipeline_passes(bundle_dir: Path) -> None:
-    load_bundle(bundle_dir, PipelineSpec(SYMBOLS, max_lookback=LOOKBACK))
-    load_bundle(bundle_dir, PipelineSpec(SYMBOLS))
+@pytest.mark.parametrize("pipeline", [PipelineSpec(SYMBOLS, max_lookback=LOOKBACK), PipelineSpec(SYMBOLS)])
+def test_matching_pipeline_passes(bundle_dir: Path, pipeline: PipelineSpec) -> None:
+    """A pipeline that can feed the spec (the lookback at its limit, or below the default
+    limit) gets the bundle as saved: its spec, its hash and an actor acting like the saved one."""
+    spec = make_spec()
+    bundle = load_bundle(bundle_dir, pipeline)
+    assert bundle.spec == spec and bundle.spec.lookback <= pipeline.max_lookback
+    assert (bundle.spec.symbols, bundle.spec.feature_names) == (pipeline.symbols, pipeline.feature_names)
+    assert bundle.sha256 == sha256_file(bundle_dir / ACTOR_FILE)
+    obs = torch.randn(4, spec.obs_dim)
+    assert torch.equal(bundle.actor.act(obs), make_actor(spec).act(obs))
 
 
 def test_nan_weights_rejected(tmp_path: Path) -> None:
