@@ -52,14 +52,28 @@ def _run(ctx: JobContext, argv: list[str], job: str) -> str:
     return detail if outcome == "ok" else f"{outcome}: {detail}"
 
 
-def sync(ctx: JobContext) -> str:
-    """``cappuccino sync``: rebuild the ensemble from the study's top trials."""
+def sync(ctx: JobContext, alerts: Any = None) -> str:
+    """``cappuccino sync``: rebuild the ensemble from the study's top trials.
+
+    Args:
+        alerts: the supervisor's :class:`daemon.alerts.AlertSink`, or None. After the
+            command, the ``manifest_rebuilt`` alerts are reconciled at once
+            (:func:`daemon.monitor.manifest_alerts`: a manifest the sync found unreadable,
+            kept aside and rebuilt), rather than at the next monitor run.
+    """
     cfg = ctx.config
     argv = _cli("sync", "--study", ctx.study, "--root", str(ctx.root))
     argv += ["--top-n", str(cfg.ensemble.top_n)]
     if cfg.study.data:
         argv += ["--data", cfg.study.data]
-    return _run(ctx, argv, "sync")
+    detail = _run(ctx, argv, "sync")
+    if alerts is not None:
+        from daemon.monitor import manifest_alerts
+
+        raised = alerts.update(manifest_alerts(ctx.root), kinds=("manifest_rebuilt",))
+        if raised:
+            detail += f" (manifest rebuilt: {len(raised)} alert(s) raised)"
+    return detail
 
 
 def deploy(ctx: JobContext, dry_run: bool = False) -> str:

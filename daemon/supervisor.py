@@ -254,7 +254,7 @@ class Supervisor:
         bodies: dict[str, Callable[[], str]] = {
             "watchdog": self.job_watchdog,
             "monitor": self.job_monitor,
-            "ensemble_sync": lambda: jobs.sync(ctx()),
+            "ensemble_sync": lambda: jobs.sync(ctx(), self.alerts),
             "deploy": lambda: jobs.deploy(ctx()),
             "archive": lambda: jobs.archive(ctx()),
             "cleanup": lambda: jobs.cleanup(ctx()),
