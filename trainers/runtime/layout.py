@@ -158,7 +158,8 @@ class Layout:
     # -- ensemble, deployments, archive ---------------------------------------------------
     @property
     def ensemble_dir(self) -> Path:
-        """``ensemble/``: manifest, ``.reload``, ``.sync.lock`` and member folders."""
+        """``ensemble/``: manifest, ``generations.json``, ``.reload``, ``.sync.lock`` and member
+        folders (and unreadable manifests kept aside, ``ensemble_manifest.json.corrupt-*``)."""
         return self.root / "ensemble"
 
     @property
