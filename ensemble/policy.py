@@ -133,6 +133,7 @@ class _Member:
     depth: int
     activation: str
     layers: tuple[tuple[np.ndarray, np.ndarray], ...]  # depth hidden layers + output layer
+    squash: str = "clip"  # "tanh": SAC's and TD3's actors squash their output
 
 
 def _unpack(index: int, bundle: Bundle) -> _Member:
@@ -144,7 +145,8 @@ def _unpack(index: int, bundle: Bundle) -> _Member:
     )
     if not all(np.isfinite(a).all() for layer in layers for a in layer):
         raise EnsembleError(f"member {index} ({bundle.path}): weights contain NaN or inf")
-    return _Member(index, bundle.spec.lookback, linears[0].out_features, len(linears) - 1, activation, layers)
+    width, depth = linears[0].out_features, len(linears) - 1
+    return _Member(index, bundle.spec.lookback, width, depth, activation, layers, actor.squash)
 
 
 def _runs(acts: Sequence[str]) -> tuple[tuple[int, int, Activation], ...]:
@@ -370,6 +372,8 @@ class EnsemblePolicy:
             self._slices.append(self._actions_3d[start : start + len(g)])
             start += len(g)
         self._combine_weights = None if combine_weights is None else combine_weights[order]
+        squashed = [i for i, m in enumerate(m for g in parts for m in g) if m.squash == "tanh"]
+        self._tanh_rows = np.array(squashed, dtype=np.int64)  # internal order
         self._inverse = np.argsort(order)  # internal order -> bundles order
         self._lock = threading.Lock()
 
@@ -497,6 +501,8 @@ class EnsemblePolicy:
         self._x_head[:] = head
         for g, out in zip(self._groups, self._slices, strict=True):
             g.forward(out)
+        if len(self._tanh_rows):
+            self._actions[self._tanh_rows] = np.tanh(self._actions[self._tanh_rows])
         np.maximum(self._actions, -1.0, out=self._actions)
         return np.minimum(self._actions, 1.0, out=self._actions)
 

@@ -1,10 +1,11 @@
-"""The deterministic actor of a trained PPO policy as a plain torch module.
+"""The deterministic actor of a trained policy (PPO, A2C, SAC or TD3) as a plain torch module.
 
 Its ``state_dict`` keys match Stable-Baselines3's ``ActorCriticPolicy``
 (``policy_net.<i>.*`` from ``mlp_extractor.policy_net`` and ``action_net.*``), so a bundle's
 ``actor.pth`` is a plain tensor dict that loads with ``torch.load(weights_only=True)`` and
 needs no SB3 at inference. The deterministic action of SB3's Gaussian policy is its mean,
-``action_net(policy_net(obs))``, clipped to the action bounds [-1, 1].
+``action_net(policy_net(obs))``, clipped to the action bounds [-1, 1] (``squash = "clip"``);
+SAC's and TD3's is ``tanh`` of it (``squash = "tanh"``; :mod:`trainers.algorithms`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch.nn as nn
 
 from trainers.search_space import ACTIVATIONS, activation_class
 
+SQUASHES: tuple[str, ...] = ("clip", "tanh")
+
 
 class Actor(nn.Module):
     """MLP ``obs (batch, obs_dim) -> action mean (batch, action_dim)``; ``action_dim`` is
@@ -21,11 +24,16 @@ class Actor(nn.Module):
     :func:`trainers.accounting.action_dim`).
 
     Raises:
-        ValueError: unknown activation or non-positive sizes.
+        ValueError: unknown activation or squash, or non-positive sizes.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, width: int, depth: int, activation: str) -> None:
+    def __init__(
+        self, obs_dim: int, action_dim: int, width: int, depth: int, activation: str, squash: str = "clip"
+    ) -> None:
         super().__init__()
+        if squash not in SQUASHES:
+            raise ValueError(f"unknown squash {squash!r}; known: {', '.join(SQUASHES)}")
+        self.squash = squash
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
         if min(obs_dim, action_dim, width, depth) <= 0:
@@ -44,7 +52,8 @@ class Actor(nn.Module):
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """Deterministic actions in [-1, 1], ``(batch, action_dim)``."""
-        return self.forward(obs).clamp(-1.0, 1.0)
+        out = self.forward(obs)
+        return (out.tanh() if self.squash == "tanh" else out).clamp(-1.0, 1.0)
 
 
 def actor_state_from_sb3(policy: nn.Module) -> dict[str, torch.Tensor]:

@@ -275,6 +275,7 @@ def load_bundle(
             int(arch["width"]),
             int(arch["depth"]),
             arch["activation"],
+            str(arch.get("squash", "clip")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{directory / META_FILE}: bad observation spec or architecture ({exc})") from None

@@ -16,12 +16,14 @@ from typing import Any
 import optuna
 
 from trainers.accounting import ACTION_SCHEMES
+from trainers.algorithms import ALGORITHMS
 
 REWARDS: tuple[str, ...] = ("log_return", "excess_log_return", "differential_sharpe")
 """The rewards an agent can learn from (defined in :mod:`trainers.env`)."""
 DEFAULT_ACTION_SCHEME = "softmax"
 DEFAULT_DECISION_INTERVALS: tuple[int, ...] = (1,)
 DEFAULT_REWARDS: tuple[str, ...] = ("log_return",)
+DEFAULT_ALGORITHMS: tuple[str, ...] = ("ppo",)
 
 
 @dataclass(frozen=True)
@@ -34,16 +36,18 @@ class DesignOptions:
         decision_intervals: bars between decisions, searched when several.
         rewards: :data:`REWARDS`, searched when several.
         turnover_penalty: reward subtracted per unit of turnover (>= 0).
+        algorithms: :data:`trainers.algorithms.ALGORITHMS`, searched when several.
 
     Raises:
-        ValueError: an unknown scheme or reward, an interval < 1, an empty choice or a
-            negative penalty; the message names the option.
+        ValueError: an unknown scheme, reward or algorithm, an interval < 1, an empty
+            choice or a negative penalty; the message names the option.
     """
 
     action_scheme: str = DEFAULT_ACTION_SCHEME
     decision_intervals: tuple[int, ...] = DEFAULT_DECISION_INTERVALS
     rewards: tuple[str, ...] = DEFAULT_REWARDS
     turnover_penalty: float = 0.0
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
 
     def __post_init__(self) -> None:
         if self.action_scheme not in ACTION_SCHEMES:
@@ -56,10 +60,14 @@ class DesignOptions:
             raise ValueError(f"rewards: {bad or 'none'} not among {', '.join(REWARDS)}")
         if not self.turnover_penalty >= 0.0:
             raise ValueError(f"turnover_penalty: {self.turnover_penalty} must be >= 0")
+        unknown = [a for a in self.algorithms if a not in ALGORITHMS]
+        if not self.algorithms or unknown:
+            raise ValueError(f"algorithms: {unknown or 'none'} not among {', '.join(ALGORITHMS)}")
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        return {**out, "decision_intervals": list(self.decision_intervals), "rewards": list(self.rewards)}
+        out |= {"decision_intervals": list(self.decision_intervals), "rewards": list(self.rewards)}
+        return {**out, "algorithms": list(self.algorithms)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DesignOptions:
@@ -75,6 +83,7 @@ class DesignOptions:
             ),
             rewards=tuple(str(r) for r in data.get("rewards", DEFAULT_REWARDS)),
             turnover_penalty=float(data.get("turnover_penalty", 0.0)),
+            algorithms=tuple(str(a) for a in data.get("algorithms", DEFAULT_ALGORITHMS)),
         )
 
 
@@ -86,9 +95,11 @@ class Design:
     decision_interval: int = 1
     reward: str = "log_return"
     turnover_penalty: float = 0.0
+    algorithm: str = "ppo"
 
     def env_kwargs(self) -> dict[str, Any]:
-        return asdict(self)
+        """What the environment takes (all but the algorithm)."""
+        return {k: v for k, v in asdict(self).items() if k != "algorithm"}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +115,7 @@ class Design:
             decision_interval=int(spec.get("decision_interval", 1)),
             reward=str(design.get("reward", "log_return")),
             turnover_penalty=float(design.get("turnover_penalty", 0.0)),
+            algorithm=str(meta.get("algorithm") or "PPO").lower(),
         )
 
 
@@ -111,6 +123,7 @@ def suggest_design(trial: optuna.Trial, options: DesignOptions) -> Design:
     """The trial's design: fixed items from ``options``, the others sampled."""
     intervals = list(options.decision_intervals)
     rewards = list(options.rewards)
+    algorithms = list(options.algorithms)
     return Design(
         action_scheme=options.action_scheme,
         decision_interval=intervals[0]
@@ -118,4 +131,7 @@ def suggest_design(trial: optuna.Trial, options: DesignOptions) -> Design:
         else int(trial.suggest_categorical("decision_interval", intervals)),
         reward=rewards[0] if len(rewards) == 1 else str(trial.suggest_categorical("reward", rewards)),
         turnover_penalty=options.turnover_penalty,
+        algorithm=algorithms[0]
+        if len(algorithms) == 1
+        else str(trial.suggest_categorical("algorithm", algorithms)),
     )

@@ -1,7 +1,8 @@
-"""The Optuna objective: walk-forward PPO training and evaluation of one trial.
+"""The Optuna objective: walk-forward training and evaluation of one trial.
 
-For each walk-forward fold: fit feature normalisation on the fold's train slice, train PPO
-on :class:`~trainers.env.PortfolioVecEnv` over that slice for ``budget_steps`` env steps,
+For each walk-forward fold: fit feature normalisation on the fold's train slice, train the
+trial's algorithm (PPO, A2C, SAC or TD3; :mod:`trainers.algorithms`) on
+:class:`~trainers.env.PortfolioVecEnv` over that slice for ``budget_steps`` env steps,
 backtest the deterministic actor on the fold's test slice, and report the excess Sharpe
 ratio (agent minus equal-weight buy-and-hold, both annualised with the dataset's bars per
 year: 8,760 for hourly 24/7 bars; see :mod:`trainers.data`) to the pruner. The trial's value is
@@ -29,12 +30,19 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 
 from trainers.accounting import Costs, action_dim
-from trainers.actor import Actor, actor_state_from_sb3
+from trainers.actor import Actor
+from trainers.algorithms import (
+    SQUASH,
+    Params,
+    build_model,
+    export_actor,
+    rollout_batch,
+    suggest_algorithm_params,
+)
 from trainers.backtest import backtest, decision_bars
 from trainers.bundle import ObservationSpec, pack_bundle, save_bundle, to_numpy_policy
 from trainers.data import (
@@ -55,7 +63,7 @@ from trainers.features import (
 )
 from trainers.naming import grade_for, vin_for
 from trainers.runtime.heartbeat import Heartbeat
-from trainers.search_space import DEFAULT_BUDGET_STEPS, PPOParams, activation_class, suggest_params
+from trainers.search_space import DEFAULT_BUDGET_STEPS
 from trainers.splits import EMBARGO_DAYS, Fold, Mode, panel_folds
 
 log = logging.getLogger(__name__)
@@ -180,28 +188,6 @@ class _TrainingCallback(BaseCallback):
             self.heartbeat.beat(state="training", steps=int(self.num_timesteps))
 
 
-def ppo_kwargs(params: PPOParams, config: TrainingConfig, seed: int | None) -> dict[str, Any]:
-    """Keyword arguments of SB3 ``PPO`` for a point of the search space."""
-    arch = [params.net_width] * params.net_depth
-    return {
-        "learning_rate": params.learning_rate,
-        "n_steps": params.n_steps,
-        "batch_size": params.batch_size,
-        "n_epochs": params.n_epochs,
-        "gamma": params.gamma,
-        "gae_lambda": params.gae_lambda,
-        "clip_range": params.clip_range,
-        "ent_coef": params.ent_coef,
-        "policy_kwargs": {
-            "net_arch": {"pi": arch, "vf": arch},
-            "activation_fn": activation_class(params.activation),
-        },
-        "device": config.device,
-        "seed": seed,
-        "verbose": 0,
-    }
-
-
 @dataclass
 class FoldResult:
     """Outcome of one fold: metrics and the trained actor."""
@@ -214,14 +200,14 @@ class FoldResult:
 def train_fold(
     data: StudyData,
     fold: Fold,
-    params: PPOParams,
+    params: Params,
     config: TrainingConfig,
     seed: int | None,
     stop: threading.Event | None = None,
     heartbeat: Heartbeat | None = None,
     design: Design | None = None,
 ) -> FoldResult:
-    """Train PPO on a fold's train slice and backtest it on its test slice.
+    """Train the design's algorithm on a fold's train slice and backtest it on its test slice.
 
     Raises:
         TrialFailed: NaN in weights or metrics, or training stopped by ``stop``.
@@ -244,18 +230,19 @@ def train_fold(
         seed,
         **design.env_kwargs(),
     )
-    model = PPO("MlpPolicy", env, **ppo_kwargs(params, config, seed))
+    model = build_model(design.algorithm, params, env, config.device, seed)
     # SB3's default logger creates an empty SB3-<time> folder in the temp dir on every
     # learn(); over a campaign that is thousands of folders. Log nowhere instead.
     model.set_logger(Logger(folder=None, output_formats=[]))
     model.learn(total_timesteps=config.budget_steps, callback=_TrainingCallback(stop, heartbeat))
     if stop is not None and stop.is_set():
         raise TrialFailed(f"stopped during fold {fold.index} training")
-    state = actor_state_from_sb3(model.policy)
+    state = export_actor(design.algorithm, model)
     if not all(np.isfinite(v.numpy()).all() for v in state.values()):
         raise TrialFailed(f"fold {fold.index}: trained weights contain NaN or inf")
     width, depth = params.net_width, params.net_depth
-    actor = Actor(env.core.obs_dim, env.core.action_dim, width, depth, params.activation)
+    squash = SQUASH[design.algorithm]
+    actor = Actor(env.core.obs_dim, env.core.action_dim, width, depth, params.activation, squash)
     actor.load_state_dict(state)
     train_seconds = time.perf_counter() - t0
     try:
@@ -341,8 +328,8 @@ class Objective:
             raise
 
     def _run(self, trial: optuna.Trial) -> float:
-        params = suggest_params(trial)
         design = suggest_design(trial, self.config.design)
+        params = suggest_algorithm_params(trial, design.algorithm)
         trial.set_user_attr("mode", self.config.mode)
         trial.set_user_attr("budget_steps", self.config.budget_steps)
         trial.set_user_attr("data_fingerprint", self.data.fingerprint)
@@ -378,7 +365,7 @@ class Objective:
     def _save_bundle(
         self,
         trial: optuna.Trial,
-        params: PPOParams,
+        params: Params,
         design: Design,
         fold: Fold,
         result: FoldResult,
@@ -388,10 +375,12 @@ class Objective:
         created = datetime.now(UTC)
         grade = grade_for(value, self.config.grade_thresholds)
         costs = self.config.costs
+        batch = rollout_batch(design.algorithm, params, self.config.n_envs)
         vin = vin_for(
-            params.as_dict(),
+            {**params.as_dict(), "batch_size": batch},
             value,
             created,
+            algorithm=design.algorithm.upper(),
             thresholds=self.config.grade_thresholds,
             trailing_stop=costs.trailing_stop,
         )
@@ -403,7 +392,7 @@ class Objective:
             result.norm,
         )
         meta = {
-            "algorithm": "PPO",
+            "algorithm": design.algorithm.upper(),
             "architecture": {
                 "type": "mlp",
                 "obs_dim": spec.obs_dim,
@@ -411,6 +400,7 @@ class Objective:
                 "width": params.net_width,
                 "depth": params.net_depth,
                 "activation": params.activation,
+                "squash": SQUASH[design.algorithm],
             },
             "observation_spec": spec.to_json(),
             "action_spec": {

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -102,9 +103,13 @@ def create_study(
     Raises:
         ValueError: the study was created with other costs (the message names the fields).
     """
-    sampler = optuna.samplers.TPESampler(
-        multivariate=True, constant_liar=True, n_startup_trials=10, seed=seed
-    )
+    # group=True: trials of different algorithms sample different parameters (a conditional
+    # space); the multivariate TPE models each group of parameters that occur together
+    with warnings.catch_warnings():  # ``group`` is marked experimental since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            multivariate=True, group=True, constant_liar=True, n_startup_trials=10, seed=seed
+        )
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     study = optuna.create_study(
         storage=storage,
@@ -342,6 +347,9 @@ def main(
         help="log_return, excess_log_return or differential_sharpe, comma-separated; several are searched.",
     ),
     turnover_penalty: float = typer.Option(0.0, help="Reward subtracted per unit of turnover."),
+    algorithms: str = typer.Option(
+        "ppo", help="ppo, a2c, sac or td3, comma-separated; several are searched."
+    ),
 ) -> None:
     """Run a training worker."""
     if mode not in ("quick", "full"):
@@ -373,6 +381,7 @@ def main(
             decision_intervals=intervals,
             rewards=tuple(r.strip() for r in rewards.split(",")),
             turnover_penalty=turnover_penalty,
+            algorithms=tuple(a.strip().lower() for a in algorithms.split(",")),
         )
     except ValueError as exc:
         option = str(exc).split(":")[0].replace("_", "-")

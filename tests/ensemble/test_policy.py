@@ -14,7 +14,7 @@ import torch
 
 from ensemble.manifest import MANIFEST_FILE, Manifest, Member, member_dir_name, write_manifest
 from ensemble.policy import EnsembleError, EnsemblePolicy
-from trainers.accounting import Costs
+from trainers.accounting import Costs, action_dim
 from trainers.actor import Actor
 from trainers.bundle import Bundle, ObservationSpec, PipelineSpec, load_bundle, save_bundle
 from trainers.data import Panel
@@ -57,6 +57,9 @@ def make_bundle(
     seed: int,
     value: float = 0.0,
     output_bias: np.ndarray | None = None,
+    squash: str = "clip",
+    scheme: str = "scores",
+    interval: int = 1,
 ) -> str:
     """Save a bundle of an actor with random weights and normalisation fitted on a slice of
     ``raw``; returns its sha256. With
@@ -69,7 +72,7 @@ def make_bundle(
         FEATURE_PIPELINE_VERSION,
         NormStats.fit(raw[seed % 50 : seed % 50 + 300]),
     )
-    actor = Actor(spec.obs_dim, len(symbols), width, depth, activation)
+    actor = Actor(spec.obs_dim, action_dim(scheme, len(symbols)), width, depth, activation, squash)
     # weights: SB3's hidden-layer gain sqrt(2) (orthogonal init there, Gaussian here); output
     # biases large enough that some actions reach the clip bounds
     state = {}
@@ -81,7 +84,7 @@ def make_bundle(
         state = {k: torch.zeros_like(v) for k, v in state.items()}
         state["action_net.bias"] = torch.as_tensor(output_bias, dtype=torch.float32)
     meta = {
-        "algorithm": "PPO",
+        "algorithm": "SAC" if squash == "tanh" else "PPO",
         "architecture": {
             "type": "mlp",
             "obs_dim": spec.obs_dim,
@@ -89,7 +92,14 @@ def make_bundle(
             "width": width,
             "depth": depth,
             "activation": activation,
+            "squash": squash,
         },
+        "action_spec": {
+            "shape": [action_dim(scheme, len(symbols))],
+            "scheme": scheme,
+            "decision_interval": interval,
+        },
+        "training": {"bar_seconds": 3600},
         "observation_spec": spec.to_json(),
         "costs": Costs().as_dict(),
         "study": STUDY,
@@ -395,3 +405,42 @@ def test_trained_bundles_match_their_own_actors(
         expected = own_actions(bundles, raw, w)
         np.testing.assert_allclose(policy.member_actions(raw, w), expected, rtol=0, atol=1e-5)
         np.testing.assert_allclose(policy.act(raw, w), np.median(expected, axis=0), atol=1e-5)
+
+
+def test_softmax_members_of_two_algorithms_act_as_their_own_actors(
+    tmp_path: Path, panel: Panel, raw_features: np.ndarray
+) -> None:
+    """SAC's tanh-squashed actors and PPO's clipped ones in one batched pass, with n + 1
+    outputs (softmax logits for the assets and cash)."""
+    bundles = []
+    for i, (width, squash) in enumerate([(32, "tanh"), (64, "clip"), (32, "clip"), (64, "tanh")]):
+        d = tmp_path / f"m{i}"
+        make_bundle(
+            d, panel.symbols, raw_features, width, 2, "relu", 5, seed=i, squash=squash, scheme="softmax"
+        )
+        bundles.append(load_bundle(d, PipelineSpec(panel.symbols)))
+    policy = EnsemblePolicy.from_bundles(bundles)
+    assert (policy.action_scheme, policy.action_dim, policy.decision_interval) == ("softmax", 4, 1)
+    for raw, w in decision_points(raw_features, len(panel.symbols)):
+        expected = own_actions(bundles, raw, w)
+        np.testing.assert_allclose(policy.member_actions(raw, w), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(policy.act(raw, w), expected.mean(axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_members_that_act_differently_are_refused(
+    tmp_path: Path, panel: Panel, raw_features: np.ndarray
+) -> None:
+    designs = [("softmax", 1), ("scores", 1), ("softmax", 4)]
+    bundles = []
+    for i, (scheme, interval) in enumerate(designs):
+        d = tmp_path / f"m{i}"
+        make_bundle(
+            d, panel.symbols, raw_features, 16, 1, "tanh", 5, seed=i, scheme=scheme, interval=interval
+        )
+        bundles.append(load_bundle(d, PipelineSpec(panel.symbols)))
+    with pytest.raises(EnsembleError, match="members act differently"):
+        EnsemblePolicy.from_bundles(bundles[:2])
+    with pytest.raises(EnsembleError, match="members act differently"):
+        EnsemblePolicy.from_bundles([bundles[0], bundles[2]])
+    every_4 = EnsemblePolicy.from_bundles([bundles[2]])
+    assert [every_4.decides_at(h * 3600) for h in range(8)] == [True, False, False, False] * 2
