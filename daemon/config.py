@@ -195,7 +195,12 @@ class ApiConfig(_Section):
         description="bind address; anything but a loopback address is logged as a warning",
     )
     port: int = Field(8765, ge=1, le=65535)
-    memory_limit_mb: int = Field(1024, ge=64)
+    memory_limit_mb: int = Field(
+        3072,
+        ge=64,
+        description="RSS limit of the API's process tree, with the sync/deploy/rollback commands it runs "
+        "(about 400 MB each, one of each at a time)",
+    )
 
 
 class Config(BaseSettings):

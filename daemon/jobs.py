@@ -96,9 +96,9 @@ def deploy(ctx: JobContext, dry_run: bool = False) -> str:
 
 def rollback(ctx: JobContext) -> str:
     """``cappuccino deploy --rollback`` of the configured slot (the control API's
-    ``POST /api/deploy/rollback``); output to ``logs/deploy.out`` like the deploy job's."""
+    ``POST /api/deploy/rollback``); output to ``logs/rollback.out``."""
     argv = _cli("deploy", "--root", str(ctx.root), "--slot", ctx.config.deploy.slot, "--rollback")
-    return _run(ctx, argv, "deploy")
+    return _run(ctx, argv, "rollback")
 
 
 def archive(ctx: JobContext) -> str:

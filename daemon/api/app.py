@@ -59,7 +59,7 @@ class ApiContext:
     token: ApiToken
     runner: JobRunner = field(default_factory=lambda: JobRunner(60.0, 600.0))
     job_locks: dict[str, threading.Lock] = field(
-        default_factory=lambda: {"sync": threading.Lock(), "deploy": threading.Lock()}
+        default_factory=lambda: {name: threading.Lock() for name in ("sync", "deploy", "rollback")}
     )
 
     def config(self) -> Config:
@@ -316,7 +316,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         swapped back in. 409 when there is nothing to roll back."""
         cfg = ctx.config()
         job = jobs.JobContext(cfg, ctx.root, "", ctx.storage_url(cfg), ctx.runner)
-        return _job_response(ctx, "rollback", "deploy", lambda: jobs.rollback(job))
+        return _job_response(ctx, "rollback", "rollback", lambda: jobs.rollback(job))
 
     @app.get("/api/paper_trader", tags=["status"], dependencies=auth)
     def paper_trader() -> dict[str, Any]:

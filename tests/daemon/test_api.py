@@ -329,16 +329,12 @@ def test_set_current_study(api: Api) -> None:
 
 
 def test_sync_deploy_and_rollback_run_the_job_commands(api: Api) -> None:
-    def deploy_then_rollback() -> tuple[httpx.Response, httpx.Response]:
-        return (
-            api.client.post("/api/deploy", json={"dry_run": True}),
-            api.client.post("/api/deploy/rollback"),
-        )
-
-    with ThreadPoolExecutor(2) as pool:
+    api_pid = api.child_pid("api")
+    with ThreadPoolExecutor(3) as pool:  # three commands at once: each answer has its own output
         sync_future = pool.submit(api.client.post, "/api/ensemble/sync")
-        deploy, rollback = pool.submit(deploy_then_rollback).result()
-        sync = sync_future.result()
+        deploy_future = pool.submit(api.client.post, "/api/deploy", json={"dry_run": True})
+        rollback_future = pool.submit(api.client.post, "/api/deploy/rollback")
+        sync, deploy, rollback = sync_future.result(), deploy_future.result(), rollback_future.result()
     # the current study has no COMPLETE trial: the sync command fails and says why
     assert sync.status_code == 409, sync.text
     detail = sync.json()["detail"]
@@ -350,7 +346,12 @@ def test_sync_deploy_and_rollback_run_the_job_commands(api: Api) -> None:
     assert any("no candidate" in line for line in deploy.json()["output"]), deploy.json()
     # nothing deployed yet: nothing to roll back
     assert rollback.status_code == 409, rollback.text
-    assert any("no previous deployment" in line for line in rollback.json()["detail"]["output"])
+    undo = rollback.json()["detail"]
+    assert any("no previous deployment" in line for line in undo["output"]), undo
+    # each answer carries its own command's lines only
+    assert not set(undo["output"]) & (set(detail["output"]) | set(deploy.json()["output"]))
+    # the API was not restarted meanwhile (its tree's memory limit covers the three commands)
+    assert api.child_pid("api") == api_pid
     assert not (Layout(api.root).deployments_dir / "model_0").exists()
 
 
