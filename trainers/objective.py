@@ -100,7 +100,13 @@ class TrainingConfig:
         seed: base seed (trial number is added); None = random.
         grade_thresholds: objective value per grade (None = defaults).
         design: the agent designs the study allows (action scheme, decision intervals,
-            rewards, turnover penalty; :class:`trainers.design.DesignOptions`).
+            rewards, turnover penalty, algorithms; :class:`trainers.design.DesignOptions`).
+        budget_ladder: env steps per fold of each rung of successive halving (e.g.
+            ``(10_000, 30_000, 90_000)``): every fold is trained to the first rung and the
+            trial reports its value there; the pruner (:func:`halving_pruner`) stops all but
+            the best third, whose models continue to the next rung (SB3 trains whole
+            rollouts, so a rung rounds up to the next ``n_steps * n_envs``). Empty: one budget,
+            ``budget_steps``, and a median pruner after each fold.
     """
 
     mode: Mode = "quick"
@@ -117,6 +123,17 @@ class TrainingConfig:
     seed: int | None = 0
     grade_thresholds: dict[str, float] | None = field(default=None)
     design: DesignOptions = field(default_factory=DesignOptions)
+    budget_ladder: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        ladder = self.budget_ladder
+        if ladder and (min(ladder) < 1 or list(ladder) != sorted(set(ladder))):
+            raise ValueError(f"budget_ladder: {list(ladder)} must be increasing step counts >= 1")
+
+    @property
+    def final_budget(self) -> int:
+        """Env steps per fold of a trial that is never pruned."""
+        return self.budget_ladder[-1] if self.budget_ladder else self.budget_steps
 
     def as_record(self) -> dict[str, Any]:
         """The settings as JSON-able values (``model.json``'s ``training``); resolve them
@@ -197,6 +214,128 @@ class FoldResult:
     norm: NormStats
 
 
+class FoldLearner:
+    """One walk-forward fold's model: trained up a budget (in steps, possibly in several
+    rungs of a budget ladder, continuing the same model) and backtested on the fold's test
+    slice.
+
+    Args:
+        data, fold: the study's bars and the fold.
+        params: the trial's point of its algorithm's search space.
+        config: training settings.
+        seed: the trial's seed.
+        design: the trial's agent design (default :class:`trainers.design.Design`).
+    """
+
+    def __init__(
+        self,
+        data: StudyData,
+        fold: Fold,
+        params: Params,
+        config: TrainingConfig,
+        seed: int | None,
+        design: Design | None = None,
+    ) -> None:
+        self.data, self.fold, self.params = data, fold, params
+        self.config = config.for_data(data)
+        self.design = design or Design()
+        self.seconds = 0.0
+        t0 = time.perf_counter()
+        self.norm = NormStats.fit(data.features[fold.train_start : fold.train_stop])
+        self.features = self.norm.apply(data.features)
+        self.env = PortfolioVecEnv(
+            self.features,
+            data.panel.prices,
+            fold.train_start,
+            fold.train_stop,
+            params.lookback,
+            self.config.n_envs,
+            self.config.costs,
+            self.config.episode_bars,
+            seed,
+            **self.design.env_kwargs(),
+        )
+        self.model = build_model(self.design.algorithm, params, self.env, self.config.device, seed)
+        # SB3's default logger creates an empty SB3-<time> folder in the temp dir on every
+        # learn(); over a campaign that is thousands of folders. Log nowhere instead.
+        self.model.set_logger(Logger(folder=None, output_formats=[]))
+        self.seconds += time.perf_counter() - t0
+
+    @property
+    def steps(self) -> int:
+        """Env steps trained so far."""
+        return int(self.model.num_timesteps)
+
+    def train_to(
+        self, steps: int, stop: threading.Event | None = None, heartbeat: Heartbeat | None = None
+    ) -> None:
+        """Continue training until ``steps`` env steps (SB3 rounds up to whole rollouts).
+
+        Raises:
+            TrialFailed: training stopped by ``stop``.
+        """
+        t0 = time.perf_counter()
+        more = steps - self.steps
+        if more > 0:
+            callback = _TrainingCallback(stop, heartbeat)
+            self.model.learn(total_timesteps=more, callback=callback, reset_num_timesteps=self.steps == 0)
+        self.seconds += time.perf_counter() - t0
+        if stop is not None and stop.is_set():
+            raise TrialFailed(f"stopped during fold {self.fold.index} training")
+
+    def evaluate(self) -> FoldResult:
+        """Backtest the deterministic actor on the fold's test slice.
+
+        Raises:
+            TrialFailed: NaN in weights or metrics.
+        """
+        t0 = time.perf_counter()
+        fold, params, design, data = self.fold, self.params, self.design, self.data
+        state = export_actor(design.algorithm, self.model)
+        if not all(np.isfinite(v.numpy()).all() for v in state.values()):
+            raise TrialFailed(f"fold {fold.index}: trained weights contain NaN or inf")
+        core = self.env.core
+        squash = SQUASH[design.algorithm]
+        actor = Actor(
+            core.obs_dim, core.action_dim, params.net_width, params.net_depth, params.activation, squash
+        )
+        actor.load_state_dict(state)
+        try:
+            result = backtest(
+                to_numpy_policy(actor),
+                self.features,
+                data.panel.prices,
+                fold.test_start,
+                fold.test_stop,
+                params.lookback,
+                self.config.costs,
+                data.panel.bars_per_year,
+                design.action_scheme,
+                decision_bars(data.panel.timestamps, data.panel.bar_seconds, design.decision_interval),
+            )
+        except FloatingPointError as exc:
+            raise TrialFailed(f"fold {fold.index}: {exc}") from None
+        train_seconds = self.seconds
+        self.seconds += time.perf_counter() - t0
+        metrics = {
+            "fold": fold.index,
+            "excess_sharpe": result.excess_sharpe,
+            "sharpe": result.metrics.sharpe,
+            "benchmark_sharpe": result.benchmark.sharpe,
+            "total_return": result.metrics.total_return,
+            "benchmark_return": result.benchmark.total_return,
+            "max_drawdown": result.metrics.max_drawdown,
+            "turnover": result.metrics.turnover,
+            "train_steps": self.steps,
+            "train_seconds": round(train_seconds, 3),
+            "seconds": round(self.seconds, 3),
+        }
+        bad = [k for k, v in metrics.items() if not math.isfinite(float(v))]
+        if bad:
+            raise TrialFailed(f"fold {fold.index}: {', '.join(bad)} is NaN or inf")
+        return FoldResult(metrics, state, self.norm)
+
+
 def train_fold(
     data: StudyData,
     fold: Fold,
@@ -207,76 +346,26 @@ def train_fold(
     heartbeat: Heartbeat | None = None,
     design: Design | None = None,
 ) -> FoldResult:
-    """Train the design's algorithm on a fold's train slice and backtest it on its test slice.
+    """Train the design's algorithm on a fold's train slice for ``config.budget_steps`` and
+    backtest it on its test slice (:class:`FoldLearner` in one go).
 
     Raises:
         TrialFailed: NaN in weights or metrics, or training stopped by ``stop``.
     """
-    t0 = time.perf_counter()
-    config = config.for_data(data)
-    design = design or Design()
-    norm = NormStats.fit(data.features[fold.train_start : fold.train_stop])
-    features = norm.apply(data.features)
-    costs = config.costs
-    env = PortfolioVecEnv(
-        features,
-        data.panel.prices,
-        fold.train_start,
-        fold.train_stop,
-        params.lookback,
-        config.n_envs,
-        costs,
-        config.episode_bars,
-        seed,
-        **design.env_kwargs(),
+    learner = FoldLearner(data, fold, params, config, seed, design)
+    learner.train_to(learner.config.budget_steps, stop, heartbeat)
+    return learner.evaluate()
+
+
+def halving_pruner(ladder: tuple[int, ...]) -> optuna.pruners.BasePruner:
+    """Optuna's successive-halving pruner (Li et al. 2020, "A System for Massively Parallel
+    Hyperparameter Tuning" (ASHA)) on a budget ladder: rungs at ``ladder[0] * r^k`` steps
+    with ``r = round(ladder[1] / ladder[0])`` (at least 2); at each rung a trial continues
+    only if its value is in the top ``1/r`` of the trials that reached that rung."""
+    factor = max(2, round(ladder[1] / ladder[0])) if len(ladder) > 1 else 3
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=ladder[0], reduction_factor=factor, min_early_stopping_rate=0
     )
-    model = build_model(design.algorithm, params, env, config.device, seed)
-    # SB3's default logger creates an empty SB3-<time> folder in the temp dir on every
-    # learn(); over a campaign that is thousands of folders. Log nowhere instead.
-    model.set_logger(Logger(folder=None, output_formats=[]))
-    model.learn(total_timesteps=config.budget_steps, callback=_TrainingCallback(stop, heartbeat))
-    if stop is not None and stop.is_set():
-        raise TrialFailed(f"stopped during fold {fold.index} training")
-    state = export_actor(design.algorithm, model)
-    if not all(np.isfinite(v.numpy()).all() for v in state.values()):
-        raise TrialFailed(f"fold {fold.index}: trained weights contain NaN or inf")
-    width, depth = params.net_width, params.net_depth
-    squash = SQUASH[design.algorithm]
-    actor = Actor(env.core.obs_dim, env.core.action_dim, width, depth, params.activation, squash)
-    actor.load_state_dict(state)
-    train_seconds = time.perf_counter() - t0
-    try:
-        result = backtest(
-            to_numpy_policy(actor),
-            features,
-            data.panel.prices,
-            fold.test_start,
-            fold.test_stop,
-            params.lookback,
-            costs,
-            data.panel.bars_per_year,
-            design.action_scheme,
-            decision_bars(data.panel.timestamps, data.panel.bar_seconds, design.decision_interval),
-        )
-    except FloatingPointError as exc:
-        raise TrialFailed(f"fold {fold.index}: {exc}") from None
-    metrics = {
-        "fold": fold.index,
-        "excess_sharpe": result.excess_sharpe,
-        "sharpe": result.metrics.sharpe,
-        "benchmark_sharpe": result.benchmark.sharpe,
-        "total_return": result.metrics.total_return,
-        "benchmark_return": result.benchmark.total_return,
-        "max_drawdown": result.metrics.max_drawdown,
-        "turnover": result.metrics.turnover,
-        "train_steps": int(model.num_timesteps),
-        "train_seconds": round(train_seconds, 3),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    bad = [k for k, v in metrics.items() if not math.isfinite(float(v))]
-    if bad:
-        raise TrialFailed(f"fold {fold.index}: {', '.join(bad)} is NaN or inf")
-    return FoldResult(metrics, state, norm)
 
 
 def objective_value(excess: list[float]) -> float:
@@ -331,7 +420,9 @@ class Objective:
         design = suggest_design(trial, self.config.design)
         params = suggest_algorithm_params(trial, design.algorithm)
         trial.set_user_attr("mode", self.config.mode)
-        trial.set_user_attr("budget_steps", self.config.budget_steps)
+        trial.set_user_attr("budget_steps", self.config.final_budget)
+        if self.config.budget_ladder:
+            trial.set_user_attr("budget_ladder", list(self.config.budget_ladder))
         trial.set_user_attr("data_fingerprint", self.data.fingerprint)
         trial.set_user_attr("feature_pipeline_version", FEATURE_PIPELINE_VERSION)
         trial.set_user_attr("design", design.as_dict())
@@ -339,6 +430,21 @@ class Objective:
             if stale in trial.user_attrs:  # a retried trial inherits its predecessor's attrs
                 trial.set_user_attr(stale, None)
         seed = None if self.config.seed is None else self.config.seed + trial.number
+        if self.config.budget_ladder:
+            results, last = self._climb(trial, params, design, seed)
+        else:
+            results, last = self._fold_by_fold(trial, params, design, seed)
+        value = objective_value([r["excess_sharpe"] for r in results])
+        if not math.isfinite(value):
+            raise TrialFailed("objective value is NaN or inf")
+        self._save_bundle(trial, params, design, self.data.folds[-1], last, value, results)
+        return value
+
+    def _fold_by_fold(
+        self, trial: optuna.Trial, params: Params, design: Design, seed: int | None
+    ) -> tuple[list[dict[str, float]], FoldResult]:
+        """One budget: train and test each fold in turn, reporting each fold's excess Sharpe
+        ratio (step = fold index) to the median pruner."""
         results: list[dict[str, float]] = []
         last: FoldResult | None = None
         folds = self.data.folds
@@ -356,11 +462,36 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after fold {fold.index}")
         assert last is not None
-        value = objective_value([r["excess_sharpe"] for r in results])
-        if not math.isfinite(value):
-            raise TrialFailed("objective value is NaN or inf")
-        self._save_bundle(trial, params, design, folds[-1], last, value, results)
-        return value
+        return results, last
+
+    def _climb(
+        self, trial: optuna.Trial, params: Params, design: Design, seed: int | None
+    ) -> tuple[list[dict[str, float]], FoldResult]:
+        """Successive halving: train every fold's model to each rung of the budget ladder in
+        turn, reporting the value over all folds at each rung (step = env steps per fold)."""
+        folds = self.data.folds
+        learners = [FoldLearner(self.data, fold, params, self.config, seed, design) for fold in folds]
+        ladder = self.config.budget_ladder
+        results: list[dict[str, float]] = []
+        last: FoldResult | None = None
+        for rung, steps in enumerate(ladder):
+            results = []
+            for learner in learners:
+                index = learner.fold.index
+                if self.stop.is_set():
+                    raise TrialFailed(f"worker stopping before fold {index} at {steps} steps")
+                final = rung == len(ladder) - 1 and index == len(folds) - 1
+                if self.heartbeat is not None:
+                    self.heartbeat.beat(force=True, state="fold", trial=trial.number, fold=index, rung=rung)
+                learner.train_to(steps, None if final else self.stop, self.heartbeat)
+                last = learner.evaluate()
+                results.append(last.metrics)
+            trial.set_user_attr("fold_metrics", results)
+            trial.report(objective_value([r["excess_sharpe"] for r in results]), steps)
+            if rung < len(ladder) - 1 and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at {steps} env steps per fold")
+        assert last is not None
+        return results, last
 
     def _save_bundle(
         self,

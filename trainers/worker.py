@@ -79,6 +79,7 @@ class WorkerOptions:
     log_level: str = "info"
     costs: Costs = field(default_factory=Costs)
     design: DesignOptions = field(default_factory=DesignOptions)
+    budget_ladder: tuple[int, ...] = ()
 
     @property
     def storage_url(self) -> str:
@@ -94,8 +95,10 @@ def create_study(
     name: str,
     seed: int | None = None,
     costs: Costs | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
-    """Load or create a maximising study with multivariate TPE and a median pruner.
+    """Load or create a maximising study with multivariate TPE and a median pruner (or
+    ``pruner``: the successive-halving one of a budget ladder).
 
     A study has one execution model: ``costs`` is recorded in the study's user attribute
     ``costs`` when the study is new (or has none yet), and must equal it otherwise.
@@ -110,7 +113,7 @@ def create_study(
         sampler = optuna.samplers.TPESampler(
             multivariate=True, group=True, constant_liar=True, n_startup_trials=10, seed=seed
         )
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     study = optuna.create_study(
         storage=storage,
         study_name=name,
@@ -184,7 +187,12 @@ def _open_study(opts: WorkerOptions, log: Any) -> optuna.Study:
     for attempt in range(5):
         try:
             storage = make_storage(opts.storage_url, opts.heartbeat_interval, opts.grace_period)
-            study = create_study(storage, opts.study, seed=opts.seed, costs=opts.costs)
+            pruner = None
+            if opts.budget_ladder:
+                from trainers.objective import halving_pruner
+
+                pruner = halving_pruner(opts.budget_ladder)
+            study = create_study(storage, opts.study, seed=opts.seed, costs=opts.costs, pruner=pruner)
             check_study_design(study, opts.design)
             fail_orphaned_trials(study, opts.grace_period)
             return study
@@ -218,8 +226,9 @@ def run_worker(opts: WorkerOptions) -> int:
     log = configure_logging(opts.component, opts.root, opts.log_level).bind(study=opts.study)
     heartbeat = Heartbeat(Layout(opts.root).heartbeat(opts.component), opts.component)
     heartbeat.beat(force=True, state="starting")
-    if opts.budget_steps < DEFAULT_BUDGET_STEPS:
-        log.warning("budget_below_default", budget_steps=opts.budget_steps, note="for tests only")
+    final_budget = opts.budget_ladder[-1] if opts.budget_ladder else opts.budget_steps
+    if final_budget < DEFAULT_BUDGET_STEPS:
+        log.warning("budget_below_default", budget_steps=final_budget, note="for tests only")
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -239,6 +248,7 @@ def run_worker(opts: WorkerOptions) -> int:
         seed=opts.seed,
         costs=opts.costs,
         design=opts.design,
+        budget_ladder=opts.budget_ladder,
     )
     data = StudyData.load(opts.data, config)
     config = config.for_data(data)  # the cut, bars per year, embargo and episode actually used
@@ -347,6 +357,11 @@ def main(
         help="log_return, excess_log_return or differential_sharpe, comma-separated; several are searched.",
     ),
     turnover_penalty: float = typer.Option(0.0, help="Reward subtracted per unit of turnover."),
+    budget_ladder: str = typer.Option(
+        None,
+        help="Successive halving: env steps per fold of each rung, e.g. 10000,30000,90000 "
+        "(replaces --budget-steps and the median pruner).",
+    ),
     algorithms: str = typer.Option(
         "ppo", help="ppo, a2c, sac or td3, comma-separated; several are searched."
     ),
@@ -368,6 +383,15 @@ def main(
     except ValueError as exc:
         name = str(exc).split("costs.")[-1].split(":")[0].replace("_", "-")
         raise typer.BadParameter(str(exc).split(": ", 2)[-1], param_hint=f"--{name}") from None
+    try:
+        ladder = tuple(int(k) for k in budget_ladder.split(",")) if budget_ladder else ()
+        if ladder and (min(ladder) < 1 or list(ladder) != sorted(set(ladder))):
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(
+            f"{budget_ladder!r} is not an increasing comma-separated list of step counts",
+            param_hint="--budget-ladder",
+        ) from None
     try:
         intervals = tuple(int(k) for k in decision_intervals.split(","))
     except ValueError:
@@ -407,6 +431,7 @@ def main(
         log_level=log_level,
         costs=costs,
         design=design,
+        budget_ladder=ladder,
     )
     try:
         code = run_worker(opts)
