@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from trainers.accounting import (
@@ -60,6 +60,45 @@ class StudyConfig(_Section):
         description="first hold-out bar (UTC); default: 2019-07-01 for the embedded dataset, "
         "else the start of the data's last 20% of bars",
     )
+
+
+class TrainingSection(_Section):
+    """How a study's agents are designed and trained (:class:`trainers.design.DesignOptions`;
+    recorded in the study when it is created: an existing study keeps its own). A list of
+    several values is searched."""
+
+    action_scheme: Literal["softmax", "scores"] = Field(
+        "softmax", description="softmax: weights over the assets and cash; scores: one score per asset"
+    )
+    decision_intervals: list[int] = Field([1], min_length=1, description="bars between decisions")
+    rewards: list[Literal["log_return", "excess_log_return", "differential_sharpe"]] = Field(
+        ["log_return"], min_length=1
+    )
+    turnover_penalty: float = Field(0.0, ge=0.0, description="reward subtracted per unit of turnover")
+    algorithms: list[Literal["ppo", "a2c", "sac", "td3"]] = Field(["ppo"], min_length=1)
+    budget_ladder: list[int] = Field(
+        [], description="successive halving: env steps per fold of each rung (replaces study.budget_steps)"
+    )
+    tensorboard: bool = Field(
+        False, description="SB3 TensorBoard logs under <root>/tensorboard/<study>/<trial>/"
+    )
+
+    @field_validator("decision_intervals", "budget_ladder")
+    @classmethod
+    def _positive_increasing(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v) or v != sorted(set(v)):
+            raise ValueError("must be increasing whole numbers >= 1")
+        return v
+
+    def worker_args(self) -> list[str]:
+        """The worker's command-line options for these settings."""
+        args = ["--action-scheme", self.action_scheme]
+        args += ["--decision-intervals", ",".join(map(str, self.decision_intervals))]
+        args += ["--rewards", ",".join(self.rewards), "--turnover-penalty", str(self.turnover_penalty)]
+        args += ["--algorithms", ",".join(self.algorithms)]
+        if self.budget_ladder:
+            args += ["--budget-ladder", ",".join(map(str, self.budget_ladder))]
+        return [*args, "--tensorboard"] if self.tensorboard else args
 
 
 class WorkersConfig(_Section):
@@ -214,6 +253,7 @@ class Config(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     status_interval_s: float = Field(5.0, gt=0)
     study: StudyConfig = StudyConfig()
+    training: TrainingSection = TrainingSection()
     costs: CostsConfig = CostsConfig()
     workers: WorkersConfig = WorkersConfig()
     paper_trader: PaperTraderConfig = PaperTraderConfig()

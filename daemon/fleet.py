@@ -72,7 +72,7 @@ def worker_specs(cfg: Config, study: str, storage_url: str, costs: Costs | None 
         argv += ["--heartbeat-interval", str(cfg.workers.optuna_heartbeat_interval_s)]
         argv += ["--grace-period", str(cfg.workers.optuna_grace_period_s)]
         argv += ["--torch-threads", str(cfg.workers.torch_threads), "--component", name]
-        argv += ["--log-level", cfg.log_level, *cost_args(costs.as_dict())]
+        argv += ["--log-level", cfg.log_level, *cost_args(costs.as_dict()), *cfg.training.worker_args()]
         if cfg.study.data:
             argv += ["--data", cfg.study.data]
         specs.append(

@@ -32,6 +32,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.logger import configure as configure_logger
 
 from trainers.accounting import Costs, action_dim
 from trainers.actor import Actor
@@ -107,6 +108,9 @@ class TrainingConfig:
             the best third, whose models continue to the next rung (SB3 trains whole
             rollouts, so a rung rounds up to the next ``n_steps * n_envs``). Empty: one budget,
             ``budget_steps``, and a median pruner after each fold.
+        tensorboard: write SB3's TensorBoard logs of every fold under
+            ``<root>/tensorboard/<study>/<trial number>/fold_<k>`` (needs the ``tensorboard``
+            package: ``pip install -e '.[tensorboard]'``).
     """
 
     mode: Mode = "quick"
@@ -124,6 +128,7 @@ class TrainingConfig:
     grade_thresholds: dict[str, float] | None = field(default=None)
     design: DesignOptions = field(default_factory=DesignOptions)
     budget_ladder: tuple[int, ...] = ()
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         ladder = self.budget_ladder
@@ -225,6 +230,7 @@ class FoldLearner:
         config: training settings.
         seed: the trial's seed.
         design: the trial's agent design (default :class:`trainers.design.Design`).
+        log_dir: folder for SB3's TensorBoard logs (None: no logs).
     """
 
     def __init__(
@@ -235,6 +241,7 @@ class FoldLearner:
         config: TrainingConfig,
         seed: int | None,
         design: Design | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.data, self.fold, self.params = data, fold, params
         self.config = config.for_data(data)
@@ -257,8 +264,12 @@ class FoldLearner:
         )
         self.model = build_model(self.design.algorithm, params, self.env, self.config.device, seed)
         # SB3's default logger creates an empty SB3-<time> folder in the temp dir on every
-        # learn(); over a campaign that is thousands of folders. Log nowhere instead.
-        self.model.set_logger(Logger(folder=None, output_formats=[]))
+        # learn(); over a campaign that is thousands of folders. Log nowhere instead, or to
+        # TensorBoard only when asked.
+        if log_dir is None:
+            self.model.set_logger(Logger(folder=None, output_formats=[]))
+        else:
+            self.model.set_logger(configure_logger(str(log_dir), ["tensorboard"]))
         self.seconds += time.perf_counter() - t0
 
     @property
@@ -455,7 +466,11 @@ class Objective:
             fold_stop = self.stop if fold.index < len(folds) - 1 else None
             if self.heartbeat is not None:
                 self.heartbeat.beat(force=True, state="fold", trial=trial.number, fold=fold.index)
-            last = train_fold(self.data, fold, params, self.config, seed, fold_stop, self.heartbeat, design)
+            learner = FoldLearner(
+                self.data, fold, params, self.config, seed, design, self._log_dir(trial, fold)
+            )
+            learner.train_to(self.config.budget_steps, fold_stop, self.heartbeat)
+            last = learner.evaluate()
             results.append(last.metrics)
             trial.set_user_attr("fold_metrics", results)
             trial.report(last.metrics["excess_sharpe"], fold.index)
@@ -470,7 +485,10 @@ class Objective:
         """Successive halving: train every fold's model to each rung of the budget ladder in
         turn, reporting the value over all folds at each rung (step = env steps per fold)."""
         folds = self.data.folds
-        learners = [FoldLearner(self.data, fold, params, self.config, seed, design) for fold in folds]
+        learners = [
+            FoldLearner(self.data, fold, params, self.config, seed, design, self._log_dir(trial, fold))
+            for fold in folds
+        ]
         ladder = self.config.budget_ladder
         results: list[dict[str, float]] = []
         last: FoldResult | None = None
@@ -492,6 +510,12 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at {steps} env steps per fold")
         assert last is not None
         return results, last
+
+    def _log_dir(self, trial: optuna.Trial, fold: Fold) -> Path | None:
+        """``<root>/tensorboard/<study>/<trial>/fold_<k>`` when TensorBoard logs are on."""
+        if not self.config.tensorboard:
+            return None
+        return self.root / "tensorboard" / trial.study.study_name / str(trial.number) / f"fold_{fold.index}"
 
     def _save_bundle(
         self,

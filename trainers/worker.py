@@ -7,6 +7,17 @@ pruned) trials, or after ``--max-trials-per-process`` trials of its own (the sup
 starts it afresh, which bounds memory growth). SIGTERM/SIGINT: the current trial stops at
 its next step and ends as FAIL, re-queued with the same parameters (a stop does not use up
 its one retry), unless it is in its last fold, which finishes; the process then exits 0.
+
+Storage outages are waited out (:class:`trainers.storage.PatientRDBStorage`): opening the
+study, ask, report, tell and Optuna's trial heartbeat all retry with backoff until the
+database answers again, while the worker's heartbeat (state ``storage_unavailable``) keeps
+the supervisor from taking it for hung. The trial in flight keeps training and its tell is
+retried, so its result is recorded once the database is back. When the outage outlasted the
+grace period, another worker may have failed that trial as stale and re-queued it (Optuna's
+stale-trial machinery) before this one could tell: the tell is then refused, this worker
+logs ``trial_taken_over`` and carries on with its next trial (the re-queued copy runs
+again). A stop request while waiting exits with ``STORAGE_UNAVAILABLE_EXIT`` (75); the trial
+left RUNNING is failed and re-queued by the stale-trial machinery once the database is back.
 """
 
 from __future__ import annotations
@@ -23,8 +34,8 @@ from typing import Any
 
 import optuna
 import typer
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import OperationalError
 
 from trainers.accounting import (
     DEFAULT_FEE,
@@ -45,11 +56,16 @@ from trainers.storage import (
     DEFAULT_GRACE_PERIOD,
     DEFAULT_HEARTBEAT_INTERVAL,
     STORAGE_ENV,
+    STORAGE_UNAVAILABLE_EXIT,
+    Patience,
+    StorageUnavailable,
     default_storage_url,
     fail_orphaned_trials,
+    is_unavailable_error,
     make_storage,
     redact_url,
     retry_failed_trial,
+    wait_for_storage,
 )
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -80,6 +96,7 @@ class WorkerOptions:
     costs: Costs = field(default_factory=Costs)
     design: DesignOptions = field(default_factory=DesignOptions)
     budget_ladder: tuple[int, ...] = ()
+    tensorboard: bool = False
 
     @property
     def storage_url(self) -> str:
@@ -181,27 +198,67 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def _open_study(opts: WorkerOptions, log: Any) -> optuna.Study:
-    """Open (or create) the study; retried a few times because workers starting together on a
-    fresh SQLite file can race to create Optuna's tables."""
+def _open_study(opts: WorkerOptions, log: Any, patience: Patience) -> optuna.Study:
+    """Open (or create) the study on a :class:`~trainers.storage.PatientRDBStorage`, waiting
+    out a storage that cannot be reached (:func:`trainers.storage.wait_for_storage`); an
+    error while the database answers is retried a few times because workers starting
+    together on a fresh SQLite file can race to create Optuna's tables."""
+
+    def open_once() -> optuna.Study:
+        storage = make_storage(
+            opts.storage_url, opts.heartbeat_interval, opts.grace_period, patience=patience
+        )
+        pruner = None
+        if opts.budget_ladder:
+            from trainers.objective import halving_pruner
+
+            pruner = halving_pruner(opts.budget_ladder)
+        study = create_study(storage, opts.study, seed=opts.seed, costs=opts.costs, pruner=pruner)
+        check_study_design(study, opts.design)
+        fail_orphaned_trials(study, opts.grace_period)
+        return study
+
     for attempt in range(5):
         try:
-            storage = make_storage(opts.storage_url, opts.heartbeat_interval, opts.grace_period)
-            pruner = None
-            if opts.budget_ladder:
-                from trainers.objective import halving_pruner
-
-                pruner = halving_pruner(opts.budget_ladder)
-            study = create_study(storage, opts.study, seed=opts.seed, costs=opts.costs, pruner=pruner)
-            check_study_design(study, opts.design)
-            fail_orphaned_trials(study, opts.grace_period)
-            return study
-        except (OperationalError, optuna.exceptions.StorageInternalError) as exc:
-            if attempt == 4:
+            return wait_for_storage(open_once, opts.storage_url, patience)
+        except (StorageUnavailable, UpdateFinishedTrialError):
+            raise
+        except Exception as exc:
+            if attempt == 4 or not is_unavailable_error(exc):
                 raise
             log.warning("storage_retry", attempt=attempt + 1, error=str(exc).splitlines()[0])
             time.sleep(1.0 + attempt)
     raise AssertionError("unreachable")
+
+
+def storage_patience(stop: threading.Event, heartbeat: Heartbeat, log: Any) -> Patience:
+    """How this worker waits out a storage outage: heartbeat ``storage_unavailable`` (with
+    ``waited_s``) at every attempt, a ``storage_unavailable`` warning at the first attempt and
+    every 30 s, ``storage_available`` once the database answers again."""
+    last_log = [float("-inf")]
+
+    def on_wait(waited_s: float, error: str) -> None:
+        heartbeat.beat(force=True, state="storage_unavailable", waited_s=round(waited_s, 1), error=error)
+        now = time.monotonic()
+        if waited_s == 0.0 or now - last_log[0] >= 30.0:
+            last_log[0] = now
+            log.warning("storage_unavailable", waited_s=round(waited_s, 1), error=error, note="waiting")
+
+    def on_recover(waited_s: float) -> None:
+        last_log[0] = float("-inf")
+        log.info("storage_available", waited_s=round(waited_s, 1))
+        heartbeat.beat(force=True, state="running", storage_waited_s=round(waited_s, 1))
+
+    return Patience(stop=stop, on_wait=on_wait, on_recover=on_recover)
+
+
+def _taken_over(exc: BaseException) -> bool:
+    """Whether ``exc`` (out of ``study.optimize``) is Optuna refusing to tell a trial that is
+    no longer RUNNING: failed as stale by another worker during a storage outage, or already
+    finished by a tell whose answer the outage lost."""
+    return isinstance(exc, UpdateFinishedTrialError) or (
+        isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a ")
+    )
 
 
 def run_worker(opts: WorkerOptions) -> int:
@@ -213,8 +270,7 @@ def run_worker(opts: WorkerOptions) -> int:
     """
     import torch  # heavy imports here: `cappuccino --help`/`status` must not pay for them
 
-    from trainers.fold_baselines import ensure_fold_baselines
-    from trainers.objective import Objective, StudyData, TrainingConfig
+    from trainers.objective import StudyData, TrainingConfig
 
     if opts.device not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda, got {opts.device!r}")
@@ -222,6 +278,13 @@ def run_worker(opts: WorkerOptions) -> int:
         raise ValueError("--device cuda: no CUDA device is available")
     if opts.budget_steps < 1 or opts.n_trials < 1 or opts.max_trials_per_process < 1:
         raise ValueError("--budget-steps, --n-trials and --max-trials-per-process must be >= 1")
+    if opts.tensorboard:
+        try:
+            import tensorboard  # noqa: F401  (SB3 writes through torch's SummaryWriter)
+        except ImportError:
+            raise ValueError(
+                "--tensorboard needs the tensorboard package: pip install -e '.[tensorboard]'"
+            ) from None
     torch.set_num_threads(opts.torch_threads)
     log = configure_logging(opts.component, opts.root, opts.log_level).bind(study=opts.study)
     heartbeat = Heartbeat(Layout(opts.root).heartbeat(opts.component), opts.component)
@@ -249,10 +312,25 @@ def run_worker(opts: WorkerOptions) -> int:
         costs=opts.costs,
         design=opts.design,
         budget_ladder=opts.budget_ladder,
+        tensorboard=opts.tensorboard,
     )
     data = StudyData.load(opts.data, config)
     config = config.for_data(data)  # the cut, bars per year, embargo and episode actually used
-    study = _open_study(opts, log)
+    try:
+        return _train(opts, log, heartbeat, stop, data, config)
+    except StorageUnavailable as exc:
+        log.warning("worker_exiting", stopped=True, reason=str(exc), exit_code=STORAGE_UNAVAILABLE_EXIT)
+        return STORAGE_UNAVAILABLE_EXIT
+
+
+def _train(
+    opts: WorkerOptions, log: Any, heartbeat: Heartbeat, stop: threading.Event, data: Any, config: Any
+) -> int:
+    """Open the study and run trials (the body of :func:`run_worker`)."""
+    from trainers.fold_baselines import ensure_fold_baselines
+    from trainers.objective import Objective
+
+    study = _open_study(opts, log, storage_patience(stop, heartbeat, log))
     baselines, computed = ensure_fold_baselines(study, data, config)
     log.info(
         "fold_baselines",
@@ -264,8 +342,10 @@ def run_worker(opts: WorkerOptions) -> int:
         log.info("study_complete", finished=opts.n_trials)
         return 0
     objective = Objective(data, config, opts.root, stop, heartbeat)
+    ran = [0]  # trials this process finished (any state)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        ran[0] += 1
         log.info(
             "trial_finished",
             trial=trial.number,
@@ -290,13 +370,24 @@ def run_worker(opts: WorkerOptions) -> int:
         timeframe=data.panel.timeframe.describe(),
         holdout_cut=data.holdout_cut,
     )
-    study.optimize(
-        objective,
-        n_trials=min(remaining, opts.max_trials_per_process),
-        callbacks=[after_trial],
-        catch=(Exception,),
-        gc_after_trial=True,
-    )
+    quota = min(remaining, opts.max_trials_per_process)
+    while ran[0] < quota and not stop.is_set():
+        try:
+            study.optimize(
+                objective,
+                n_trials=quota - ran[0],
+                callbacks=[after_trial],
+                catch=(Exception,),
+                gc_after_trial=True,
+            )
+            break
+        except Exception as exc:
+            if not _taken_over(exc):
+                raise
+            ran[0] += 1
+            log.warning("trial_taken_over", error=str(exc), note="its re-queued copy runs again")
+            if finished_trials(study) >= opts.n_trials:
+                break
     log.info("worker_exiting", stopped=stop.is_set())
     return 0
 
@@ -361,6 +452,9 @@ def main(
         None,
         help="Successive halving: env steps per fold of each rung, e.g. 10000,30000,90000 "
         "(replaces --budget-steps and the median pruner).",
+    ),
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard", help="SB3 TensorBoard logs under <root>/tensorboard/<study>/<trial>/."
     ),
     algorithms: str = typer.Option(
         "ppo", help="ppo, a2c, sac or td3, comma-separated; several are searched."
@@ -432,6 +526,7 @@ def main(
         costs=costs,
         design=design,
         budget_ladder=ladder,
+        tensorboard=tensorboard,
     )
     try:
         code = run_worker(opts)

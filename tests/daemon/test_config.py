@@ -35,6 +35,16 @@ CASES = {
         {"CAPPUCCINO_RESTART__BUDGET_PER_HOUR": "lots"},
         ["CAPPUCCINO_RESTART__BUDGET_PER_HOUR", "restart.budget_per_hour", "'lots'"],
     ),
+    "training_bad_reward": (
+        {"training": {"rewards": ["log_return", "sortino"]}},
+        {},
+        ["training.rewards.1", "c.toml"],
+    ),
+    "training_bad_ladder": (
+        {"training": {"budget_ladder": [30000, 10000]}},
+        {},
+        ["training.budget_ladder", "increasing", "c.toml"],
+    ),
 }
 
 
@@ -85,3 +95,32 @@ def test_good_config_and_environment_overrides(tmp_path: Path, monkeypatch: pyte
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "training.toml").write_text("[study]\nn_trials = 7\n")
     assert load_config(cfg).study.n_trials == 7  # the training request overlays the file
+
+
+def test_training_section_reaches_the_worker_command_line(tmp_path: Path) -> None:
+    from daemon.fleet import worker_specs
+    from trainers.worker import app as worker_app
+
+    training = {
+        "action_scheme": "scores",
+        "decision_intervals": [1, 4, 24],
+        "rewards": ["log_return", "differential_sharpe"],
+        "turnover_penalty": 0.01,
+        "algorithms": ["ppo", "sac"],
+        "budget_ladder": [10000, 30000, 90000],
+        "tensorboard": True,
+    }
+    cfg = load_config(write_config(tmp_path / "c.toml", tmp_path / "root", training=training))
+    (spec,) = worker_specs(cfg, "s", "sqlite:///x.db")[:1]
+    argv = list(spec.argv)
+    pairs = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--")}
+    assert pairs["--action-scheme"] == "scores" and pairs["--decision-intervals"] == "1,4,24"
+    assert pairs["--rewards"] == "log_return,differential_sharpe" and pairs["--algorithms"] == "ppo,sac"
+    assert pairs["--turnover-penalty"] == "0.01" and pairs["--budget-ladder"] == "10000,30000,90000"
+    assert "--tensorboard" in argv
+    # and the worker's own parser knows every option it is given
+    from typer.main import get_command
+
+    command = get_command(worker_app)
+    names = {opt for p in command.params for opt in getattr(p, "opts", [])}
+    assert {a for a in argv if a.startswith("--")} <= names
