@@ -18,6 +18,10 @@ that fails one is skipped with one ``trial_skipped`` log line naming the reason:
   (:meth:`trainers.bundle.PipelineSpec.check`).
 * ``invalid``: anything else :func:`trainers.bundle.load_bundle` rejects (unreadable
   archive or ``model.json``, NaN weights, weights that do not fit the architecture).
+* ``design``: the bundle acts differently (action scheme or decision interval,
+  :class:`trainers.design.Design`) than the best selected trial: an ensemble's members act
+  alike, so a study that searches decision intervals gets the ensemble of its best
+  trial's interval.
 """
 
 from __future__ import annotations
@@ -45,10 +49,11 @@ from trainers.bundle import (
     sha256_file,
     unpack_bundle,
 )
+from trainers.design import Design
 from trainers.study_db import RankedTrial, iter_ranked, open_engine
 
 DEFAULT_TOP_N = 10
-SkipReason = Literal["missing", "hash", "identity", "spec", "invalid"]
+SkipReason = Literal["missing", "hash", "identity", "spec", "invalid", "design"]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -251,9 +256,20 @@ def select_top_n(
     ens = None if ensemble_dir is None else Path(ensemble_dir)
     selected: list[SelectedTrial] = []
     skipped: list[SkippedTrial] = []
+    acting: tuple[str, int] | None = None
     for trial in iter_ranked(engine, study, n + max(5, n // 2)):
         try:
-            selected.append(_verify(trial, pipeline, root, staging, ens))
+            chosen = _verify(trial, pipeline, root, staging, ens)
+            design = Design.from_meta(chosen.meta)
+            acts = (design.action_scheme, design.decision_interval)
+            if acting is not None and acts != acting:
+                raise BundleSkip(
+                    "design",
+                    f"acts with {acts[0]} actions every {acts[1]} bars, the ensemble's best member "
+                    f"with {acting[0]} actions every {acting[1]} bars",
+                )
+            acting = acts
+            selected.append(chosen)
         except BundleSkip as skip:
             skipped.append(SkippedTrial(trial, skip.reason, skip.detail))
             log.warning(

@@ -82,3 +82,28 @@ def test_the_design_reaches_the_bundle_the_ensemble_and_the_trader(designed_root
     traded = np.array([r.equity for r in ledger.equity_rows()]) / 10_000.0
     evaluated = evaluate(root, "ensemble", window="all").model_line.equity
     np.testing.assert_allclose(traded, evaluated[:N_BARS], rtol=1e-7, atol=0)
+
+
+@pytest.mark.slow
+def test_a_study_that_searches_intervals_syncs_the_best_trials_interval(tmp_path: Path) -> None:
+    """Members act alike: trials of another decision interval than the best are skipped
+    (reason ``design``), never mixed into the ensemble."""
+    torch.set_num_threads(1)
+    root = tmp_path / "root"
+    root.mkdir()
+    options = DesignOptions("softmax", (1, 24), ("log_return",))
+    config = TrainingConfig(budget_steps=256, n_envs=2, seed=0, design=options)
+    url = default_storage_url(root)
+    study = create_study(make_storage(url, heartbeat_interval=None), "searched", seed=0)
+    study.enqueue_trial({"decision_interval": 1})
+    study.enqueue_trial({"decision_interval": 24})
+    study.enqueue_trial({"decision_interval": 1})
+    study.optimize(Objective(StudyData.load(None, config), config, root), n_trials=3)
+    intervals = {t.number: t.params["decision_interval"] for t in study.trials}
+    best = study.best_trial.params["decision_interval"]
+    result = sync_ensemble(root, url, "searched", PIPELINE, top_n=3)
+    members = {m.trial_number for m in result.members}
+    assert members == {n for n, k in intervals.items() if k == best}
+    assert {s.trial.number for s in result.skipped if s.reason == "design"} == set(intervals) - members
+    policy = EnsemblePolicy.from_manifest(root / "ensemble" / "ensemble_manifest.json", PIPELINE)
+    assert policy.decision_interval == best
