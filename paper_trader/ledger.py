@@ -50,7 +50,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 SCHEMA_VERSION = 1
-PENDING, FILLED, CANCELLED = "pending", "filled", "cancelled"
+PENDING_SUBMIT = "pending_submit"  # recorded with its bar, not yet sent (the outbox)
+PENDING, FILLED, CANCELLED = "pending", "filled", "cancelled"  # sent and awaiting its fill; final
 
 
 class LedgerError(RuntimeError):

@@ -52,6 +52,36 @@ class FillReport:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class RemoteOrder:
+    """An order as the broker's account holds it (for the start-up reconciliation).
+
+    Attributes:
+        client_order_id: the ledger's id (or another client's).
+        broker_order_id: the broker's own id.
+        symbol: dataset symbol; side: ``buy`` | ``sell``; qty, filled_qty: asset units.
+        status: the broker's order status, e.g. ``filled``, ``accepted``, ``canceled``.
+    """
+
+    client_order_id: str
+    broker_order_id: str
+    symbol: str
+    side: str
+    qty: float
+    filled_qty: float
+    status: str
+
+
+@dataclass(frozen=True)
+class RemoteAccount:
+    """What the broker's account holds: ``orders`` submitted since the time asked for, by
+    client order id, and ``positions`` ``{dataset symbol: (qty, price or None)}`` (asset
+    units, price per unit in the quote currency)."""
+
+    orders: dict[str, RemoteOrder]
+    positions: dict[str, tuple[float, float | None]]
+
+
 class StopToken(Protocol):
     """A stop request (:class:`paper_trader.stopping.StopSignal` or ``threading.Event``)."""
 
@@ -112,5 +142,15 @@ class Broker(Protocol):
         ...
 
     def submit(self, orders: list[Order]) -> None:
-        """Send new orders; idempotent per ``client_order_id`` (a retried bar re-sends them)."""
+        """Send new orders; idempotent per ``client_order_id`` (an order sent before is
+        looked up, never placed twice). Sets ``broker_order_id`` (and the quantity sent) of
+        each order placed; an order the broker refuses for good, or one whose fill bar has
+        already closed (stale), gets status ``cancelled`` and ``status_reason``. Raises
+        :class:`BrokerError` when the broker cannot be reached or keeps throttling."""
+        ...
+
+    def remote_account(self, since_ts: int) -> RemoteAccount | None:
+        """The account's orders submitted after ``since_ts`` (UTC epoch s) and its
+        positions, for the reconciliation at start; None for a broker whose account is the
+        ledger itself (the replay). Raises :class:`BrokerError`."""
         ...

@@ -5,12 +5,18 @@ crypto historical data client; keys from the environment only).
 * Bars: closed hourly bars from Alpaca's crypto bars endpoint, aligned like the dataset.
   The trader decides on the newest closed bar; after a restart it skips bars it missed
   (orders decided on stale bars would trade at today's prices), logging how many.
-* Orders: market orders, one per client order id (the ledger's deterministic id): a retried
-  bar looks each id up first and never places an order twice. A sell never asks for more
-  than Alpaca holds (Alpaca takes crypto fees in the asset, so its position can be a hair
-  below the ledger's); a full exit sells Alpaca's whole position. An order Alpaca refuses
-  (HTTP 4xx, e.g. insufficient balance) is cancelled in the ledger; no answer at all is a
-  :class:`~paper_trader.brokers.BrokerError` and the bar is retried.
+* Orders: market orders, one per client order id (the ledger's deterministic id): every
+  submission looks the id up first and never places an order twice. A sell never asks for
+  more than Alpaca holds (Alpaca takes crypto fees in the asset, so its position can be a
+  hair below the ledger's); a full exit sells Alpaca's whole position. An order Alpaca
+  refuses (HTTP 4xx other than 429, e.g. 403 insufficient balance) is cancelled in the
+  ledger with Alpaca's reason; 429 and 5xx answers are retried by the client
+  (:mod:`~paper_trader.brokers.alpaca_http`, honouring ``Retry-After``) and, once its
+  retries are spent, like no answer at all, are a :class:`~paper_trader.brokers.BrokerError`:
+  the order stays in the ledger's outbox (``pending_submit``) and is sent again later. An
+  order not yet at Alpaca whose fill bar has already closed (the bar after its decision
+  bar) is stale and is cancelled instead of sent: it would trade at prices the decision
+  never saw.
 * Fills: the order's filled quantity and average price as Alpaca reports them; the fee is
   estimated as ``fee * |qty| * price`` (the order snapshot carries no fee). An order still
   working stays pending and is looked at again next bar.
@@ -26,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from paper_trader.brokers._base import Bar, BrokerError, FillReport, StopToken
+from paper_trader.brokers._base import Bar, BrokerError, FillReport, RemoteAccount, RemoteOrder, StopToken
 from paper_trader.brokers.alpaca_client import AlpacaClient
 from paper_trader.brokers.alpaca_errors import AlpacaAPIError, AlpacaError
 from paper_trader.brokers.alpaca_orders import QTY_DECIMALS
@@ -175,8 +181,13 @@ class AlpacaBroker:
         for o in orders:
             try:
                 existing = self.client.get_order(o.client_order_id)
-                if existing is not None:  # placed by an earlier try of this bar
+                if existing is not None:  # placed by an earlier try
                     o.broker_order_id, o.qty = existing.order_id, existing.qty
+                    continue
+                if self.clock().timestamp() >= o.bar_ts + 2 * BAR_SECONDS:
+                    o.status = CANCELLED
+                    o.status_reason = "stale: not sent before the bar after its decision bar closed"
+                    self._log.warning("order_stale", client_order_id=o.client_order_id)
                     continue
                 qty = o.qty
                 if o.side == "sell":
@@ -191,7 +202,8 @@ class AlpacaBroker:
                     o.symbol, o.side, qty, o.client_order_id, wait_fill_s=0
                 )
             except AlpacaAPIError as exc:
-                if exc.status_code is not None and 400 <= exc.status_code < 500:
+                code = exc.status_code
+                if code is not None and 400 <= code < 500 and code != 429:
                     o.status, o.status_reason = CANCELLED, f"refused by Alpaca: {exc}"
                     self._log.error("order_refused", client_order_id=o.client_order_id, error=str(exc))
                     continue
@@ -199,3 +211,19 @@ class AlpacaBroker:
             except AlpacaError as exc:
                 raise BrokerError(f"Alpaca order {o.client_order_id}: {exc}") from None
             o.broker_order_id, o.qty = snap.order_id, qty
+
+    def remote_account(self, since_ts: int) -> RemoteAccount:
+        """Alpaca's orders submitted after ``since_ts`` and its positions (see
+        :class:`~paper_trader.brokers.Broker`)."""
+        try:
+            snaps = self.client.orders_since(datetime.fromtimestamp(since_ts, UTC))
+            positions = self.client.positions_priced()
+        except AlpacaError as exc:
+            raise BrokerError(f"Alpaca reconciliation: {exc}") from None
+        orders = {
+            s.client_order_id: RemoteOrder(
+                s.client_order_id, s.order_id, s.symbol, s.side, s.qty, s.filled_qty, s.status
+            )
+            for s in snaps
+        }
+        return RemoteAccount(orders, positions)

@@ -17,29 +17,31 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
 import requests
 import structlog
+from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
 from alpaca.data.historical.crypto import CryptoHistoricalDataClient
 from alpaca.data.requests import CryptoBarsRequest
 from alpaca.data.timeframe import TimeFrame
 from alpaca.trading.client import TradingClient
-from alpaca.trading.enums import OrderSide, PositionSide, TimeInForce
-from alpaca.trading.requests import MarketOrderRequest
+from alpaca.trading.enums import OrderSide, PositionSide, QueryOrderStatus, TimeInForce
+from alpaca.trading.requests import GetOrdersRequest, MarketOrderRequest
 
 from paper_trader.brokers.alpaca_bars import TimeLike, align, bars_per_symbol, closed_bar_range, no_bars
 from paper_trader.brokers.alpaca_errors import AlpacaAPIError, api_error, no_answer_error
-from paper_trader.brokers.alpaca_http import with_timeout
+from paper_trader.brokers.alpaca_http import configure_session, retry_policy
 from paper_trader.brokers.alpaca_orders import OrderSnapshot, check_same, market_order_args
 from paper_trader.brokers.alpaca_settings import AlpacaSettings
 from paper_trader.brokers.alpaca_symbols import to_alpaca_symbol, to_dataset_symbol
 from trainers.data import DEFAULT_MAX_FILL_BARS
 
 log = structlog.get_logger("paper_trader.alpaca").bind(component="paper_trader")
+ORDERS_PAGE = 500  # Alpaca's largest page of GET /v2/orders
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,10 @@ class AlpacaClient:
             key, secret, paper=not live_endpoint, url_override=settings.url_override
         )
         self._data = CryptoHistoricalDataClient(key, secret, url_override=settings.data_url_override)
+        st = settings
+        retry = retry_policy(st.retries, st.retry_backoff_s, st.retry_backoff_max_s, st.retry_after_max_s)
         for client in (self._trading, self._data):
-            with_timeout(client, settings.request_timeout_s)
+            configure_session(client, settings.request_timeout_s, retry)
         self._log = log.bind(endpoint=self.trading_url, live=live_endpoint)
         if live_endpoint:
             self._log.warning("alpaca live endpoint enabled")
@@ -136,13 +140,24 @@ class AlpacaClient:
         Raises:
             AlpacaAPIError: Alpaca answered with an error or not at all.
         """
-        out: dict[str, float] = {}
+        return {sym: qty for sym, (qty, _) in self.positions_priced().items()}
+
+    def positions_priced(self) -> dict[str, tuple[float, float | None]]:
+        """Open positions as ``{dataset symbol: (quantity, current price or None)}``: asset
+        units (short < 0), USD per unit as Alpaca last priced it.
+
+        Raises:
+            AlpacaAPIError: Alpaca answered with an error or not at all.
+        """
+        out: dict[str, tuple[float, float | None]] = {}
         for pos in self._call("positions request", self._trading.get_all_positions):
             qty = float(pos.qty)
             if pos.side == PositionSide.SHORT and qty > 0:
                 qty = -qty
             if qty != 0.0:
-                out[to_dataset_symbol(pos.symbol)] = out.get(to_dataset_symbol(pos.symbol), 0.0) + qty
+                sym = to_dataset_symbol(pos.symbol)
+                price = None if pos.current_price in (None, "") else float(pos.current_price)
+                out[sym] = (out.get(sym, (0.0, None))[0] + qty, price)
         return out
 
     # ------------------------------------------------------------------ orders
@@ -172,6 +187,33 @@ class AlpacaClient:
         return OrderSnapshot.from_order(
             self._call(f"order {order_id}", self._trading.get_order_by_id, order_id)
         )
+
+    def orders_since(self, after: datetime) -> list[OrderSnapshot]:
+        """Every order submitted after ``after`` (open and closed), oldest first
+        (``GET /v2/orders?status=all&direction=asc``, all pages of 500: each page continues
+        after the last submission time seen, and an order already seen is skipped).
+
+        Args:
+            after: UTC datetime (aware).
+
+        Raises:
+            AlpacaAPIError: Alpaca answered with an error or not at all.
+        """
+        seen: dict[str, OrderSnapshot] = {}
+        cursor = after
+        while True:
+            request = GetOrdersRequest(
+                status=QueryOrderStatus.ALL, limit=ORDERS_PAGE, after=cursor, direction=Sort.ASC
+            )
+            answer = self._call("orders request", self._trading.get_orders, request)
+            page = [OrderSnapshot.from_order(o) for o in answer]
+            new = [o for o in page if o.order_id not in seen]
+            for o in new:
+                seen[o.order_id] = o
+            if len(page) < ORDERS_PAGE or not new:
+                return list(seen.values())
+            # orders submitted in the same microsecond as the page's last one come again: skipped
+            cursor = page[-1].submitted_at - timedelta(microseconds=1)
 
     def submit_market_order(
         self,

@@ -51,6 +51,13 @@ class AlpacaSettings(BaseSettings):
         url_override: trading API base URL instead of Alpaca's (a proxy, or a test server).
         data_url_override: market-data API base URL instead of Alpaca's.
         request_timeout_s: seconds before an unanswered HTTP request is given up (> 0).
+        retries: most retries of one request answered 429 or 5xx (>= 0; see
+            :mod:`~paper_trader.brokers.alpaca_http`).
+        retry_backoff_s: exponential backoff factor between retries, seconds (>= 0).
+        retry_backoff_max_s: longest backoff wait, seconds.
+        retry_after_max_s: longest wait a ``Retry-After`` header may ask for, seconds; the
+            defaults keep one request's worst case (4 waits) far below the watchdog's
+            heartbeat timeout.
 
     Raises:
         AlpacaConfigError: a key passed as an argument.
@@ -66,6 +73,10 @@ class AlpacaSettings(BaseSettings):
     url_override: str | None = None
     data_url_override: str | None = None
     request_timeout_s: float = Field(default=10.0, gt=0)
+    retries: int = Field(default=4, ge=0, le=20)
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    retry_backoff_max_s: float = Field(default=10.0, ge=0)
+    retry_after_max_s: float = Field(default=20.0, ge=0)
 
     def __init__(self, **values: Any) -> None:
         given = sorted({*KEY_ID_VARS, *SECRET_KEY_VARS, "api_key_id", "api_secret_key"} & set(values))

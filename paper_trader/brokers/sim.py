@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from paper_trader.brokers._base import Bar, BrokerError, FillReport, StopToken
+from paper_trader.brokers._base import Bar, BrokerError, FillReport, RemoteAccount, StopToken
 from paper_trader.ledger import Order
 from trainers.accounting import Costs, drifted_weights, executed_target, rebalance_step
 from trainers.data import DataError, Panel, load_panel, resolve_holdout_cut
@@ -126,6 +126,10 @@ class SimBroker:
 
     def submit(self, orders: list[Order]) -> None:
         """Nothing to send: the replay fills pending orders from the ledger at the next bar."""
+
+    def remote_account(self, since_ts: int) -> RemoteAccount | None:
+        """None: the replay has no account besides the ledger."""
+        return None
 
     def execute(self, orders: list[Order], cash: float, qty: np.ndarray, bar: Bar) -> list[FillReport]:
         """Fill one decision's orders at ``bar``'s open (see the class docstring).

@@ -14,6 +14,8 @@ it with ``url_override``:
   ``insufficient balance``;
 * ``GET /v2/orders:by_client_order_id?client_order_id=...`` and ``GET /v2/orders/{id}`` -
   an ``Order``, or 404 ``order not found``;
+* ``GET /v2/orders`` (``status`` open | closed | all, ``limit`` <= 500, ``after``, ``until``
+  (submission time, exclusive), ``direction`` asc | desc) - a list of ``Order``;
 * ``GET /v1beta3/crypto/us/bars`` (``symbols``, ``timeframe``, ``start``, ``end``, ``limit``,
   ``page_token``, ``sort``) - ``{"bars": {symbol: [bar, ...]}, "next_page_token": ...}``
   with bars ``{"t", "o", "h", "l", "c", "v", "n", "vw"}``; results are ordered by symbol then
@@ -27,8 +29,11 @@ exactly once. The recorded requests never hold the key headers.
 Failure injection for tests: :meth:`FakeAlpaca.drop_next_order_response` (the order is placed,
 then the connection closes without a response, as a network failure after the server
 acted), :meth:`FakeAlpaca.hide_from_lookup` (the client-order-id lookup answers 404 a given
-number of times, as in the window between another submitter's POST and its visibility) and
-:meth:`FakeAlpaca.stall_next` (the next request to a path answers only after a delay).
+number of times, as in the window between another submitter's POST and its visibility),
+:meth:`FakeAlpaca.stall_next` (the next request to a path answers only after a delay) and
+:meth:`FakeAlpaca.fail_next` (the next requests to a path answer an HTTP error, e.g. 429 with
+``Retry-After`` or 503, without acting). :meth:`FakeAlpaca.place_order` places an order as
+another client would (an order the trader's ledger does not know).
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ class RecordedRequest:
     body: Any
     authorized: bool
     status: int
+    at: float = 0.0  # time.monotonic() when the request arrived
 
 
 @dataclass
@@ -159,6 +165,7 @@ class _State:
     drop_next_order_response: bool = False
     fill_on_read: bool = False
     stalls: dict[str, float] = field(default_factory=dict)
+    failures: dict[tuple[str, str], list[tuple[int, str | None]]] = field(default_factory=dict)
 
 
 class FakeAlpaca:
@@ -284,6 +291,31 @@ class FakeAlpaca:
         with self._lock:
             self._state.stalls[path] = seconds
 
+    def fail_next(
+        self, method: str, path: str, status: int, times: int = 1, retry_after: str | None = None
+    ) -> None:
+        """The next ``times`` ``method`` requests to ``path`` answer ``status`` (with a
+        ``Retry-After: <retry_after>`` header when given) and do nothing else; queued after
+        any failures already pending for that path."""
+        with self._lock:
+            queue = self._state.failures.setdefault((method.upper(), path), [])
+            queue.extend([(status, retry_after)] * times)
+
+    def place_order(self, symbol: str, side: str, qty: float, client_order_id: str) -> dict[str, Any]:
+        """Place a market order as another client would; returns its JSON."""
+        status, answer = self._submit(
+            {
+                "symbol": symbol,
+                "side": side,
+                "qty": qty,
+                "type": "market",
+                "time_in_force": "gtc",
+                "client_order_id": client_order_id,
+            }
+        )
+        assert status == 200, answer
+        return answer
+
     # ---------------------------------------------------------------- inspection
 
     @property
@@ -332,6 +364,11 @@ class FakeAlpaca:
         with self._lock:
             return self._state.stalls.pop(path, 0.0)
 
+    def _take_failure(self, method: str, path: str) -> tuple[int, str | None] | None:
+        with self._lock:
+            queue = self._state.failures.get((method, path))
+            return queue.pop(0) if queue else None
+
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
         """Route one authorised request -> ``(status, JSON body)``; ``(-1, None)`` drops it."""
         if method == "GET" and path == "/v2/account":
@@ -340,6 +377,8 @@ class FakeAlpaca:
             return 200, self._positions()
         if method == "POST" and path == "/v2/orders":
             return self._submit(body)
+        if method == "GET" and path == "/v2/orders":
+            return self._list_orders(query)
         if method == "GET" and path == "/v2/orders:by_client_order_id":
             cid = (query.get("client_order_id") or [""])[0]
             return self._lookup(lambda o: o.client_order_id == cid, hidden_key=cid)
@@ -507,6 +546,30 @@ class FakeAlpaca:
                     return 200, order.to_json()
         return 404, {"code": 40410000, "message": "order not found"}
 
+    def _list_orders(self, query: dict[str, list[str]]) -> tuple[int, Any]:
+        status = (query.get("status") or ["open"])[0]
+        direction = (query.get("direction") or ["desc"])[0]
+        try:
+            limit = int((query.get("limit") or ["50"])[0])
+            after = _parse_time(query["after"][0]) if "after" in query else None
+            until = _parse_time(query["until"][0]) if "until" in query else None
+        except (ValueError, KeyError) as exc:
+            return 422, {"code": 40010001, "message": f"invalid parameter: {exc}"}
+        if status not in ("open", "closed", "all") or direction not in ("asc", "desc"):
+            return 422, {"code": 40010001, "message": "invalid status or direction"}
+        if not 1 <= limit <= 500:
+            return 422, {"code": 40010001, "message": "limit must be between 1 and 500"}
+        with self._lock:
+            chosen = [
+                o
+                for o in self._state.orders
+                if (status == "all" or (o.status in TERMINAL) == (status == "closed"))
+                and (after is None or o.created_at > after)
+                and (until is None or o.created_at < until)
+            ]
+            chosen.sort(key=lambda o: o.created_at, reverse=direction == "desc")
+            return 200, [o.to_json() for o in chosen[:limit]]
+
     def _bars(self, query: dict[str, list[str]]) -> tuple[int, Any]:
         raw_symbols = (query.get("symbols") or [""])[0]
         if not raw_symbols:
@@ -566,6 +629,7 @@ def _make_handler(fake: FakeAlpaca) -> type[BaseHTTPRequestHandler]:
             return
 
         def _serve(self, method: str) -> None:
+            arrived = time.monotonic()
             parts = urlsplit(self.path)
             query = parse_qs(parts.query, keep_blank_values=True)
             length = int(self.headers.get("Content-Length") or 0)
@@ -578,11 +642,18 @@ def _make_handler(fake: FakeAlpaca) -> type[BaseHTTPRequestHandler]:
             if stall:
                 time.sleep(stall)
             authorized = fake._authorized(self.headers)
+            failure = fake._take_failure(method, parts.path) if authorized else None
+            headers: dict[str, str] = {}
             if not authorized:
                 status, answer = 401, {"code": 40110000, "message": "request is not authorized"}
+            elif failure is not None:  # injected: answer the error, act on nothing
+                status = failure[0]
+                answer = {"code": status * 100000, "message": f"injected HTTP {status}"}
+                if failure[1] is not None:
+                    headers["Retry-After"] = failure[1]
             else:
                 status, answer = fake.handle(method, parts.path, query, body)
-            fake._record(RecordedRequest(method, parts.path, query, body, authorized, status))
+            fake._record(RecordedRequest(method, parts.path, query, body, authorized, status, arrived))
             if status < 0:  # placed, but the answer is lost on the way back
                 self.close_connection = True
                 return
@@ -591,6 +662,8 @@ def _make_handler(fake: FakeAlpaca) -> type[BaseHTTPRequestHandler]:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)

@@ -133,10 +133,11 @@ def test_the_loop_trades_alpaca_bars_and_orders_each_order_once(
     assert len(server.order_posts()) == posts
 
 
-def order(symbol: str, side: str, qty: float, target: float, cid: str) -> Order:
+def order(symbol: str, side: str, qty: float, target: float, cid: str, bar_ts: int | None = None) -> Order:
+    """An order decided at ``bar_ts`` (default: the bar that started an hour ago, still fresh)."""
     return Order(
         client_order_id=cid,
-        bar_ts=0,
+        bar_ts=int(datetime.now(UTC).timestamp()) - 3600 if bar_ts is None else bar_ts,
         symbol=symbol,
         side=side,
         qty=qty,
@@ -164,6 +165,17 @@ def test_sells_never_exceed_the_alpaca_position_and_refused_orders_are_cancelled
     assert "insufficient balance" in (too_big.status_reason or "")
     assert nothing.status == CANCELLED and nothing.status_reason == "nothing to sell at Alpaca"
     assert [p.body["client_order_id"] for p in server.order_posts()] == ["t-sell-all", "t-too-big"]
+
+
+def test_an_order_whose_fill_bar_has_closed_is_not_sent(server: FakeAlpaca, panel: Panel) -> None:
+    broker = AlpacaBroker(AlpacaClient(local_settings(server)), panel.symbols, 0.0025)
+    now = int(datetime.now(UTC).timestamp())
+    stale = order("ETHUSD", "buy", 0.1, 0.1, "t-stale", bar_ts=now - 2 * 3600)  # bar after it closed
+    fresh = order("ETHUSD", "buy", 0.1, 0.1, "t-fresh", bar_ts=now - 2 * 3600 + 60)
+    broker.submit([stale, fresh])
+    assert stale.status == CANCELLED and "stale" in (stale.status_reason or "")
+    assert fresh.status == PENDING and fresh.broker_order_id is not None
+    assert [o["client_order_id"] for o in server.orders()] == ["t-fresh"]
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
