@@ -12,16 +12,30 @@ opened; two workers doing so at once on a fresh database collide ("table already
 duplicate ``alembic_version`` row or PostgreSQL enum type). :func:`schema_lock` serialises
 that step among processes: an exclusive ``flock`` on ``<database>-init.lock`` next to a
 SQLite file, a session advisory lock on PostgreSQL.
+
+Outages: a worker's storage (:class:`PatientRDBStorage`, from :func:`make_storage` with
+``patient=True``) waits out a database that cannot be reached instead of raising: every
+storage call that fails with a connection-level error (:func:`is_unavailable_error`) while
+``SELECT 1`` fails too is retried with exponential backoff (1 s doubling to 15 s) until the
+database answers again, calling ``on_wait`` between attempts (the worker beats its heartbeat
+and logs there, so the supervisor does not take it for hung). An error while the database
+answers is not an outage and is raised (after one more try). A process that is asked to stop
+(``stop`` is set) gives up waiting and raises :class:`StorageUnavailable`; a worker then exits
+with :data:`STORAGE_UNAVAILABLE_EXIT`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
@@ -29,6 +43,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
 from trainers.runtime.pidlock import holding
+
+T = TypeVar("T")
 
 DEFAULT_HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
 DEFAULT_GRACE_PERIOD = 120  # seconds without a heartbeat before a trial is stale
@@ -38,6 +54,45 @@ SCHEMA_LOCK_KEY = 0x63617070  # PostgreSQL advisory-lock key ("capp") of schema 
 # the storage URL of a process started without --storage; the configuration's study.storage
 # variable, so the supervisor, every command and every child agree on one name
 STORAGE_ENV = "CAPPUCCINO_STUDY__STORAGE"
+# exit code of a worker that stopped while its storage could not be reached (sysexits.h
+# EX_TEMPFAIL); the supervisor does not count such an exit against the restart budget while
+# its own storage check fails too (daemon/storage_health.py)
+STORAGE_UNAVAILABLE_EXIT = 75
+WAIT_BACKOFF_INITIAL_S = 1.0
+WAIT_BACKOFF_MAX_S = 15.0
+
+
+class StorageUnavailable(RuntimeError):
+    """The storage could not be reached and the process was asked to stop while it waited."""
+
+
+def is_unavailable_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the error it wraps, as Optuna's ``StorageInternalError`` wraps
+    SQLAlchemy's) is a connection-level database error: ``OperationalError`` (refused or
+    dropped connection, server shutting down, SQLite lock or I/O error), ``InterfaceError``,
+    or a ``DBAPIError`` that invalidated its connection."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+        seen += 1
+    return False
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (for logs; a URL password never appears in
+    SQLAlchemy's connection errors, which name host and port only)."""
+    wrapped = isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None
+    cause = exc.__cause__ if wrapped and exc.__cause__ is not None else exc
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"
+
+
+OnWait = Callable[[float, str], None]  # (seconds waited so far, error) between attempts
+OnRecover = Callable[[float], None]  # (seconds waited) once the storage answers again
 
 
 def normalize_url(url: str) -> str:
@@ -135,15 +190,19 @@ def make_storage(
     grace_period: int | None = DEFAULT_GRACE_PERIOD,
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     max_retry: int = MAX_RETRY,
+    patience: Patience | None = None,
 ) -> RDBStorage:
     """An ``RDBStorage`` with heartbeats and Optuna's stale-trial retry callback.
 
     A trial whose worker stops sending heartbeats for ``grace_period`` seconds is set to
     FAIL by the next worker that starts a trial, and re-queued (same parameters) at most
-    ``max_retry`` times.
+    ``max_retry`` times. With ``patience``, a :class:`PatientRDBStorage` that waits out
+    storage outages (module docstring).
 
     Raises:
         ValueError: an unsupported URL scheme.
+        sqlalchemy.exc.SQLAlchemyError: the database cannot be reached (opening it is not
+            retried here: see :func:`wait_for_storage`).
     """
     url = normalize_url(url)
     backend = make_url(url).get_backend_name()
@@ -163,7 +222,164 @@ def make_storage(
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
         }
     with schema_lock(url):  # concurrent first starts would race on creating the tables
+        if patience is not None:
+            return PatientRDBStorage(url, engine_kwargs=engine_kwargs, patience=patience, **kwargs)
         return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+
+
+@dataclass
+class Patience:
+    """How a process waits out a storage outage.
+
+    Attributes:
+        stop: set when the process must stop; waiting then ends with :class:`StorageUnavailable`.
+        on_wait: called between attempts with (seconds waited, error line).
+        on_recover: called once the storage answers again, with the seconds waited.
+        initial_s: first delay between attempts; doubled per attempt up to ``max_s``.
+        max_s: longest delay between attempts.
+    """
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    on_wait: OnWait | None = None
+    on_recover: OnRecover | None = None
+    initial_s: float = WAIT_BACKOFF_INITIAL_S
+    max_s: float = WAIT_BACKOFF_MAX_S
+
+    def call(self, fn: Callable[[], T], reachable: Callable[[], bool]) -> T:
+        """``fn()``, retried while it fails with :func:`is_unavailable_error` and
+        ``reachable()`` is False (an outage); an error while the database answers is raised
+        after one more try (it may have come back in between).
+
+        Raises:
+            StorageUnavailable: ``stop`` was set while waiting.
+            Exception: whatever ``fn`` raises when it is not an outage.
+        """
+        started: float | None = None
+        retried_reachable = False
+        attempt = 0
+        while True:
+            try:
+                result = fn()
+            except Exception as exc:
+                if not is_unavailable_error(exc):
+                    raise
+                if reachable():
+                    if retried_reachable:
+                        raise
+                    retried_reachable = True
+                    continue
+                retried_reachable = False
+                now = time.monotonic()
+                started = now if started is None else started
+                if self.on_wait is not None:
+                    self.on_wait(now - started, first_line(exc))
+                delay = min(self.max_s, self.initial_s * 2.0**attempt)
+                attempt += 1
+                if self.stop.wait(delay):
+                    reason = f"stopped while the storage was unavailable ({first_line(exc)})"
+                    raise StorageUnavailable(reason) from exc
+                continue
+            if started is not None and self.on_recover is not None:
+                self.on_recover(time.monotonic() - started)
+            return result
+
+
+def wait_for_storage(open_fn: Callable[[], T], url: str, patience: Patience) -> T:
+    """``open_fn()`` (opening a storage, a study), waiting out an outage of the database at
+    ``url`` the way :class:`PatientRDBStorage` does.
+
+    Raises:
+        StorageUnavailable: ``patience.stop`` was set while waiting.
+    """
+    return patience.call(open_fn, lambda: storage_reachable(url))
+
+
+def storage_reachable(url: str, engine: sqlalchemy.engine.Engine | None = None) -> bool:
+    """Whether ``SELECT 1`` succeeds on the storage (on ``engine`` when given, else on a
+    connection of its own, closed at once)."""
+    own = engine is None
+    try:
+        if engine is None:
+            engine = sqlalchemy.create_engine(normalize_url(url), poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as con:
+            con.execute(sqlalchemy.text("SELECT 1"))
+        return True
+    except sqlalchemy.exc.SQLAlchemyError:
+        return False
+    finally:
+        if own and engine is not None:
+            engine.dispose()
+
+
+class PatientRDBStorage(RDBStorage):
+    """Optuna's ``RDBStorage`` whose every storage call waits out an outage
+    (:meth:`Patience.call`) instead of raising: Optuna's ask, report, tell and its
+    heartbeat thread all block until the database is back, so a trial in flight keeps its
+    result. Not waited out: opening the storage (``__init__``; see :func:`wait_for_storage`).
+
+    A write retried after a connection that died between the server's commit and its answer
+    may find its work done: a second new trial (RUNNING with no heartbeat: failed and
+    re-queued by :func:`fail_orphaned_trials`), or a trial already finished (Optuna raises
+    ``UpdateFinishedTrialError``; the worker carries on with its next trial).
+    """
+
+    def __init__(self, url: str, *, patience: Patience, **kwargs: Any) -> None:
+        self.patience = patience
+        super().__init__(url, **kwargs)
+
+    def _reachable(self) -> bool:
+        return storage_reachable(self.url, self.engine)
+
+
+def _patient(name: str) -> Callable[..., Any]:
+    method = getattr(RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self: PatientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        patience = getattr(self, "patience", None)
+        if patience is None:  # during __init__
+            return method(self, *args, **kwargs)
+        return patience.call(lambda: method(self, *args, **kwargs), self._reachable)
+
+    return call
+
+
+# every RDBStorage method that talks to the database (Optuna 4/5), with the private ones
+# Optuna's _CachedStorage calls; BaseStorage's helpers (get_n_trials ...) go through these
+PATIENT_METHODS = (
+    "_create_new_trial",
+    "_get_best_trial_id",
+    "_get_trials",
+    "_set_trial_param",
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "get_best_trial",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+)
+for _name in PATIENT_METHODS:
+    if hasattr(RDBStorage, _name):
+        setattr(PatientRDBStorage, _name, _patient(_name))
 
 
 def retry_failed_trial(study: optuna.Study, trial_number: int, max_retry: int | None = None) -> None:
@@ -200,8 +416,13 @@ def fail_orphaned_trials(study: optuna.Study, grace_period: float, max_retry: in
         "WHERE t.study_id = :s AND t.state = 'RUNNING' AND h.trial_id IS NULL "
         "AND t.datetime_start < :since"
     )
-    with rdb.engine.connect() as con:
-        rows = list(con.execute(query, {"s": study._study_id, "since": since}))
+
+    def select() -> list[Any]:
+        with rdb.engine.connect() as con:
+            return list(con.execute(query, {"s": study._study_id, "since": since}))
+
+    # a patient storage waits out an outage here too (this query is not one of its methods)
+    rows = rdb.patience.call(select, rdb._reachable) if isinstance(rdb, PatientRDBStorage) else select()
     failed = []
     for trial_id, number in rows:
         try:
