@@ -51,6 +51,7 @@ KINDS = (
     "drawdown",
     "reload_rejected",
     "manifest_rebuilt",
+    "ledger_mismatch",
 )
 RETRY_STATUS = frozenset({408, 425, 429})
 RECENT_KEPT = 50

@@ -176,6 +176,11 @@ def monitor_alerts(
       ``<root>/paper_trader/status.json``) above ``drawdown_limit``.
     * ``reload_rejected`` (warning): the paper trader's ``rejected_generation`` is set
       (with ``rejection_reason``); one alert per rejected generation.
+    * ``ledger_mismatch`` (critical): the paper trader's reconciliation at start found the
+      ledger and the broker's account disagreeing (``reconciliation`` in its status,
+      :mod:`paper_trader.reconcile`: orders unknown to the ledger or missing at the broker,
+      fills or positions that differ); one alert per reconciliation, resolved once a later
+      start reconciles clean.
     * ``manifest_rebuilt`` (warning): see :func:`manifest_alerts`.
 
     Args:
@@ -264,6 +269,22 @@ def monitor_alerts(
                     "reason": reason,
                     "generation": trader.get("generation"),
                 },
+            )
+        )
+    recon = trader.get("reconciliation")
+    if isinstance(recon, dict) and recon.get("ok") is False:
+        diffs = [d for d in recon.get("differences") or [] if isinstance(d, dict)]
+        kinds = sorted({str(d.get("kind")) for d in diffs})
+        alerts.append(
+            Alert(
+                "ledger_mismatch",
+                "critical",
+                f"paper trader ledger and broker account differ at {recon.get('at')}: "
+                f"{len(diffs)} difference(s) ({', '.join(kinds)}); see reconciliation in "
+                "paper_trader/status.json and the reconciliation_difference log lines",
+                f"ledger_mismatch:{recon.get('at')}",
+                study=study if isinstance(study, str) else None,
+                details={"reconciled_at": recon.get("at"), "differences": diffs[:20]},
             )
         )
     alerts += manifest_alerts(root)

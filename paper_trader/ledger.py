@@ -8,9 +8,12 @@ Tables:
 * ``positions``: per symbol quantity (asset units), high-water mark of the close since entry
   (0 when flat), entry bar and price.
 * ``orders``: one row per order, unique deterministic ``client_order_id`` =
-  ``cpc-<run id>-<decision bar (UTC epoch s)>-<symbol>``, so a retried bar can never place an
-  order twice; decision bar, side, estimated quantity, target weight, reason, status, and
-  the generation + study of the model behind it.
+  ``cpc-<run id>-<decision bar (UTC epoch s)>-<symbol>``, so a retried bar or a resent order
+  can never place an order twice; decision bar, side, estimated quantity, target weight,
+  reason, status, and the generation + study of the model behind it. Status:
+  ``pending_submit`` (recorded with its bar, not sent yet: the outbox) -> ``pending`` (sent;
+  ``broker_order_id`` set) or ``cancelled`` (refused, or stale before it was sent; the
+  reason in ``status_reason``) -> ``filled`` or ``cancelled`` at a later bar.
 * ``fills``: one per filled order: fill bar, signed quantity, price (slippage included), fee.
 * ``equity``: per processed bar: equity, cash, peak, drawdown, fees and turnover of the bar's
   fills, generation.
@@ -19,7 +22,9 @@ Tables:
 
 Bars are identified by their start time in UTC epoch seconds. Every bar is processed in one
 transaction (:meth:`Ledger.bar`), so after a crash the ledger is at a bar boundary and a
-restart resumes at the last processed bar + 1.
+restart resumes at the last processed bar + 1. Orders are sent only after their bar has
+committed, and each outcome is committed on its own (:meth:`Ledger.record_submission`): the
+outbox. What a crash at each point leaves is in :mod:`paper_trader.loop`.
 """
 
 from __future__ import annotations
@@ -106,7 +111,7 @@ class Order(Base):
     qty: Mapped[float] = mapped_column(Float)  # estimate at the decision bar's close
     target_weight: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(String(16))  # rebalance | trailing_stop | limit
-    status: Mapped[str] = mapped_column(String(12), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
     status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     broker_order_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     generation: Mapped[int] = mapped_column(Integer)
@@ -314,6 +319,51 @@ class Ledger:
         with Session(self.engine, expire_on_commit=False) as s:
             return list(s.scalars(select(Order).order_by(Order.bar_ts, Order.symbol)))
 
+    def outbox(self) -> list[Order]:
+        """Orders recorded but not sent yet (``pending_submit``), oldest decision first."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            q = select(Order).where(Order.status == PENDING_SUBMIT).order_by(Order.bar_ts, Order.symbol)
+            return list(s.scalars(q))
+
+    def orders_since(self, bar_ts: int) -> list[Order]:
+        """Orders decided at bar ``bar_ts`` or later, plus every order not final yet
+        (``pending_submit``, ``pending``) whatever its age; by decision bar then symbol."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            q = (
+                select(Order)
+                .where((Order.bar_ts >= bar_ts) | Order.status.in_((PENDING_SUBMIT, PENDING)))
+                .order_by(Order.bar_ts, Order.symbol)
+            )
+            return list(s.scalars(q))
+
+    def fill_of(self, client_order_id: str) -> Fill | None:
+        """The fill of one order (None if it has none)."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            return s.scalars(select(Fill).where(Fill.client_order_id == client_order_id)).first()
+
+    def record_submission(self, order: Order) -> str:
+        """Commit the outcome of sending ``order`` (a detached copy of an outbox row that the
+        broker's ``submit`` has updated) in its own transaction: ``cancelled`` with its reason
+        if the broker set that, else ``pending`` (sent) with ``broker_order_id`` and the
+        quantity sent. Returns the stored status.
+
+        Raises:
+            LedgerError: no such order, or it is no longer ``pending_submit`` (another
+                outcome was recorded already).
+        """
+        with Session(self.engine) as s, s.begin():
+            row = s.scalars(select(Order).where(Order.client_order_id == order.client_order_id)).first()
+            if row is None or row.status != PENDING_SUBMIT:
+                have = None if row is None else row.status
+                raise LedgerError(
+                    f"{self.path}: order {order.client_order_id} is {have or 'missing'}, not {PENDING_SUBMIT}"
+                )
+            if order.status == CANCELLED:
+                row.status, row.status_reason = CANCELLED, order.status_reason
+            else:
+                row.status, row.broker_order_id, row.qty = PENDING, order.broker_order_id, float(order.qty)
+            return row.status
+
     def fills(self) -> list[Fill]:
         """All fills, by fill bar then symbol."""
         with Session(self.engine, expire_on_commit=False) as s:
@@ -358,8 +408,13 @@ class BarTx:
         return Ledger._state(self.session)
 
     def pending_orders(self) -> list[Order]:
-        """Orders not yet filled or cancelled, oldest decision first."""
+        """Orders sent and not yet filled or cancelled, oldest decision first."""
         q = select(Order).where(Order.status == PENDING).order_by(Order.bar_ts, Order.symbol)
+        return list(self.session.scalars(q))
+
+    def unsent_orders(self) -> list[Order]:
+        """Orders of earlier bars still in the outbox (``pending_submit``)."""
+        q = select(Order).where(Order.status == PENDING_SUBMIT).order_by(Order.bar_ts, Order.symbol)
         return list(self.session.scalars(q))
 
     def apply_fill(self, order: Order, qty: float, price: float, fee: float) -> None:
@@ -410,7 +465,8 @@ class BarTx:
         generation: int,
         study: str,
     ) -> Order:
-        """Insert a pending order decided at this bar (id from :func:`client_order_id`)."""
+        """Insert an order decided at this bar into the outbox (``pending_submit``; id from
+        :func:`client_order_id`); it is sent after the bar commits."""
         order = Order(
             client_order_id=client_order_id(self.account.run_id, self.bar_ts, symbol),
             bar_ts=self.bar_ts,
@@ -419,7 +475,7 @@ class BarTx:
             qty=float(qty),
             target_weight=float(target_weight),
             reason=reason,
-            status=PENDING,
+            status=PENDING_SUBMIT,
             generation=int(generation),
             study=study,
         )

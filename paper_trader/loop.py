@@ -8,10 +8,37 @@ boundary and a restart resumes at the last processed bar + 1):
    (:func:`trainers.accounting.update_hwm`);
 3. decision: raw features of the last :data:`~trainers.features.HISTORY_BARS` bars ``<= t``
    (:func:`trainers.features.compute_features`) and the current weights go to
-   ``policy.act``; :func:`paper_trader.risk.decide` turns the action into orders;
-4. the orders are recorded (deterministic client order ids) and submitted;
+   ``policy.act`` (at the model's decision bars only; between them ``action`` is None and
+   only the risk rules act); :func:`paper_trader.risk.decide` turns it into orders;
+4. the orders are recorded in the outbox (``pending_submit``, deterministic client order
+   ids);
 5. the equity row, the decision (with the model's generation and study) and the last
-   processed bar are written.
+   processed bar are written; the transaction commits.
+
+Then, outside the bar's transaction, the outbox is sent (:mod:`paper_trader.outbox`): one
+order at a time, each outcome (``pending`` = sent, or ``cancelled`` with the reason)
+committed on its own. Nothing is ever sent from inside the bar's transaction, so what a crash
+leaves, and how the restart resolves it, is:
+
+* **before the bar's commit**: the transaction rolls back: no fill, decision or order of the
+  bar is in the ledger and nothing was sent. The restart resumes at the last processed bar
+  + 1 (the replay: the same bar again, with the same client order ids; Alpaca: the newest
+  closed bar).
+* **after the commit, before an order is sent**: the ledger is at the bar boundary with the
+  bar's orders ``pending_submit``. The restart's reconciliation finds none of them at the
+  broker (``unsent``); the outbox sends them while they are fresh (Alpaca: until the bar
+  after the decision bar has closed; the replay: always) and cancels stale ones, saying so.
+* **after an order is sent, before its outcome is committed**: the broker holds the order,
+  the ledger calls it ``pending_submit``. The restart's reconciliation finds it by client
+  order id and records it as sent with the broker's id (``recovered``); it is never placed
+  again (sending looks the id up first).
+* **after the outcome is committed**: nothing to resolve; the next bar settles the order.
+
+At start, before trading, the ledger is reconciled with the broker's account
+(:mod:`paper_trader.reconcile`); differences go to the log and to ``reconciliation`` in
+``status.json``. A failed send (broker unreachable, or throttled past the client's retries)
+leaves the rest of the outbox in place; the loop sends it again before it asks for the next
+bar, and does not process a bar while orders wait to be sent.
 
 Between bars (never inside a decision) the model source is polled: the hot-reload
 watcher's generation check and pending swap. After each bar the heartbeat and status files
@@ -39,6 +66,8 @@ from paper_trader.brokers import Bar, Broker, BrokerError
 from paper_trader.config import TraderConfig
 from paper_trader.ledger import AccountState, BarTx, Ledger, Order
 from paper_trader.model_source import ModelSource
+from paper_trader.outbox import send_outbox
+from paper_trader.reconcile import reconcile
 from paper_trader.risk import RiskDecision, decide
 from paper_trader.status import iso_ts, write_status, write_trader_heartbeat
 from paper_trader.stopping import StopSignal
@@ -103,7 +132,11 @@ class Mark:
 def settle(tx: BarTx, broker: Broker, bar: Bar) -> Mark:
     """Steps 1-2 of a bar inside its transaction: fill the pending orders at ``bar``'s open
     (a report with quantity 0 cancels its order; an order without a report stays pending),
-    mark to market at the close and store the new high-water marks."""
+    mark to market at the close and store the new high-water marks. An order of an earlier
+    bar still unsent (the loop sends the outbox before every bar, so only a caller that
+    skipped it leaves one) is cancelled: its fill bar is this one."""
+    for order in tx.unsent_orders():
+        tx.cancel(order, "never sent before the bar it was to fill at")
     before = tx.state()
     n_fills, fees, traded = 0, 0.0, 0.0
     pending = tx.pending_orders()
@@ -133,7 +166,8 @@ def settle(tx: BarTx, broker: Broker, bar: Bar) -> Mark:
 def record_orders(
     tx: BarTx, symbols: tuple[str, ...], decision: RiskDecision, generation: int, study: str
 ) -> list[Order]:
-    """Step 4: insert the decision's orders (pending, deterministic client order ids)."""
+    """Step 4: insert the decision's orders into the outbox (``pending_submit``,
+    deterministic client order ids)."""
     return [
         tx.add_order(symbols[o.j], o.side, o.qty, o.target_weight, o.reason, generation, study)
         for o in decision.orders
@@ -164,6 +198,9 @@ class Trader:
         self._last_status = 0.0
         self._warned_history = False
         self._last_bar: Bar | None = None
+        self.reconciliation: dict[str, Any] | None = None  # the start-up report (status.json)
+        self._reconcile_due = True
+        self._outbox_due = True
         self.log = structlog.get_logger("paper_trader").bind(
             component="paper_trader", pid=os.getpid(), broker=broker.name
         )
@@ -200,6 +237,8 @@ class Trader:
                     "initial_cash_ignored", ledger=state.initial_cash, given=self.config.initial_cash
                 )
             self.log.info("trader_started", last_bar=iso_ts(state.last_bar_ts), bars=state.bars_processed)
+            self.reconcile()
+            self.send_outbox()
             self.source.start()
             try:
                 self._wait_for_model()
@@ -278,6 +317,12 @@ class Trader:
         self.state_name = "trading"
         max_bars = self.config.max_bars
         while not self.stop.is_set():
+            if self._reconcile_due:
+                self.reconcile()
+            if self._outbox_due and not self.send_outbox():  # no bar while orders wait to be sent
+                self._write_files(self.ledger.state())
+                self.stop.wait(self.config.poll_s)
+                continue
             state = self.ledger.state()
             if max_bars is not None and state.bars_processed >= max_bars:
                 self.log.info("max_bars_reached", bars=state.bars_processed)
@@ -307,12 +352,14 @@ class Trader:
     # -- one bar ------------------------------------------------------------------------------
 
     def process_bar(self, bar: Bar) -> BarResult:
-        """Process one closed bar in one ledger transaction (see the module docstring).
+        """Process one closed bar in one ledger transaction, then send its orders (see the
+        module docstring). A failed send is logged and left to the loop (the bar stays
+        processed, its unsent orders stay in the outbox).
 
         Raises:
             TraderError: no policy yet, or too little history for the policy's lookback.
             LedgerError: the bar was processed already.
-            BrokerError: the broker failed (nothing was written).
+            BrokerError: the broker failed before the bar committed (nothing was written).
         """
         policy = self.policy
         if policy is None:
@@ -356,11 +403,52 @@ class Trader:
                 dec.stopped,
                 len(orders),
             )
-            tx.session.flush()
-            self.broker.submit(orders)
             tx.close_bar(mark.equity, mark.fees, mark.turnover, policy.generation)
         self._last_bar = bar
+        self.send_outbox()
         return BarResult(bar.ts, mark.equity, mark.cash, policy.generation, mark.n_fills, len(orders))
+
+    # -- the account at the broker --------------------------------------------------------------
+
+    def send_outbox(self) -> bool:
+        """Send the ledger's unsent orders (:func:`paper_trader.outbox.send_outbox`); True
+        when the outbox is empty afterwards. A broker failure is logged and leaves the rest
+        for the next call."""
+        try:
+            send_outbox(self.ledger, self.broker, self.log)
+        except BrokerError as exc:
+            self._outbox_due = True
+            self.log.error("broker_error", where="submit", error=str(exc), unsent=len(self.ledger.outbox()))
+            return False
+        self._outbox_due = False
+        return True
+
+    def reconcile(self) -> dict[str, Any] | None:
+        """Compare the ledger with the broker's account (:func:`paper_trader.reconcile.reconcile`):
+        records outbox orders the broker already holds as sent, logs every difference and keeps
+        the report for ``status.json`` (``reconciliation``). A broker failure is reported the
+        same way (``error``) and the reconciliation is tried again before the next bar."""
+        try:
+            report = reconcile(self.ledger, self.broker, self.config.min_notional)
+        except BrokerError as exc:
+            report = {"at": iso_ts(int(time.time())), "ok": None, "error": str(exc), "differences": []}
+            self.log.error("reconciliation_failed", error=str(exc))
+        else:
+            self._reconcile_due = False
+            if report is None:
+                return None  # a replay: the ledger is the account
+            for diff in report["differences"]:
+                self.log.error("reconciliation_difference", **diff)
+            event = self.log.info if report["ok"] else self.log.error
+            event(
+                "reconciled",
+                ok=report["ok"],
+                differences=len(report["differences"]),
+                recovered=report["recovered"],
+                unsent=report["unsent"],
+            )
+        self.reconciliation = report
+        return report
 
     # -- files for other processes ------------------------------------------------------------
 
@@ -432,4 +520,5 @@ class Trader:
             "reload": src,
             "costs": None if self.costs is None else self.costs.as_dict(),
             "cost_overrides": self.config.overrides(),
+            "reconciliation": self.reconciliation,
         }

@@ -8,10 +8,25 @@ import numpy as np
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from paper_trader.ledger import CANCELLED, FILLED, PENDING, Ledger, LedgerError, client_order_id
+from paper_trader.ledger import (
+    CANCELLED,
+    FILLED,
+    PENDING,
+    PENDING_SUBMIT,
+    Ledger,
+    LedgerError,
+    client_order_id,
+)
 
 SYMBOLS = ("ETHUSD", "LTCUSD", "XRPUSD")
 T0 = 1_561_939_200  # 2019-07-01T00:00:00Z
+
+
+def send_all(ledger: Ledger) -> None:
+    """What the outbox does with a broker that takes every order: record each as sent."""
+    for o in ledger.outbox():
+        o.broker_order_id = f"b-{o.client_order_id}"
+        assert ledger.record_submission(o) == PENDING
 
 
 @pytest.fixture
@@ -51,6 +66,8 @@ def test_bar_commits_fills_orders_equity_and_last_bar(ledger: Ledger) -> None:
         tx.session.flush()
         tx.close_bar(1000.0, 0.0, 0.0, 3)
     assert order.client_order_id == client_order_id(ledger.state().run_id, T0, "LTCUSD")
+    assert [o.status for o in ledger.orders()] == [PENDING_SUBMIT]
+    send_all(ledger)
     with ledger.bar(T0 + 3600) as tx:
         (pending,) = tx.pending_orders()
         tx.apply_fill(pending, 2.0, 100.0, 0.5)
@@ -104,6 +121,7 @@ def test_a_full_exit_leaves_exactly_zero_and_clears_the_entry(ledger: Ledger) ->
     with ledger.bar(T0) as tx:
         tx.add_order("XRPUSD", "buy", 3.3, 0.3, "rebalance", 1, "s1")
         tx.close_bar(1000.0, 0.0, 0.0, 1)
+    send_all(ledger)
     with ledger.bar(T0 + 3600) as tx:
         (o,) = tx.pending_orders()
         tx.apply_fill(o, 1234.567891, 0.31, 0.1)
@@ -111,6 +129,7 @@ def test_a_full_exit_leaves_exactly_zero_and_clears_the_entry(ledger: Ledger) ->
         tx.add_order("XRPUSD", "sell", 1234.567891, 0.0, "trailing_stop", 1, "s1")
         tx.add_order("ETHUSD", "buy", 0.01, 0.0, "rebalance", 1, "s1")
         tx.close_bar(1000.0, 0.1, 0.3, 1)
+    send_all(ledger)
     with ledger.bar(T0 + 7200) as tx:
         sell, tiny = sorted(tx.pending_orders(), key=lambda o: o.symbol, reverse=True)
         tx.apply_fill(sell, -1234.567891 - 1e-9, 0.30, 0.1)  # a broker may report a hair more
@@ -127,3 +146,27 @@ def test_a_full_exit_leaves_exactly_zero_and_clears_the_entry(ledger: Ledger) ->
         "ETHUSD": CANCELLED,
     }
     assert PENDING not in {o.status for o in ledger.orders()}
+
+
+def test_the_outbox_holds_orders_until_their_outcome_is_recorded_once(ledger: Ledger) -> None:
+    with ledger.bar(T0) as tx:
+        tx.add_order("ETHUSD", "buy", 1.0, 0.5, "rebalance", 1, "s1")
+        tx.add_order("LTCUSD", "buy", 2.0, 0.2, "rebalance", 1, "s1")
+        tx.close_bar(1000.0, 0.0, 0.0, 1)
+    eth, ltc = ledger.outbox()
+    assert (eth.symbol, ltc.symbol) == ("ETHUSD", "LTCUSD")
+    eth.broker_order_id, eth.qty = "b-1", 0.999  # the broker may send a rounded quantity
+    assert ledger.record_submission(eth) == PENDING
+    ltc.status, ltc.status_reason = CANCELLED, "refused by Alpaca: insufficient balance"
+    assert ledger.record_submission(ltc) == CANCELLED
+    assert ledger.outbox() == []
+    got = {o.symbol: (o.status, o.status_reason, o.broker_order_id, o.qty) for o in ledger.orders()}
+    assert got == {
+        "ETHUSD": (PENDING, None, "b-1", 0.999),
+        "LTCUSD": (CANCELLED, "refused by Alpaca: insufficient balance", None, 2.0),
+    }
+    with pytest.raises(LedgerError, match="is pending, not pending_submit"):
+        ledger.record_submission(eth)
+    with ledger.bar(T0 + 3600) as tx:  # only the sent order waits for its fill
+        assert [o.symbol for o in tx.pending_orders()] == ["ETHUSD"]
+        assert tx.unsent_orders() == []
