@@ -55,12 +55,14 @@ class Child:
     pid: int | None = None
     create_time: float | None = None
     started_at: float | None = None
-    state: str = "new"  # running | backoff | failed | stopped | done
+    state: str = "new"  # running | paused | backoff | failed | stopped | done
     restarts: deque[float] = field(default_factory=deque)  # restart times (monotonic)
     restart_at: float | None = None
     last_exit: int | None = None
     last_reason: str | None = None
     total_restarts: int = 0
+    paused_at: float | None = None  # when it was paused (epoch), while paused
+    resumed_at: float | None = None  # when it was last continued after a pause (epoch)
     _popen: subprocess.Popen[bytes] | None = None
     _ps: psutil.Process | None = None
 
@@ -90,6 +92,7 @@ class Child:
         self.started_at = time.time()
         self.state = "running"
         self.restart_at = None
+        self.paused_at = self.resumed_at = None
 
     def process(self) -> psutil.Process | None:
         """The live process if it is still ours (pid + create time match)."""
@@ -115,6 +118,34 @@ class Child:
             stop_process_group(self.pid, self.create_time, timeout_s, self._popen)
         self.state = "stopped"
 
+    def pause(self) -> bool:
+        """Stop the child's process group with SIGSTOP (state ``paused``: it keeps its memory
+        and writes nothing until :meth:`resume`). Returns False (nothing done) when the
+        process is no longer ours."""
+        proc = self.process()
+        if proc is None:
+            return False
+        _signal_group(self._pgid(proc.pid), signal.SIGSTOP)
+        self.state, self.paused_at = "paused", time.time()
+        return True
+
+    def resume(self) -> bool:
+        """Continue a paused child's process group with SIGCONT (state ``running``; its
+        heartbeat gets a fresh timeout from now). Returns False when the process is gone."""
+        proc = self.process()
+        if proc is None:
+            return False
+        _signal_group(self._pgid(proc.pid), signal.SIGCONT)
+        self.state, self.paused_at, self.resumed_at = "running", None, time.time()
+        return True
+
+    @staticmethod
+    def _pgid(pid: int) -> int:
+        try:
+            return os.getpgid(pid)
+        except ProcessLookupError:
+            return pid
+
     # ----------------------------------------------------------------- health
     def unhealthy_reason(self, now: float) -> str | None:
         """Why this running child must be restarted, or None when healthy."""
@@ -137,6 +168,8 @@ class Child:
             beat = read_heartbeat(self.spec.heartbeat)
             age = heartbeat_age(beat, now) if beat and beat.get("pid") == self.pid else None
             since = now - self.started_at if age is None else age
+            if self.resumed_at is not None:  # a pause stopped its heartbeat too
+                since = min(since, now - self.resumed_at)
             if since > self.spec.heartbeat_timeout_s:
                 return f"no heartbeat for {since:.0f} s"
         return None
@@ -157,6 +190,7 @@ class Child:
             "restarts_last_hour": len(self.restarts),
             "last_exit": self.last_exit,
             "last_reason": self.last_reason,
+            "paused_since": self.paused_at,
         }
         proc = self.process() if self.state == "running" else None
         if proc is not None:

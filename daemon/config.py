@@ -16,7 +16,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from trainers.accounting import (
@@ -183,9 +191,39 @@ class DeployConfig(_Section):
     candidates: int = Field(5, ge=1, description="the best trials tried in value order until one passes")
 
 
+DEFAULT_PAUSE_FREE_DISK_MB = 256
+
+
 class PreflightConfig(_Section):
-    min_free_disk_mb: int = Field(1024, ge=0)
+    """Start-up minimums (``cappuccino doctor``) and the supervisor's disk-full guard
+    (:mod:`daemon.disk_guard`)."""
+
+    min_free_disk_mb: int = Field(
+        1024, ge=0, description="start-up minimum; a paused supervisor resumes once this much is free again"
+    )
     min_free_memory_mb: int = Field(512, ge=0)
+    pause_free_disk_mb: int | None = Field(
+        None,
+        ge=0,
+        description="below this much free space the supervisor pauses the workers and stops the paper "
+        "trader; default: 256 or min_free_disk_mb if smaller",
+    )
+
+    @model_validator(mode="after")
+    def _pause_below_minimum(self) -> PreflightConfig:
+        if self.pause_free_disk_mb is not None and self.pause_free_disk_mb > self.min_free_disk_mb:
+            raise ValueError(
+                f"pause_free_disk_mb ({self.pause_free_disk_mb}) must not exceed min_free_disk_mb "
+                f"({self.min_free_disk_mb}), the free space at which a paused supervisor resumes"
+            )
+        return self
+
+    @property
+    def pause_below_mb(self) -> int:
+        """The free space (MiB) below which the supervisor pauses (``pause_free_disk_mb``)."""
+        if self.pause_free_disk_mb is not None:
+            return self.pause_free_disk_mb
+        return min(DEFAULT_PAUSE_FREE_DISK_MB, self.min_free_disk_mb)
 
 
 class ArchiveConfig(_Section):
@@ -220,6 +258,9 @@ class AlertsConfig(_Section):
     timeout_s: float = Field(5.0, gt=0, description="HTTP timeout per attempt")
     repeat_after_s: float = Field(
         86_400.0, ge=0, description="re-send a still-active alert after this long; 0 = never"
+    )
+    storage_unavailable_after_s: float = Field(
+        60.0, ge=0, description="alert when the study storage has not answered for this long"
     )
 
 

@@ -7,7 +7,9 @@ restarted by the same rules whoever owns it.
 Restart rule: a crash (or an unplanned exit) is restarted after ``initial * 2**k`` seconds
 (capped at ``max``), ``k`` being the restarts in the last hour; past
 ``restart.budget_per_hour`` restarts in an hour the child is given up. A planned exit (a
-worker's per-process trial quota) restarts at once and does not count.
+worker's per-process trial quota) restarts at once and does not count; neither does a
+restart while the study storage is unavailable (:mod:`daemon.storage_health`) nor a pause
+for a full disk (:mod:`daemon.disk_guard`).
 """
 
 from __future__ import annotations
@@ -191,13 +193,19 @@ class RestartPolicy:
         return min(self.max_s, self.initial_s * 2.0**recent_restarts)
 
 
-def schedule_restart(child: Child, policy: RestartPolicy, planned: bool = False) -> float | None:
+def schedule_restart(
+    child: Child, policy: RestartPolicy, planned: bool = False, counted: bool = True
+) -> float | None:
     """Put a stopped child in ``backoff`` and return the delay until its restart, or None
     (and nothing changed) when its hourly restart budget is spent. A ``planned`` restart
-    (a worker's per-process trial quota) is immediate and not counted."""
+    (a worker's per-process trial quota) is immediate and not counted. An uncounted one
+    (``counted=False``: the child died during a storage outage, :mod:`daemon.storage_health`)
+    waits ``policy.initial_s`` and leaves the budget alone."""
     now = time.monotonic()
     if planned:
         delay = 0.0
+    elif not counted:
+        delay = policy.initial_s
     else:
         recent = child.recent_restarts(now)
         if recent >= policy.budget_per_hour:

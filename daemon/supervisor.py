@@ -3,6 +3,12 @@ trader, runs the scheduled jobs, writes ``run/status.json``, talks to systemd.
 
 Signals: SIGTERM/SIGINT stop everything gracefully and exit 0; SIGHUP re-reads the config
 and ``.current_study`` and realigns children and jobs.
+
+Outages: a worker that exits while the study storage is unavailable is restarted without
+counting against its restart budget (:mod:`daemon.storage_health`); a full disk pauses the
+workers (SIGSTOP) and stops the paper trader until there is room again
+(:mod:`daemon.disk_guard`). No write of the supervisor's own files (``run/*.json``) can take
+it down: its state is in memory and the files are rewritten once they can be.
 """
 
 from __future__ import annotations
@@ -26,11 +32,15 @@ import structlog
 from daemon import fleet, jobs
 from daemon.children import Child, ChildSpec
 from daemon.config import Config, load_config
+from daemon.disk_guard import ALERT_KIND as DISK_ALERT
+from daemon.disk_guard import DiskGuard
 from daemon.scheduler import JobRunner
 from daemon.sdnotify import Notifier
+from daemon.storage_health import ALERT_KIND as STORAGE_ALERT
+from daemon.storage_health import StorageHealth
 from daemon.views.status import build_status
 from trainers.accounting import Costs
-from trainers.atomic_io import atomic_write_json, read_json
+from trainers.atomic_io import atomic_write_json, is_disk_full, read_json
 from trainers.runtime.current_study import read_current_study
 from trainers.runtime.layout import Layout
 from trainers.runtime.logs import configure_logging
@@ -88,6 +98,11 @@ class Supervisor:
         self._closing = False
         self._last_status = 0.0
         self._last_ping = 0.0
+        self._last_disk = 0.0
+        self.storage_health = StorageHealth(self.storage_url, self.config.alerts.storage_unavailable_after_s)
+        pre = self.config.preflight
+        self.disk = DiskGuard(self.root, pre.pause_below_mb, pre.min_free_disk_mb)
+        self.disk_paused = False  # workers SIGSTOPped, trader stopped (a full disk)
 
     # ------------------------------------------------------------------ setup
     @property
@@ -110,22 +125,33 @@ class Supervisor:
 
     # ------------------------------------------------------------------ children
     def record_children(self) -> None:
-        """Write ``run/children.json`` (owner-only, 0600): each running child's name, pid,
-        create time and command line, with any URL password redacted."""
-        atomic_write_json(
-            Layout(self.root).children,
-            [
-                {
-                    "name": c.spec.name,
-                    "pid": c.pid,
-                    "create_time": c.create_time,
-                    "argv": redact_argv(c.spec.argv),
-                }
-                for c in self.children.values()
-                if c.pid is not None and c.state == "running"
-            ],
-            mode=0o600,
-        )
+        """Write ``run/children.json`` (owner-only, 0600): each running (or paused) child's
+        name, pid, create time and command line, with any URL password redacted. A failed
+        write is logged, never raised (:meth:`write_failed`)."""
+        try:
+            atomic_write_json(
+                Layout(self.root).children,
+                [
+                    {
+                        "name": c.spec.name,
+                        "pid": c.pid,
+                        "create_time": c.create_time,
+                        "argv": redact_argv(c.spec.argv),
+                    }
+                    for c in self.children.values()
+                    if c.pid is not None and c.state in ("running", "paused") and c.process() is not None
+                ],
+                mode=0o600,
+            )
+        except OSError as exc:
+            self.write_failed("run/children.json", exc)
+
+    def write_failed(self, where: str, exc: OSError) -> None:
+        """A write of the supervisor's own files failed: a full disk starts the disk guard's
+        pause at the next tick; anything else is logged (the state stays in memory)."""
+        if is_disk_full(exc):
+            self.disk.report(where, exc)
+        log.warning("write_failed", path=where, error=f"{type(exc).__name__}: {exc}")
 
     def start_child(self, spec: ChildSpec) -> None:
         child = self.children.get(spec.name)
@@ -135,7 +161,15 @@ class Supervisor:
             if old is not None:
                 child.restarts, child.total_restarts = old.restarts, old.total_restarts
             self.children[spec.name] = child
-        child.start()
+        try:
+            child.start()
+        except OSError as exc:  # its log file cannot be opened (a full disk) ...
+            self.write_failed(f"logs/{spec.name}.stdout", exc)
+            delay = self.config.restart.backoff_initial_s
+            child.state, child.restart_at = "backoff", time.monotonic() + delay
+            child.last_reason = f"start failed: {exc}"
+            log.error("child_start_failed", child=spec.name, error=str(exc), retry_in_s=delay)
+            return
         log.info("child_started", child=spec.name, child_pid=child.pid)
         self.record_children()
 
@@ -161,6 +195,8 @@ class Supervisor:
                     self.stop_child(name, forget=True)
             for name, spec in specs.items():
                 child = self.children.get(name)
+                if child is not None and child.state == "paused":
+                    continue  # the disk is full: realigned when it has room again
                 if child is not None and child.spec != spec and child.state == "running":
                     self.stop_child(name)
                 if child is None or child.spec != spec or child.state in ("new", "stopped"):
@@ -170,6 +206,14 @@ class Supervisor:
         """Stop an unhealthy child and schedule its restart (backoff) or mark it failed."""
         code = child.last_exit
         child.stop(self.config.restart.stop_timeout_s)
+        if self.disk_paused or self.disk.check():
+            # a child that died of the full disk (the trader stops at a bar boundary with exit
+            # code paper_trader.cli.DISK_FULL_EXIT): started again once the disk has room, not
+            # counted; with room on the disk such an exit is an ordinary, counted crash
+            child.state, child.last_reason = "paused", reason
+            log.warning("child_paused", child=child.spec.name, reason=reason, note="disk full; not counted")
+            self.record_children()
+            return
         if code == 0 and not child.spec.restart_on_success:
             child.state = "done"
             log.info("child_done", child=child.spec.name)
@@ -182,7 +226,23 @@ class Supervisor:
             return
         child.last_reason = reason
         planned = code == 0 and reason.startswith("exited")  # a worker's per-process trial quota
-        delay = fleet.schedule_restart(child, fleet.RestartPolicy.from_config(self.config), planned)
+        # a worker that dies while the storage is down is the outage's, not the worker's, fault
+        counted = planned or not (
+            child.spec.name.startswith("worker-") and self.storage_health.excuses_restart()
+        )
+        policy = fleet.RestartPolicy.from_config(self.config)
+        delay = fleet.schedule_restart(child, policy, planned, counted=counted)
+        if not counted:
+            log.warning(
+                "child_unhealthy",
+                child=child.spec.name,
+                reason=reason,
+                restart_in_s=delay,
+                counted=False,
+                note="storage unavailable: not counted against the restart budget",
+            )
+            self.record_children()
+            return
         if delay is None:
             child.state = "failed"
             log.error(
@@ -243,8 +303,26 @@ class Supervisor:
 
     def job_watchdog(self) -> str:
         self.check_children(deep=True)
+        self.check_storage()
         states = [c.state for c in self.children.values()]
         return f"{states.count('running')}/{len(states)} running"
+
+    def check_storage(self) -> None:
+        """Ping the study storage; raise the ``storage_unavailable`` alert once an outage has
+        lasted ``alerts.storage_unavailable_after_s``, resolve it when the storage is back."""
+        self.storage_health.check()
+        if self.alerts is not None:
+            alert = self.storage_health.alert(self.study)
+            self.alerts.update([alert] if alert is not None else [], kinds=(STORAGE_ALERT,))
+
+    def unless_disk_full(self, body: Callable[[], str]) -> Callable[[], str]:
+        """A job body that is skipped while the disk is full (sync, deploy, archive and
+        cleanup all write to it)."""
+
+        def run() -> str:
+            return "skipped: disk full" if self.disk_paused else body()
+
+        return run
 
     def job_monitor(self) -> str:
         return jobs.monitor(self.job_context(), list(self.children.values()), self.alerts, self.monitor_cache)
@@ -254,10 +332,10 @@ class Supervisor:
         bodies: dict[str, Callable[[], str]] = {
             "watchdog": self.job_watchdog,
             "monitor": self.job_monitor,
-            "ensemble_sync": lambda: jobs.sync(ctx(), self.alerts),
-            "deploy": lambda: jobs.deploy(ctx()),
-            "archive": lambda: jobs.archive(ctx()),
-            "cleanup": lambda: jobs.cleanup(ctx()),
+            "ensemble_sync": self.unless_disk_full(lambda: jobs.sync(ctx(), self.alerts)),
+            "deploy": self.unless_disk_full(lambda: jobs.deploy(ctx())),
+            "archive": self.unless_disk_full(lambda: jobs.archive(ctx())),
+            "cleanup": self.unless_disk_full(lambda: jobs.cleanup(ctx())),
         }
         jobs.schedule(self.jobs, self.config, bodies)
 
@@ -276,6 +354,10 @@ class Supervisor:
             log.error("config_reload_rejected", error=str(exc), note="keeping the running configuration")
             return
         self.config = new
+        self.storage_health.url = self.storage_url
+        self.storage_health.alert_after_s = new.alerts.storage_unavailable_after_s
+        self.disk.pause_below_mb = new.preflight.pause_below_mb
+        self.disk.resume_at_mb = new.preflight.min_free_disk_mb
         old_study = self.study
         self.study = self.resolve_study()
         if self.study != old_study:
@@ -293,8 +375,12 @@ class Supervisor:
 
     # ------------------------------------------------------------------ status
     def write_status(self) -> None:
+        """Write ``run/status.json``; a failed write is logged, never raised."""
         status = build_status(self.root, self.storage_url, self.study, supervisor=self.status_self())
-        atomic_write_json(Layout(self.root).status, status)
+        try:
+            atomic_write_json(Layout(self.root).status, status)
+        except OSError as exc:
+            self.write_failed("run/status.json", exc)
 
     def status_self(self) -> dict[str, Any]:
         return {
@@ -308,7 +394,75 @@ class Supervisor:
             "jobs": self.jobs.snapshot(),
             "monitor": self.monitor_cache,
             "systemd": self.notifier.enabled,
+            "storage": self.storage_health.snapshot(),
+            "disk": {**self.disk.snapshot(), "paused": self.disk_paused},
         }
+
+    # ------------------------------------------------------------------ a full disk
+    def guard_disk(self) -> None:
+        """Each second: pause when the disk became full, resume when it has room again."""
+        full = self.disk.check()
+        if full and not self.disk_paused:
+            self.pause_for_disk()
+        elif not full and self.disk_paused:
+            self.resume_after_disk()
+
+    def pause_for_disk(self) -> None:
+        """SIGSTOP the workers' process groups, stop the paper trader (it finishes its bar),
+        defer restarts due; alert through the webhook (the log may be lost)."""
+        with self._children_lock:
+            if self._closing:
+                return
+            self.disk_paused = True
+            for child in self.children.values():
+                name = child.spec.name
+                if name.startswith("worker-") and child.state == "running":
+                    if not child.pause():
+                        child.state = "paused"  # gone: started again on resume
+                elif name == "paper_trader" and child.state == "running":
+                    child.stop(self.config.restart.stop_timeout_s)
+                    child.state = "paused"
+                elif child.state == "backoff":
+                    child.state = "paused"
+            paused = [c.spec.name for c in self.children.values() if c.state == "paused"]
+        log.error("disk_full", paused=paused, **self.disk.snapshot())
+        if self.alerts is not None:
+            self.alerts.emit(self.disk.alert(self.study))
+
+    def resume_after_disk(self) -> None:
+        """SIGCONT the paused workers (one that is gone is started again), start the paper
+        trader again (none of it counted as a restart); log the alert that could not be
+        logged while the disk was full, and resolve it."""
+        with self._children_lock:
+            if self._closing:
+                return
+            resumed = []
+            for child in list(self.children.values()):
+                if child.state != "paused":
+                    continue
+                if child.poll_exit() is None and child.resume():
+                    log.info("child_resumed", child=child.spec.name, child_pid=child.pid)
+                else:
+                    self.start_child(child.spec)
+                resumed.append(child.spec.name)
+            self.disk_paused = False
+            self.align_children()  # what a SIGHUP changed while paused
+            self.record_children()
+        alert = self.disk.alert(self.study)
+        log.error(
+            "alert",
+            alert=alert.kind,
+            severity=alert.severity,
+            message=alert.message,
+            key=alert.key,
+            study=alert.study,
+            delayed=True,
+            note="logged once the disk had room again",
+            **alert.details,
+        )
+        log.info("disk_room_again", resumed=resumed, **self.disk.snapshot())
+        if self.alerts is not None:
+            self.alerts.update([], kinds=(DISK_ALERT,))
 
     # ------------------------------------------------------------------ main
     def run(self) -> int:
@@ -359,6 +513,9 @@ class Supervisor:
                     self.reload()
                 self.check_children(deep=False)
                 now = time.monotonic()
+                if now - self._last_disk >= 1.0:
+                    self._last_disk = now
+                    self.guard_disk()
                 if now - self._last_ping >= min(ping, 1.0):
                     self.notifier.watchdog()
                     self._last_ping = now
@@ -382,6 +539,9 @@ class Supervisor:
         self.jobs.shutdown(self.config.restart.stop_timeout_s)
         with self._children_lock:  # waits for a watchdog run in progress; none restarts after this
             self._closing = True
+            for c in self.children.values():
+                if c.state == "paused" and c.pid is not None and c.poll_exit() is None:
+                    c.resume()  # SIGCONT first: a stopped process cannot act on SIGTERM
             running = [c for c in self.children.values() if c.state == "running"]
             with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:  # stop all at once
                 list(pool.map(lambda c: c.stop(self.config.restart.stop_timeout_s), running))

@@ -11,9 +11,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
 import typer
 
 from paper_trader.config import ConfigError, TraderConfig
+from trainers.atomic_io import is_disk_full
 from trainers.data import DataError
 from trainers.runtime.logs import configure_logging
 
@@ -22,6 +24,9 @@ if TYPE_CHECKING:  # the trading machinery (torch) loads when a trader runs, not
     from paper_trader.model_source import ModelSource
 
 ALLOW_LIVE_ENV = "CAPPUCCINO_PAPER_TRADER__ALLOW_LIVE"
+# exit code of a trader stopped by a full disk (sysexits.h EX_IOERR); the supervisor then
+# starts it again once the disk has room, without counting a restart (daemon/disk_guard.py)
+DISK_FULL_EXIT = 74
 
 
 def _env_flag(name: str) -> bool:
@@ -58,13 +63,26 @@ def build_source(config: TraderConfig, symbols: tuple[str, ...]) -> ModelSource:
 
 
 def run(config: TraderConfig, alpaca_url: str | None = None, alpaca_data_url: str | None = None) -> int:
-    """Build broker, model source and trader; run with signal handlers; return the exit code."""
+    """Build broker, model source and trader; run with signal handlers; return the exit code
+    (0, or :data:`DISK_FULL_EXIT` when the disk filled up: every bar is one ledger
+    transaction, so the bar in progress rolled back and the ledger ends at the last committed
+    bar; a restart resumes at the next one)."""
     from paper_trader.loop import Trader
 
     broker = build_broker(config, alpaca_url, alpaca_data_url)
     trader = Trader(config, broker, build_source(config, broker.symbols))
     trader.install_signal_handlers()
-    return trader.run()
+    try:
+        return trader.run()
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        # the log may be on the full disk too: stderr (the supervisor's <name>.stdout or the terminal)
+        structlog.get_logger("paper_trader").error(
+            "disk_full", error=str(exc), note="stopped at a bar boundary"
+        )
+        typer.echo(f"disk full: stopped at a bar boundary, ledger intact ({exc})", err=True)
+        return DISK_FULL_EXIT
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

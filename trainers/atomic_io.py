@@ -3,12 +3,30 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an error it wraps) says the disk is full: an ``OSError`` with
+    ``ENOSPC`` / ``EDQUOT``, or SQLite's ``database or disk is full`` (as ``sqlite3`` or
+    SQLAlchemy raise it)."""
+    for _ in range(5):
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if "database or disk is full" in str(exc) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or getattr(exc, "orig", None)
+    return False
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> None:

@@ -13,15 +13,16 @@ duplicate ``alembic_version`` row or PostgreSQL enum type). :func:`schema_lock` 
 that step among processes: an exclusive ``flock`` on ``<database>-init.lock`` next to a
 SQLite file, a session advisory lock on PostgreSQL.
 
-Outages: a worker's storage (:class:`PatientRDBStorage`, from :func:`make_storage` with
-``patient=True``) waits out a database that cannot be reached instead of raising: every
+Outages: a worker's storage (:class:`PatientRDBStorage`, from :func:`make_storage` with a
+:class:`Patience`) waits out a database that cannot be reached instead of raising: every
 storage call that fails with a connection-level error (:func:`is_unavailable_error`) while
-``SELECT 1`` fails too is retried with exponential backoff (1 s doubling to 15 s) until the
-database answers again, calling ``on_wait`` between attempts (the worker beats its heartbeat
-and logs there, so the supervisor does not take it for hung). An error while the database
-answers is not an outage and is raised (after one more try). A process that is asked to stop
-(``stop`` is set) gives up waiting and raises :class:`StorageUnavailable`; a worker then exits
-with :data:`STORAGE_UNAVAILABLE_EXIT`.
+``SELECT 1`` fails too, or that fails because the disk is full, is retried with exponential
+backoff (1 s doubling to 15 s) until the database answers (or has room) again, calling
+``on_wait`` between attempts (the worker beats its heartbeat and logs there, so the
+supervisor does not take it for hung). An error while the database answers is not an outage
+and is raised (after one more try). A process that is asked to stop (``stop`` is set) gives
+up waiting and raises :class:`StorageUnavailable`; a worker then exits with
+:data:`STORAGE_UNAVAILABLE_EXIT`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
+from trainers.atomic_io import is_disk_full
 from trainers.runtime.pidlock import holding
 
 T = TypeVar("T")
@@ -261,9 +263,10 @@ class Patience:
             try:
                 result = fn()
             except Exception as exc:
-                if not is_unavailable_error(exc):
+                full = is_disk_full(exc)  # SQLite's "database or disk is full": wait for room
+                if not full and not is_unavailable_error(exc):
                     raise
-                if reachable():
+                if not full and reachable():
                     if retried_reachable:
                         raise
                     retried_reachable = True

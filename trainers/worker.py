@@ -354,8 +354,9 @@ def _train(
             vin=trial.user_attrs.get("vin"),
             reason=trial.user_attrs.get("fail_reason"),
         )
-        if trial.state == TrialState.FAIL and stop.is_set():
-            retry_failed_trial(study, trial.number)
+        disk_full = "No space left on device" in str(trial.user_attrs.get("fail_reason"))
+        if trial.state == TrialState.FAIL and (stop.is_set() or disk_full):
+            retry_failed_trial(study, trial.number)  # not the trial's fault: not counted
         orphans = fail_orphaned_trials(study, opts.grace_period)
         if orphans:
             log.warning("orphaned_trials_failed", trials=orphans, note="re-queued once")

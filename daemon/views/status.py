@@ -36,17 +36,34 @@ def ensemble_summary(root: Path, baselines: dict[str, float] | None = None) -> d
     }
 
 
+def storage_summary(supervisor: dict[str, Any] | None, reached: bool) -> dict[str, Any]:
+    """``{"state": "available" | "unavailable", "since", "outage_s", "error"}``: the
+    supervisor's storage check (:mod:`daemon.storage_health`) when it runs, else whether the
+    study could be read just now."""
+    checked = (supervisor or {}).get("storage")
+    if isinstance(checked, dict) and checked.get("state") in ("available", "unavailable"):
+        return {k: checked.get(k) for k in ("state", "since", "outage_s", "error")}
+    state = "available" if reached else "unavailable"
+    return {"state": state, "since": None, "outage_s": None, "error": None}
+
+
 def build_status(
     root: Path, storage_url: str, study: str | None, supervisor: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The status document. Every component's study name is shown; ``mismatches`` lists
-    components that follow another study than ``.current_study``."""
+    components that follow another study than ``.current_study``; ``storage`` says whether
+    the study storage answers (:func:`storage_summary`), ``disk`` whether the supervisor
+    paused for a full disk (:mod:`daemon.disk_guard`; None without a supervisor)."""
     current = read_current_study(root) or study
     out: dict[str, Any] = {"root": str(root), "current_study": current, "supervisor": supervisor}
     try:
         out["study"] = study_stats(storage_url, current) if current else None
+        reached = True
     except Exception as exc:  # storage down: say so, keep the rest
         out["study"] = {"study": current, "error": f"{type(exc).__name__}: {exc}"}
+        reached = False
+    out["storage"] = storage_summary(supervisor, reached)
+    out["disk"] = (supervisor or {}).get("disk")
     baselines = ((out["study"] or {}).get("baselines")) if isinstance(out["study"], dict) else None
     out["ensemble"] = ensemble_summary(root, baselines)
     out["paper_trader"] = read_json_object(root / "paper_trader" / "status.json")

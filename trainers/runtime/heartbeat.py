@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trainers.atomic_io import atomic_write_json, read_json_object
+from trainers.atomic_io import atomic_write_json, is_disk_full, read_json_object
 
 
 def heartbeat_record(component: str, **info: Any) -> dict[str, Any]:
@@ -58,13 +58,26 @@ class Heartbeat:
         self.min_interval_s = min_interval_s
         self._last = 0.0
 
-    def beat(self, force: bool = False, **info: Any) -> None:
-        """Write the heartbeat with ``info`` if ``min_interval_s`` has passed (or ``force``)."""
+    def beat(self, force: bool = False, **info: Any) -> bool:
+        """Write the heartbeat with ``info`` if ``min_interval_s`` has passed (or ``force``).
+        A full disk (:func:`trainers.atomic_io.is_disk_full`) is not an error here: the beat
+        is skipped (False) and the work goes on; the supervisor pauses the process while the
+        disk is full and ignores the stale heartbeat of a paused one.
+
+        Raises:
+            OSError: any other write error.
+        """
         now = time.time()
         if not force and now - self._last < self.min_interval_s:
-            return
+            return False
         self._last = now
-        write_heartbeat(self.path, self.component, **info)
+        try:
+            write_heartbeat(self.path, self.component, **info)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            return False
+        return True
 
 
 def read_heartbeat(path: str | Path) -> dict[str, Any] | None:
