@@ -17,6 +17,7 @@ id, actor sha256, data fingerprint and feature-pipeline version.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -427,9 +428,41 @@ class Objective:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             raise
 
+    def _checkpoint_key(self, design: Design) -> dict[str, Any]:
+        """What must be equal for a retried trial to reuse its predecessor's folds."""
+        key = {
+            "data_fingerprint": self.data.fingerprint,
+            "folds": [f.as_dict() for f in self.data.folds],
+            "budget_steps": self.config.budget_steps,
+            "n_envs": self.config.n_envs,
+            "seed": self.config.seed,
+            "costs": self.config.costs.as_dict(),
+            "design": design.as_dict(),
+            "feature_pipeline_version": FEATURE_PIPELINE_VERSION,
+        }
+        return json.loads(json.dumps(key))  # the form it takes once stored
+
+    def _reusable_folds(self, trial: optuna.Trial, key: dict[str, Any]) -> list[dict[str, float]]:
+        """The finished folds a retried trial inherits (Optuna's retry copies the failed
+        trial's user attributes): its leading ``fold_metrics`` when they were computed under
+        the same :meth:`_checkpoint_key`; never the last fold, whose model the bundle needs."""
+        inherited = trial.user_attrs.get("fold_metrics")
+        if trial.user_attrs.get("checkpoint") != key or not isinstance(inherited, list):
+            return []
+        done = []
+        for index, metrics in enumerate(inherited[: len(self.data.folds) - 1]):
+            if not isinstance(metrics, dict) or metrics.get("fold") != index:
+                break
+            done.append(metrics)
+        return done
+
     def _run(self, trial: optuna.Trial) -> float:
         design = suggest_design(trial, self.config.design)
         params = suggest_algorithm_params(trial, design.algorithm)
+        key = self._checkpoint_key(design)
+        reused = [] if self.config.budget_ladder else self._reusable_folds(trial, key)
+        trial.set_user_attr("checkpoint", key)
+        trial.set_user_attr("resumed_from_fold", len(reused) if reused else None)
         trial.set_user_attr("mode", self.config.mode)
         trial.set_user_attr("budget_steps", self.config.final_budget)
         if self.config.budget_ladder:
@@ -440,11 +473,16 @@ class Objective:
         for stale in ("fail_reason", "vin", "grade", "artifact_id", "actor_sha256"):
             if stale in trial.user_attrs:  # a retried trial inherits its predecessor's attrs
                 trial.set_user_attr(stale, None)
-        seed = None if self.config.seed is None else self.config.seed + trial.number
+        # a retry trains with its original trial's seed, so a resumed trial ends as the
+        # uninterrupted one would have
+        frozen = trial.study._storage.get_trial(trial._trial_id)
+        original = frozen.system_attrs.get("failed_trial")
+        number = original if isinstance(original, int) else trial.number
+        seed = None if self.config.seed is None else self.config.seed + number
         if self.config.budget_ladder:
             results, last = self._climb(trial, params, design, seed)
         else:
-            results, last = self._fold_by_fold(trial, params, design, seed)
+            results, last = self._fold_by_fold(trial, params, design, seed, reused)
         value = objective_value([r["excess_sharpe"] for r in results])
         if not math.isfinite(value):
             raise TrialFailed("objective value is NaN or inf")
@@ -452,14 +490,24 @@ class Objective:
         return value
 
     def _fold_by_fold(
-        self, trial: optuna.Trial, params: Params, design: Design, seed: int | None
+        self,
+        trial: optuna.Trial,
+        params: Params,
+        design: Design,
+        seed: int | None,
+        reused: list[dict[str, float]] | None = None,
     ) -> tuple[list[dict[str, float]], FoldResult]:
         """One budget: train and test each fold in turn, reporting each fold's excess Sharpe
-        ratio (step = fold index) to the median pruner."""
+        ratio (step = fold index) to the median pruner. The ``reused`` leading folds (a
+        retried trial's checkpoints, :meth:`_reusable_folds`) are reported, not trained."""
         results: list[dict[str, float]] = []
         last: FoldResult | None = None
         folds = self.data.folds
         for fold in folds:
+            if reused and fold.index < len(reused):
+                results.append(reused[fold.index])
+                trial.report(reused[fold.index]["excess_sharpe"], fold.index)
+                continue
             if self.stop.is_set():
                 raise TrialFailed(f"worker stopping before fold {fold.index}")
             # the last fold finishes even on a stop request: the trial is nearly done
