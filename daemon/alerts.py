@@ -6,6 +6,11 @@ its conditions every run), except once every ``repeat_after_s`` as a reminder. A
 is no longer active is *resolved* (logged), so the condition coming back alerts again.
 Active keys can be kept in a state file so a supervisor restart does not re-send them.
 
+:data:`KINDS` are the monitor's conditions (reconciled by each monitor run). The supervisor
+raises two more itself and resolves them with ``update(..., kinds=(kind,))``:
+``storage_unavailable`` (:mod:`daemon.storage_health`) and ``disk_full``
+(:mod:`daemon.disk_guard`; delivery needs no disk, the state file is skipped while full).
+
 Delivery never blocks the caller: alerts are queued to one background thread that POSTs
 the payload (``requests``, timeout ``timeout_s`` per attempt) and retries a connection
 error, a timeout, HTTP 408/425/429 or 5xx up to ``max_attempts`` attempts with
