@@ -48,6 +48,10 @@ VARIANTS: dict[str, list[str]] = {
     "softmax-excess": ["--action-scheme", "softmax", "--rewards", "excess_log_return"],
     "softmax-dsr": ["--action-scheme", "softmax", "--rewards", "differential_sharpe"],
     "softmax-k": ["--action-scheme", "softmax", "--decision-intervals", "1,4,24"],
+    "softmax-k24": ["--action-scheme", "softmax", "--decision-intervals", "24"],
+    "softmax-penalty": ["--action-scheme", "softmax", "--turnover-penalty", "0.002"],
+    "softmax-ladder": ["--action-scheme", "softmax", "--budget-ladder", "10000,30000,90000"],
+    "sac": ["--action-scheme", "softmax", "--algorithms", "sac"],
     "softmax-search": [
         "--action-scheme",
         "softmax",
