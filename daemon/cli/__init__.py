@@ -23,8 +23,8 @@ from daemon.cli import (
     supervise,
     sync,
     trade,
+    train,
 )
-from trainers import worker
 
 app = typer.Typer(
     add_completion=False,
@@ -38,9 +38,9 @@ def _root() -> None:
     """cappuccino: Optuna PPO studies, a paper-trading ensemble and their supervisor."""
 
 
-app.command("train", help="Run a training worker in the foreground (same options as trainers.worker).")(
-    worker.main
-)
+app.command(
+    "train", help="Run a training worker in the foreground (the options of trainers.worker, and --config)."
+)(train.train)
 
 app.command("sync")(sync.sync)
 app.command("deploy")(deploy.deploy)

@@ -13,20 +13,22 @@ from pathlib import Path
 import typer
 
 from daemon.cleanup import CleanupError, format_result, run_cleanup
-from trainers.storage import default_storage_url
+from daemon.cli._options import CONFIG_OPTION, ROOT_OPTION, runtime_config, runtime_storage
 
 
 def clean(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would go and its size; touch nothing."),
     keep_days: float = typer.Option(7.0, min=0, help="Remove logs not modified for this many days."),
     keep_top: int = typer.Option(20, min=1, help="COMPLETE trials kept per study (best first)."),
-    root: Path = typer.Option(Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root."),
-    storage: str = typer.Option(None, help="Optuna storage URL (default sqlite:///<root>/optuna.db)."),
+    config: Path = CONFIG_OPTION,
+    root: Path = ROOT_OPTION,
+    storage: str = typer.Option(None, help="Optuna storage URL (default: config, else <root>/optuna.db)."),
     study: str = typer.Option(None, help="Only this study's trial folders and artifacts (default: all)."),
 ) -> None:
     """Free disk space: old logs, scratch folders and artifacts of trials outside the top."""
+    cfg = runtime_config(config, root)
     try:
-        result = run_cleanup(root, storage or default_storage_url(root), keep_days, keep_top, dry_run, study)
+        result = run_cleanup(cfg.root, runtime_storage(cfg, storage), keep_days, keep_top, dry_run, study)
     except CleanupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

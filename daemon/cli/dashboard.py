@@ -15,25 +15,19 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from daemon.cli._options import runtime_config
+from daemon.cli._options import CONFIG_OPTION, ROOT_OPTION, runtime_config, runtime_storage
 from daemon.config import Config
 from daemon.views.collector import Collector
 from daemon.views.dashboard import render_frame, render_layout
 from trainers.runtime.current_study import read_current_study
-from trainers.storage import default_storage_url
 
 PLAIN_WIDTH = 140  # columns of a frame written to a file or pipe (VINs fit on one line)
-
-
-def _storage(cfg: Config, storage: str | None) -> str:
-    """``--storage``, else the config's ``study.storage``, else ``sqlite:///<root>/optuna.db``."""
-    return storage or cfg.study.storage or default_storage_url(cfg.root)
 
 
 def _collector(cfg: Config, study: str | None, storage: str | None) -> Collector:
     return Collector(
         cfg.root,
-        _storage(cfg, storage),
+        runtime_storage(cfg, storage),
         study=study,
         fallback_study=cfg.study.name,
         n_trials=cfg.study.n_trials,
@@ -50,8 +44,8 @@ def dashboard(
     refresh: float = typer.Option(
         5.0, "--refresh", min=0.2, help="Seconds between refreshes of the live view."
     ),
-    root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
-    config: Path = typer.Option(None, "--config", "-c", help="cappuccino.toml (default ./cappuccino.toml)."),
+    root: Path = ROOT_OPTION,
+    config: Path = CONFIG_OPTION,
     study: str = typer.Option(None, help="Study to show (default: <root>/.current_study, then the config)."),
     storage: str = typer.Option(None, help="Optuna storage URL (default: config, else <root>/optuna.db)."),
     as_json: bool = typer.Option(False, "--json", help="Print one snapshot as JSON and exit."),
@@ -105,8 +99,8 @@ def _live(console: Console, collector: Collector, refresh: float) -> None:
 
 def report(
     out: Path = typer.Option(..., "--out", help="Folder for the PNG files (created if needed)."),
-    root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
-    config: Path = typer.Option(None, "--config", "-c", help="cappuccino.toml (default ./cappuccino.toml)."),
+    root: Path = ROOT_OPTION,
+    config: Path = CONFIG_OPTION,
     study: str = typer.Option(None, help="Study to plot (default: <root>/.current_study, then the config)."),
     storage: str = typer.Option(None, help="Optuna storage URL (default: config, else <root>/optuna.db)."),
 ) -> None:
@@ -121,7 +115,7 @@ def report(
     cfg = runtime_config(config, root)
     name = study or read_current_study(cfg.root) or cfg.study.name
     try:
-        result = write_report(cfg.root, _storage(cfg, storage), name, out)
+        result = write_report(cfg.root, runtime_storage(cfg, storage), name, out)
     except OSError as exc:
         typer.echo(f"error: cannot write the report into {out}: {exc}", err=True)
         raise typer.Exit(2) from None

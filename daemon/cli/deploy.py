@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from daemon.cli._options import CONFIG_OPTION, ROOT_OPTION, runtime_config, runtime_storage
 from ensemble.deploy import DEFAULT_CANDIDATES, DeployError, rollback, run_deploy
 from ensemble.deploy_gate import (
     DEFAULT_MAX_DRAWDOWN,
@@ -24,8 +25,9 @@ from trainers.windows import DEFAULT_VALIDATION_FRACTION
 
 def deploy(
     study: str = typer.Option(None, help="Study name (default: the one in <root>/.current_study)."),
-    root: Path = typer.Option(Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root."),
-    storage: str = typer.Option(None, help="Storage URL (default sqlite:///<root>/optuna.db)."),
+    config: Path = CONFIG_OPTION,
+    root: Path = ROOT_OPTION,
+    storage: str = typer.Option(None, help="Optuna storage URL (default: config, else <root>/optuna.db)."),
     slot: int = typer.Option(0, min=0, help="Deployment slot: <root>/deployments/model_<slot>."),
     min_improvement: float = typer.Option(
         DEFAULT_MIN_IMPROVEMENT, help="Minimum relative improvement over the deployed value (0.01 = 1%)."
@@ -53,15 +55,24 @@ def deploy(
     ),
 ) -> None:
     """Promote the best COMPLETE trial to deployments/model_<slot> if it passes every gate."""
+    cfg = runtime_config(config, root)
     try:
         if do_rollback:
-            decision = rollback(root, slot)
+            decision = rollback(cfg.root, slot)
         else:
             thresholds = DeployThresholds(
                 min_improvement, min_grade.upper(), min_sharpe, max_drawdown, validation_fraction
             )
             decision = run_deploy(
-                root, study, storage, slot, thresholds, data, holdout_cut, dry_run, candidates
+                cfg.root,
+                study,
+                runtime_storage(cfg, storage),
+                slot,
+                thresholds,
+                data,
+                holdout_cut,
+                dry_run,
+                candidates,
             )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

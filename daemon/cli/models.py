@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from daemon.cli._options import CONFIG_OPTION, ROOT_OPTION, runtime_config, runtime_storage
 from ensemble.archive import DEFAULT_MIN_GRADE, DEFAULT_TOP_PERCENT, ArchiveError, run_archive
 from ensemble.registry import (
     HYPERPARAMS_FILE,
@@ -37,7 +38,6 @@ from ensemble.registry import (
 )
 from trainers.atomic_io import read_json_object
 from trainers.naming import BASELINE_LABELS, GRADES, beats_baselines, grade_with_baselines
-from trainers.storage import default_storage_url
 from trainers.study_db import StudyDBError, open_engine
 from trainers.study_db.baselines import StudyBaselines, baseline_values, read_study_baselines
 
@@ -46,9 +46,8 @@ models_app = typer.Typer(
 )
 
 FOLD_COLUMNS = ("sharpe", "excess_sharpe", "max_drawdown", "total_return", "turnover")
-ROOT_OPTION = typer.Option(Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root.")
 STORAGE_OPTION = typer.Option(
-    None, help="Optuna storage URL, for the studies' baselines (default sqlite:///<root>/optuna.db)."
+    None, help="Optuna storage URL, for the studies' baselines (default: config, else <root>/optuna.db)."
 )
 
 
@@ -68,12 +67,14 @@ def archive(
         DEFAULT_TOP_PERCENT, help="Share of the COMPLETE trials considered, in percent (0 < p <= 100)."
     ),
     min_grade: str = typer.Option(DEFAULT_MIN_GRADE, help="Worst grade archived (S, A, B, C, D, F)."),
+    config: Path = CONFIG_OPTION,
     root: Path = ROOT_OPTION,
-    storage: str = typer.Option(None, help="Optuna storage URL (default sqlite:///<root>/optuna.db)."),
+    storage: str = typer.Option(None, help="Optuna storage URL (default: config, else <root>/optuna.db)."),
 ) -> None:
     """Copy the study's top trials into <root>/trial_archive/<VIN>/ and update the registry."""
+    cfg = runtime_config(config, root, must_exist=False)  # run_archive names a missing root
     try:
-        result = run_archive(root, storage, study, top_percent, min_grade)
+        result = run_archive(cfg.root, runtime_storage(cfg, storage), study, top_percent, min_grade)
     except (ArchiveError, StudyDBError) as exc:  # StudyDBError is a ValueError: first
         raise _fail(str(exc)) from None
     except ValueError as exc:
@@ -92,11 +93,11 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _baselines(root: Path, storage: str | None, study: str) -> StudyBaselines | str | None:
+def _baselines(storage: str, study: str) -> StudyBaselines | str | None:
     """The study's recorded baselines, None when it has none, or a line saying why they
     cannot be read (no storage, unknown study)."""
     try:
-        return read_study_baselines(open_engine(storage or default_storage_url(root)), study)
+        return read_study_baselines(open_engine(storage), study)
     except StudyDBError as exc:
         return str(exc)
 
@@ -115,6 +116,7 @@ def _baselines_record(found: StudyBaselines | str | None, value: float) -> dict[
 def list_models(
     grade: str = typer.Option(None, help="Only models of this grade (S, A, B, C, D, F)."),
     study: str = typer.Option(None, help="Only models of this study."),
+    config: Path = CONFIG_OPTION,
     root: Path = ROOT_OPTION,
     storage: str = STORAGE_OPTION,
 ) -> None:
@@ -123,6 +125,8 @@ def list_models(
     wanted = grade.strip().upper() if grade else None
     if wanted is not None and wanted not in GRADES:
         raise _fail(f"--grade must be one of {', '.join(GRADES)}, got {grade!r}", 2)
+    cfg = runtime_config(config, root)
+    root, storage = cfg.root, runtime_storage(cfg, storage)
     registry = _load(root)
     if registry is None:
         typer.echo(f"no archived models: {registry_path(root)} does not exist (run `cappuccino archive`)")
@@ -151,7 +155,7 @@ def list_models(
         ("trial", "right"),
     ):
         table.add_column(column, justify=justify, no_wrap=column == "VIN")  # type: ignore[arg-type]
-    found = {name: _baselines(root, storage, name) for name in {e.study for e in rows}}
+    found = {name: _baselines(storage, name) for name in {e.study for e in rows}}
     for e in rows:
         base = found[e.study]
         verdict = beats_baselines(e.value, base.values()) if isinstance(base, StudyBaselines) else None
@@ -229,12 +233,15 @@ def _print_info(entry: ArchiveEntry, directory: Path, record: dict[str, Any], pr
 @models_app.command("info")
 def info(
     vin: str = typer.Argument(..., help="VIN or archive folder name (see `cappuccino models list`)."),
+    config: Path = CONFIG_OPTION,
     root: Path = ROOT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the record as one JSON object."),
     storage: str = STORAGE_OPTION,
 ) -> None:
     """One archived model's full record, its grade against its study's constant-policy
     baselines, and an integrity check of its files (exit 1 if it fails)."""
+    cfg = runtime_config(config, root)
+    root, storage = cfg.root, runtime_storage(cfg, storage)
     registry = _load(root)
     if registry is None:
         raise _fail(f"{registry_path(root)} does not exist (run `cappuccino archive` first)")
@@ -249,7 +256,7 @@ def info(
         "hyperparams": read_json_object(directory / HYPERPARAMS_FILE),
         "model": read_json_object(directory / META_FILE),
         "integrity": problems or "ok",
-        "baselines": _baselines_record(_baselines(root, storage, entry.study), entry.value),
+        "baselines": _baselines_record(_baselines(storage, entry.study), entry.value),
     }
     if as_json:
         typer.echo(json.dumps(record, indent=2, sort_keys=True))

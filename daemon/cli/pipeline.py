@@ -20,6 +20,7 @@ from types import FrameType
 
 import typer
 
+from daemon.cli._options import CONFIG_OPTION, ROOT_OPTION
 from daemon.pipeline import (
     EXIT_REFUSED,
     EXIT_USAGE,
@@ -56,8 +57,8 @@ def pipeline(
         False, "--background", help="Run detached; log to <root>/logs/pipeline.log."
     ),
     study: str = typer.Option(None, help="Study (default: <root>/.current_study, then study.name)."),
-    root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
-    config: Path = typer.Option(None, "--config", "-c", help="cappuccino.toml (default ./cappuccino.toml)."),
+    root: Path = ROOT_OPTION,
+    config: Path = CONFIG_OPTION,
     detached: bool = typer.Option(False, "--detached", hidden=True, help="Internal: the background run."),
 ) -> None:
     """Run the pipeline: full = clean, train to N finished trials, archive, deploy; or one step."""

@@ -13,32 +13,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from daemon.config import ConfigError, load_config
+from daemon.cli._options import CONFIG_OPTION, ROOT_OPTION, runtime_config, runtime_storage
 from daemon.preflight import run_checks
 from daemon.views.status import status_document
 from trainers.naming import baseline_note
 from trainers.runtime.layout import Layout
-from trainers.storage import default_storage_url
 
 console = Console()
 
 
-def _config(config: Path | None, root: Path | None) -> Any:
-    try:
-        return load_config(config, {"root": root} if root else None)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
 def supervise(
-    config: Path = typer.Option(None, "--config", "-c", help="cappuccino.toml (default ./cappuccino.toml)"),
-    root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
+    config: Path = CONFIG_OPTION,
+    root: Path = ROOT_OPTION,
     duration: float = typer.Option(None, help="Stop after this many seconds (default: run until SIGTERM)."),
     skip_preflight: bool = typer.Option(False, help="Do not run the preflight checks."),
 ) -> None:
     """Run the supervisor in the foreground (systemd runs exactly this)."""
-    cfg = _config(config, root)
+    cfg = runtime_config(config, root, must_exist=False)  # the supervisor creates the root
     if not skip_preflight:
         failed = [c for c in run_checks(cfg) if c.ok is False]
         for c in failed:
@@ -60,11 +51,11 @@ def supervise(
 
 
 def doctor(
-    config: Path = typer.Option(None, "--config", "-c"),
-    root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
+    config: Path = CONFIG_OPTION,
+    root: Path = ROOT_OPTION,
 ) -> None:
     """Run the preflight checks alone and print the results."""
-    cfg = _config(config, root)
+    cfg = runtime_config(config, root, must_exist=False)  # "root writable" is one of the checks
     table = Table(title="cappuccino doctor")
     for col in ("check", "result", "detail"):
         table.add_column(col)
@@ -78,13 +69,13 @@ def doctor(
 
 
 def status(
-    config: Path = typer.Option(None, "--config", "-c"),
-    root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
+    config: Path = CONFIG_OPTION,
+    root: Path = ROOT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the raw status document."),
 ) -> None:
     """Show the system's status (also with the supervisor down)."""
-    cfg = _config(config, root)
-    doc = status_document(cfg.root, cfg.study.storage or default_storage_url(cfg.root), cfg.study.name)
+    cfg = runtime_config(config, root, must_exist=False)  # a missing root: "not running", nothing yet
+    doc = status_document(cfg.root, runtime_storage(cfg, None), cfg.study.name)
     if as_json:
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
@@ -156,11 +147,11 @@ def logs(
     component: str = typer.Argument("supervisor", help="supervisor, worker-0, paper_trader, ..."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
     lines: int = typer.Option(20, "--lines", "-n", help="Lines to show first."),
-    config: Path = typer.Option(None, "--config", "-c"),
-    root: Path = typer.Option(None, help="Runtime root (overrides the config)."),
+    config: Path = CONFIG_OPTION,
+    root: Path = ROOT_OPTION,
 ) -> None:
     """Show a component's log (JSON lines under <root>/logs/)."""
-    cfg = _config(config, root)
+    cfg = runtime_config(config, root)
     path = Layout(cfg.root).log(component)
     if not path.is_file():
         known = sorted(p.stem for p in (cfg.root / "logs").glob("*.log"))

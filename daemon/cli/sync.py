@@ -6,13 +6,13 @@ from pathlib import Path
 
 import typer
 
+from daemon.cli._options import CONFIG_OPTION, ROOT_OPTION, runtime_config, runtime_storage
 from ensemble.selection import DEFAULT_TOP_N
 from ensemble.sync import SyncError, SyncResult, sync_ensemble
 from trainers.bundle import PipelineSpec
 from trainers.data import DataError, dataset_symbols
 from trainers.naming import grade_with_baselines
 from trainers.runtime.current_study import require_current_study
-from trainers.storage import default_storage_url
 from trainers.study_db import StudyDBError, open_engine
 from trainers.study_db.baselines import read_study_baselines
 
@@ -45,8 +45,9 @@ def format_result(result: SyncResult, baselines: dict[str, float] | None = None)
 
 def sync(
     study: str = typer.Option(None, help="Study name (default: the one in <root>/.current_study)."),
-    root: Path = typer.Option(Path("train_results"), envvar="CAPPUCCINO_ROOT", help="Runtime root."),
-    storage: str = typer.Option(None, help="Optuna storage URL (default sqlite:///<root>/optuna.db)."),
+    config: Path = CONFIG_OPTION,
+    root: Path = ROOT_OPTION,
+    storage: str = typer.Option(None, help="Optuna storage URL (default: config, else <root>/optuna.db)."),
     top_n: int = typer.Option(DEFAULT_TOP_N, min=1, help="Ensemble members wanted."),
     symbols: str = typer.Option(
         None, help="Comma-separated symbols the trader trades (default: those of --data)."
@@ -54,13 +55,15 @@ def sync(
     data: Path = typer.Option(None, help="Dataset folder the trader trades (default: the embedded dataset)."),
 ) -> None:
     """Sync the ensemble with the top-N COMPLETE trials of the study, once."""
+    cfg = runtime_config(config, root, must_exist=False)  # sync_ensemble names a missing root
+    root = cfg.root
     try:
         name = study or require_current_study(root)
         wanted = (
             [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else dataset_symbols(data)
         )
         pipeline = PipelineSpec(tuple(wanted))
-        url = storage or default_storage_url(root)
+        url = runtime_storage(cfg, storage)
         result = sync_ensemble(root, url, name, pipeline, top_n)
     except (SyncError, StudyDBError, DataError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

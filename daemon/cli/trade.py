@@ -1,30 +1,23 @@
-"""``cappuccino trade``: run the paper trader in the foreground, with exactly the options of
-``python -m paper_trader`` (see :mod:`paper_trader.cli`).
+"""``cappuccino trade``: run the paper trader in the foreground, with the options of
+``python -m paper_trader`` (see :mod:`paper_trader.cli`) plus ``--config``.
 
-The one difference: ``--live`` also honours ``paper_trader.allow_live`` from the
-configuration (``cappuccino.toml`` in the working directory, or ``CAPPUCCINO_*`` variables).
+``--config`` and ``--root`` work as for every command (:mod:`daemon.cli._options`); ``--live``
+also honours ``paper_trader.allow_live`` from that configuration.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
-import typer
-
-from daemon.config import ConfigError, load_config
+from daemon.cli._options import with_runtime_options
+from daemon.config import Config
 from paper_trader import cli
 
 
-@functools.wraps(cli.trade)
-def trade(*args: Any, **kwargs: Any) -> None:
-    if kwargs.get("live"):
-        try:
-            allow = load_config(None).paper_trader.allow_live
-        except ConfigError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        if allow:
-            os.environ[cli.ALLOW_LIVE_ENV] = "true"
-    cli.trade(*args, **kwargs)
+def _allow_live(cfg: Config, kwargs: dict[str, Any]) -> None:
+    if kwargs.get("live") and cfg.paper_trader.allow_live:
+        os.environ[cli.ALLOW_LIVE_ENV] = "true"
+
+
+trade = with_runtime_options(cli.trade, _allow_live)

@@ -256,7 +256,8 @@ def test_bad_options_end_in_one_line_naming_the_option(tmp_path: Path) -> None:
 def test_cappuccino_trade_has_the_options_of_python_m_paper_trader() -> None:
     trade = typer.main.get_command(cappuccino_app).commands["trade"]  # type: ignore[attr-defined]
     ours = typer.main.get_command(trader_app)
-    assert [p.name for p in trade.params] == [p.name for p in ours.params]
+    # plus --config, which every command reading the runtime takes (tests/daemon/test_cli_convention.py)
+    assert [p.name for p in trade.params] == [p.name for p in ours.params] + ["config"]
     assert {"root", "data", "speed", "max_bars", "deployment", "broker", "live", "trailing_stop"} <= {
         p.name for p in ours.params
     }
