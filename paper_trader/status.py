@@ -15,8 +15,12 @@
   content digest of its manifest and its member folder names in ``ensemble/``, which the
   sync job does not remove while they are listed here; None for a deployment slot or
   before a model is loaded), the hot-reload watcher's own ``reload`` status,
-  ``costs`` (the execution model traded: the model's own, with any overrides) and
-  ``cost_overrides`` (the fields the trader's options override).
+  ``costs`` (the execution model traded: the model's own, with any overrides),
+  ``cost_overrides`` (the fields the trader's options override) and ``reconciliation``
+  (the report of the ledger's reconciliation with the broker's account at start,
+  :func:`paper_trader.reconcile.reconcile`: ``at``, ``ok``, ``since``, ``orders_compared``,
+  ``broker_orders``, ``recovered``, ``unsent``, ``differences``, ``error``; ``ok`` None with
+  ``error`` while the broker could not be asked; None for the replay).
 """
 
 from __future__ import annotations

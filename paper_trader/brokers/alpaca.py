@@ -14,9 +14,10 @@ crypto historical data client; keys from the environment only).
   (:mod:`~paper_trader.brokers.alpaca_http`, honouring ``Retry-After``) and, once its
   retries are spent, like no answer at all, are a :class:`~paper_trader.brokers.BrokerError`:
   the order stays in the ledger's outbox (``pending_submit``) and is sent again later. An
-  order not yet at Alpaca whose fill bar has already closed (the bar after its decision
-  bar) is stale and is cancelled instead of sent: it would trade at prices the decision
-  never saw.
+  order not yet at Alpaca whose fill bar (the bar after its decision bar) has closed, by
+  the clock and in Alpaca's published bars, is stale and is cancelled instead of sent: it
+  would trade at prices the decision never saw (as when a restart finds that the trader
+  missed bars).
 * Fills: the order's filled quantity and average price as Alpaca reports them; the fee is
   estimated as ``fee * |qty| * price`` (the order snapshot carries no fee). An order still
   working stays pending and is looked at again next bar.
@@ -89,6 +90,7 @@ class AlpacaBroker:
         self._ts = np.empty(0, dtype=np.int64)
         self._px = np.empty((0, len(self.symbols), 5))
         self._retry_at = 0.0
+        self._refreshed_at = -float("inf")  # time.monotonic() of the last bars request
         self._log = structlog.get_logger("paper_trader.alpaca_broker").bind(component="paper_trader")
 
     @classmethod
@@ -124,6 +126,7 @@ class AlpacaBroker:
             ts, px = self.client.closed_bars(self.symbols, start, now=now)
         except (AlpacaError, ValueError) as exc:
             raise BrokerError(f"Alpaca bars: {exc}") from None
+        self._refreshed_at = time.monotonic()
         if len(ts):
             self._ts, self._px = ts.astype("datetime64[s]").astype(np.int64), px
 
@@ -184,7 +187,7 @@ class AlpacaBroker:
                 if existing is not None:  # placed by an earlier try
                     o.broker_order_id, o.qty = existing.order_id, existing.qty
                     continue
-                if self.clock().timestamp() >= o.bar_ts + 2 * BAR_SECONDS:
+                if self._fill_bar_closed(o.bar_ts):
                     o.status = CANCELLED
                     o.status_reason = "stale: not sent before the bar after its decision bar closed"
                     self._log.warning("order_stale", client_order_id=o.client_order_id)
@@ -211,6 +214,16 @@ class AlpacaBroker:
             except AlpacaError as exc:
                 raise BrokerError(f"Alpaca order {o.client_order_id}: {exc}") from None
             o.broker_order_id, o.qty = snap.order_id, qty
+
+    def _fill_bar_closed(self, decision_ts: int) -> bool:
+        """Whether Alpaca has published the bar after ``decision_ts`` (the fill bar) as closed.
+        Bars are fetched again (at most every :data:`REFRESH_RETRY_S`) once the clock says the
+        fill bar has closed; before that it cannot have been published."""
+        if self.clock().timestamp() < decision_ts + 2 * BAR_SECONDS:
+            return False
+        if time.monotonic() - self._refreshed_at >= REFRESH_RETRY_S or not len(self._ts):
+            self._refresh()
+        return bool(len(self._ts)) and int(self._ts[-1]) >= decision_ts + BAR_SECONDS
 
     def remote_account(self, since_ts: int) -> RemoteAccount:
         """Alpaca's orders submitted after ``since_ts`` and its positions (see

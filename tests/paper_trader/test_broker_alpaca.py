@@ -168,10 +168,13 @@ def test_sells_never_exceed_the_alpaca_position_and_refused_orders_are_cancelled
 
 
 def test_an_order_whose_fill_bar_has_closed_is_not_sent(server: FakeAlpaca, panel: Panel) -> None:
-    broker = AlpacaBroker(AlpacaClient(local_settings(server)), panel.symbols, 0.0025)
-    now = int(datetime.now(UTC).timestamp())
-    stale = order("ETHUSD", "buy", 0.1, 0.1, "t-stale", bar_ts=now - 2 * 3600)  # bar after it closed
-    fresh = order("ETHUSD", "buy", 0.1, 0.1, "t-fresh", bar_ts=now - 2 * 3600 + 60)
+    cut = panel.index_of(DEFAULT_HOLDOUT_CUT)
+    newest = cut + N_BARS + 1  # the newest bar the server publishes
+    clock = Clock(when(panel, newest) + timedelta(hours=1, minutes=5))
+    broker = AlpacaBroker(AlpacaClient(local_settings(server)), panel.symbols, 0.0025, clock)
+    ts = [int(when(panel, i).timestamp()) for i in (newest - 1, newest)]
+    stale = order("ETHUSD", "buy", 0.1, 0.1, "t-stale", bar_ts=ts[0])  # its fill bar has closed
+    fresh = order("ETHUSD", "buy", 0.1, 0.1, "t-fresh", bar_ts=ts[1])
     broker.submit([stale, fresh])
     assert stale.status == CANCELLED and "stale" in (stale.status_reason or "")
     assert fresh.status == PENDING and fresh.broker_order_id is not None

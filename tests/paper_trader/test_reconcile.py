@@ -150,7 +150,11 @@ def test_a_stale_unsent_order_is_cancelled_and_an_unreachable_broker_keeps_the_o
 ) -> None:
     ledger = Ledger(tmp_path / "ledger.db")
     ledger.open_account("alpaca", SYMBOLS, 10_000.0)
-    t = latest_closed_bar(now) - 3600  # the bar after it has closed too
+    t = latest_closed_bar(now) - 3600  # Alpaca has published the bar after it as closed too
+    for sym, px in (("ETHUSD", 2000.0), ("LTCUSD", 80.0)):
+        server.set_bars(
+            sym, [(datetime.fromtimestamp(t + k * 3600, UTC), px, px, px, px, 1.0) for k in (0, 1)]
+        )
     with ledger.bar(t) as tx:
         tx.add_order("ETHUSD", "buy", 0.5, 0.1, "rebalance", 1, "s")
         tx.close_bar(10_000.0, 0.0, 0.0, 1)
