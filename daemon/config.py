@@ -109,6 +109,38 @@ class TrainingSection(_Section):
         return [*args, "--tensorboard"] if self.tensorboard else args
 
 
+class SequentialConfig(_Section):
+    """Sequential two-stage training (``start-training --sequential``, :mod:`daemon.sequential`):
+    a quick-mode study, a gate, then a full-mode study seeded with the best quick parameters."""
+
+    quick_trials: int = Field(20, ge=1, description="finished trials of the quick study before its gate")
+    quick_time_limit_s: float | None = Field(
+        None, gt=0, description="also evaluate the gate this long after the start (with >= 1 COMPLETE trial)"
+    )
+    top_k: int = Field(
+        3,
+        ge=1,
+        description="best quick parameter sets enqueued in the full study; the full study becomes "
+        "current once it has this many COMPLETE trials",
+    )
+    gate: Literal["beats_baselines", "min_value", "off"] = Field(
+        "beats_baselines",
+        description="beats_baselines: the best quick value exceeds both constant baselines (+ margin); "
+        "min_value: it exceeds min_value; off: always pass",
+    )
+    margin: float = Field(0.0, ge=0, description="beats_baselines: required lead over the better baseline")
+    min_value: float | None = Field(
+        None, description="min_value: the threshold the best quick value must exceed"
+    )
+    check_interval_s: float = Field(60.0, gt=0, description="seconds between the supervisor's stage checks")
+
+    @model_validator(mode="after")
+    def _min_value_given(self) -> SequentialConfig:
+        if self.gate == "min_value" and self.min_value is None:
+            raise ValueError("gate 'min_value' needs min_value")
+        return self
+
+
 class WorkersConfig(_Section):
     """Training worker processes."""
 
@@ -295,6 +327,7 @@ class Config(BaseSettings):
     status_interval_s: float = Field(5.0, gt=0)
     study: StudyConfig = StudyConfig()
     training: TrainingSection = TrainingSection()
+    sequential: SequentialConfig = SequentialConfig()
     costs: CostsConfig = CostsConfig()
     workers: WorkersConfig = WorkersConfig()
     paper_trader: PaperTraderConfig = PaperTraderConfig()

@@ -4,7 +4,8 @@ bound are :mod:`daemon.scheduler`).
 ``ensemble_sync``, ``deploy``, ``archive`` and ``cleanup`` run ``python -m daemon.cli ...``
 as child processes (so a hung one can be killed with its process group and the supervisor
 never loads torch); ``monitor`` reads the storage in-process and raises alerts. The
-``watchdog`` job is the supervisor's own (it checks the supervisor's children).
+``watchdog`` job is the supervisor's own (it checks the supervisor's children), and so is
+``sequential`` (the stage machine of a sequential training run, :mod:`daemon.sequential`).
 """
 
 from __future__ import annotations
@@ -173,8 +174,11 @@ def monitor(ctx: JobContext, children: Iterable[Child], alerts: Any, cache: dict
 
 def schedule(runner: JobRunner, cfg: Config, bodies: Mapping[str, Callable[[], str]]) -> None:
     """Add the configured jobs to ``runner``; ``bodies`` maps each job name (``watchdog``,
-    ``monitor``, ``ensemble_sync``, ``deploy``, ``archive``, ``cleanup``) to its body."""
+    ``monitor``, ``ensemble_sync``, ``deploy``, ``archive``, ``cleanup``, ``sequential``) to
+    its body."""
     j = cfg.jobs
+    check_s = cfg.sequential.check_interval_s
+    runner.add("sequential", check_s, bodies["sequential"], first_in_s=min(5.0, check_s))
     runner.add("watchdog", j.watchdog_interval_s, bodies["watchdog"], first_in_s=j.watchdog_interval_s)
     runner.add("monitor", j.monitor_interval_s, bodies["monitor"], first_in_s=0.5)
     runner.add(
@@ -195,6 +199,7 @@ def reschedule(runner: JobRunner, cfg: Config) -> None:
         ("monitor", j.monitor_interval_s),
         ("ensemble_sync", j.sync_interval_s),
         ("deploy", j.deploy_interval_s),
+        ("sequential", cfg.sequential.check_interval_s),
     ):
         runner.reschedule(name, interval)
     runner.timeout_s = j.job_timeout_s

@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from daemon import fleet, jobs
+from daemon import fleet, jobs, sequential, sequential_state
 from daemon.children import Child, ChildSpec
 from daemon.config import Config, load_config
 from daemon.disk_guard import ALERT_KIND as DISK_ALERT
@@ -118,9 +118,16 @@ class Supervisor:
             )
         return name
 
+    @property
+    def worker_study(self) -> str:
+        """The study the workers train: the current study, or, during a sequential run, its
+        stage's study (:func:`daemon.sequential_state.worker_study`: the full study once
+        stage 2 has begun, while the current study is still the quick one)."""
+        return sequential_state.worker_study(self.root, str(self.study))
+
     def child_specs(self) -> list[ChildSpec]:
         return fleet.child_specs(
-            self.config, str(self.study), self.storage_url, self.study_costs, self.config_path
+            self.config, self.worker_study, self.storage_url, self.study_costs, self.config_path
         )
 
     # ------------------------------------------------------------------ children
@@ -262,10 +269,19 @@ class Supervisor:
 
     def study_finished(self, refresh: bool = False) -> bool:
         """Whether the study reached its trial target; ``refresh`` reads the storage now (a
-        worker that exits 0 must not be restarted in a loop until the next monitor run)."""
-        if refresh:
-            from daemon.study_stats import study_stats
+        worker that exits 0 must not be restarted in a loop until the next monitor run). The
+        study is the one the workers train (:attr:`worker_study`)."""
+        from daemon.study_stats import study_stats
 
+        training = self.worker_study
+        if training != self.study:  # stage 2 of a sequential run: not the monitor's study
+            try:
+                stats = study_stats(self.storage_url, training)
+            except Exception as exc:
+                log.warning("study_stats_failed", study=training, error=str(exc))
+                return False
+            return fleet.finished_trials(stats) >= self.config.study.n_trials
+        if refresh:
             try:
                 self.monitor_cache["study"] = study_stats(self.storage_url, str(self.study))
             except Exception as exc:  # storage down: keep the cached figures
@@ -336,6 +352,7 @@ class Supervisor:
             "deploy": self.unless_disk_full(lambda: jobs.deploy(ctx())),
             "archive": self.unless_disk_full(lambda: jobs.archive(ctx())),
             "cleanup": self.unless_disk_full(lambda: jobs.cleanup(ctx())),
+            "sequential": self.unless_disk_full(lambda: sequential.check(self.config_path, self.config)),
         }
         jobs.schedule(self.jobs, self.config, bodies)
 
@@ -389,6 +406,7 @@ class Supervisor:
             "uptime_s": round(time.time() - self.started_at, 1),
             "updated_at": datetime.now(UTC).isoformat(),
             "study": self.study,
+            "worker_study": self.worker_study,
             "config": str(self.config_path) if self.config_path else None,
             "children": [c.snapshot() for c in self.children.values()],
             "jobs": self.jobs.snapshot(),

@@ -7,7 +7,11 @@
   ``workers.count = 0`` in ``training.toml`` and SIGHUP the supervisor, which stops its
   workers (each re-queues its current trial); the paper trader, the scheduled jobs and the
   API keep running;
-* switch the current study (``cappuccino set-study``, ``POST /api/study/current``).
+* switch the current study (``cappuccino set-study``, ``POST /api/study/current``);
+* start a sequential run (``start-training --sequential``): stage 1 trains ``<study>_quick``
+  in quick mode, the supervisor's ``sequential`` job (:mod:`daemon.sequential`) runs the
+  gate and stage 2 (``run/sequential.json``, :mod:`daemon.sequential_state`). A later plain
+  start, or a switch to another study, supersedes the run.
 
 Each request holds ``run/training.lock`` (:class:`trainers.runtime.pidlock.PidLock`) while
 it writes those files and signals the supervisor, so two concurrent requests never
@@ -31,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from daemon import sequential_state
 from daemon.config import Config, load_config
 from trainers.accounting import Costs, costs_from_options
 from trainers.atomic_io import atomic_write_bytes
@@ -117,7 +122,12 @@ class TrainingRequest:
     """A start request: the study, its trial target and worker count; the walk-forward mode
     and the env steps per fold (None: the configuration's ``study.mode`` /
     ``study.budget_steps``); the study's cost fields that differ from the configuration's
-    ``[costs]`` (only when the study is new: a study keeps its execution model)."""
+    ``[costs]`` (only when the study is new: a study keeps its execution model).
+
+    ``sequential``: a two-stage run (``study`` is the base name of ``<study>_quick`` and
+    ``<study>_full``; ``n_trials`` the full study's target; ``mode`` must be None);
+    ``quick_trials`` the quick study's target (None: ``sequential.quick_trials``);
+    ``confirm``: wait for ``cappuccino continue`` between the stages."""
 
     study: str
     n_trials: int
@@ -125,6 +135,9 @@ class TrainingRequest:
     mode: Mode | None = None
     budget_steps: int | None = None
     costs: Mapping[str, float] = field(default_factory=dict)
+    sequential: bool = False
+    quick_trials: int | None = None
+    confirm: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,18 +149,32 @@ class TrainingStarted:
     costs: Costs
     overlay: Path
     switch: StudySwitch
+    sequential: dict[str, Any] | None = None
+
+    def lines(self) -> list[str]:
+        """The human report of a sequential start (empty for a plain one)."""
+        seq = self.sequential
+        if seq is None:
+            return []
+        wait = "waits for `cappuccino continue`" if seq["confirm"] else "follows automatically"
+        return [
+            f"sequential run {seq['name']!r}: stage 1 trains {seq['quick_study']!r} (quick mode, "
+            f"{seq['quick_trials']} trials), then the gate; stage 2 ({wait}) trains {seq['full_study']!r} "
+            f"(full mode, {seq['n_trials']} trials)"
+        ]
 
     def as_dict(self) -> dict[str, Any]:
         r = self.request
         return {
-            "study": r.study,
+            "study": self.switch.study,
             "n_trials": r.n_trials,
             "workers": r.workers,
-            "mode": r.mode,
+            "mode": r.mode if self.sequential is None else "quick",
             "budget_steps": r.budget_steps,
             "costs": self.costs.as_dict(),
             "training_request_file": str(self.overlay),
             **{k: v for k, v in self.switch.as_dict().items() if k != "study"},
+            "sequential": self.sequential,
         }
 
 
@@ -203,7 +230,7 @@ def training_request_toml(data: Mapping[str, Any], writer: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _replace_overlay(config_path: Path | None, root: Path, text: str) -> Config:
+def replace_training_request(config_path: Path | None, root: Path, text: str) -> Config:
     """Write ``training.toml`` and load the configuration with it; when that fails, put the
     previous file back (or remove the new one) and re-raise.
 
@@ -272,6 +299,7 @@ def set_study(config_path: Path | None, root: Path | None, study: str) -> StudyS
     cfg = load_config(config_path, {"root": root} if root else None)
     cfg.root.mkdir(parents=True, exist_ok=True)
     with request_lock(cfg.root):
+        sequential_state.supersede(cfg.root, f"set-study {study}", keep=study)
         return switch_study(cfg, study)
 
 
@@ -286,33 +314,73 @@ def start_training(config_path: Path | None, root: Path | None, request: Trainin
         ConfigError: a bad configuration, or one the request would make invalid (then
             ``training.toml`` is left as it was).
         TrainingBusy: another training request is in progress.
-        ValueError: a cost out of bounds, or a study created with other costs.
+        ValueError: a cost out of bounds, a study created with other costs, ``mode`` given
+            with ``sequential``, or a base name too long for ``<study>_quick``.
         OSError: a file cannot be written.
+
+    A sequential request (``request.sequential``) creates ``<study>_quick``, records it with
+    ``[study] n_trials = quick_trials, mode = "quick"`` and writes ``run/sequential.json``
+    (stage ``quick``) before the switch; a plain request supersedes an active sequential run.
     """
     from trainers.worker import create_study  # optuna's samplers: only when training starts
 
     cfg = load_config(config_path, {"root": root} if root else None)
     costs = costs_from_options(cfg.costs.as_costs(), "start-training options", **request.costs)
+    name, n_trials, mode = request.study, request.n_trials, request.mode
+    if request.sequential:
+        if request.mode is not None:
+            raise ValueError(
+                "--mode and --sequential exclude each other: a sequential run trains quick, then full"
+            )
+        name = sequential_state.study_names(request.study)[0]
+        n_trials, mode = request.quick_trials or cfg.sequential.quick_trials, "quick"
     cfg.root.mkdir(parents=True, exist_ok=True)
     with request_lock(cfg.root):
         storage = cfg.study.storage or default_storage_url(cfg.root)
         storage_obj = make_storage(storage, heartbeat_interval=None)
         try:
-            create_study(storage_obj, request.study, costs=costs)
+            create_study(storage_obj, name, costs=costs)
         finally:
             storage_obj.engine.dispose()
-        study: dict[str, Any] = {"n_trials": request.n_trials}
-        if request.mode is not None:
-            study["mode"] = request.mode
+        study: dict[str, Any] = {"n_trials": n_trials}
+        if mode is not None:
+            study["mode"] = mode
         if request.budget_steps is not None:
             study["budget_steps"] = request.budget_steps
         sections: dict[str, dict[str, Any]] = {"study": study, "workers": {"count": request.workers}}
         if request.costs:
             sections["costs"] = costs.as_dict()
         text = training_request_toml(sections, "cappuccino start-training")
-        cfg = _replace_overlay(config_path, cfg.root, text)  # validated before anyone is signalled
-        switch = switch_study(cfg, request.study)
-    return TrainingStarted(request, costs, Layout(cfg.root).training_request, switch)
+        cfg = replace_training_request(config_path, cfg.root, text)  # validated before anyone is signalled
+        run = None
+        if request.sequential:
+            run = _new_sequential_run(request, n_trials)
+            sequential_state.write_run(cfg.root, run)
+        else:
+            sequential_state.supersede(cfg.root, f"start-training --study {name}")
+        switch = switch_study(cfg, name)
+    seq = None if run is None else run.as_dict()
+    return TrainingStarted(request, costs, Layout(cfg.root).training_request, switch, seq)
+
+
+def _new_sequential_run(request: TrainingRequest, quick_trials: int) -> sequential_state.SequentialRun:
+    quick, full = sequential_state.study_names(request.study)
+    at = sequential_state.now_iso()
+    return sequential_state.SequentialRun(
+        name=request.study,
+        quick_study=quick,
+        full_study=full,
+        n_trials=request.n_trials,
+        quick_trials=quick_trials,
+        budget_steps=request.budget_steps,
+        confirm=request.confirm,
+        stage="quick",
+        training_study=quick,
+        started_at=at,
+        updated_at=at,
+        stage_since=at,
+        history=[{"at": at, "stage": "quick", "note": "start-training --sequential"}],
+    )
 
 
 def stop_training(config_path: Path | None, root: Path | None) -> TrainingStopped:
@@ -333,7 +401,8 @@ def stop_training(config_path: Path | None, root: Path | None) -> TrainingStoppe
         except tomllib.TOMLDecodeError as exc:  # load_config above already refused it
             raise ValueError(f"{path}: not valid TOML ({exc})") from None
         sections.setdefault("workers", {})["count"] = 0
-        _replace_overlay(config_path, cfg.root, training_request_toml(sections, "cappuccino stop-training"))
+        text = training_request_toml(sections, "cappuccino stop-training")
+        replace_training_request(config_path, cfg.root, text)
         pid = supervisor_pid(cfg.root)
         if pid is not None:
             os.kill(pid, signal.SIGHUP)

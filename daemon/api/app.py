@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from daemon import jobs, training_control
 from daemon.api.auth import ApiToken
-from daemon.api.schemas import DeployRequest, StudySelect, TrainingStart
+from daemon.api.schemas import DeployRequest, StudySelect, TrainingContinue, TrainingStart
 from daemon.config import Config, ConfigError, load_config
 from daemon.scheduler import JobRunner
 from daemon.views.status import status_document
@@ -197,6 +197,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
         while another training request is in progress or when the study has other costs."""
         cfg = ctx.config()
         errors = body.window_errors(cfg.study.mode)
+        if body.sequential and body.resolved_mode() is not None:
+            field = "mode" if body.mode is not None else "use_expanding_window"
+            msg = "a sequential run trains quick, then full: leave the mode out"
+            errors.append({"type": "value_error", "loc": ("body", field), "msg": msg, "input": True})
         if errors:
             raise RequestValidationError(errors)
         request = training_control.TrainingRequest(
@@ -206,6 +210,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
             mode=body.resolved_mode(),
             budget_steps=body.budget_steps,
             costs=body.overrides(),
+            sequential=body.sequential,
+            quick_trials=body.quick_trials,
+            confirm=body.confirm,
         )
         try:
             started = training_control.start_training(ctx.config_path, ctx.root, request)
@@ -217,6 +224,26 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise HTTPException(409, str(exc)) from None
         log.info("api_training_started", study=body.study, n_trials=body.n_trials, workers=body.workers)
         return started.as_dict()
+
+    @app.post("/api/training/continue", tags=["training"], dependencies=auth)
+    def training_continue(body: TrainingContinue | None = None) -> dict[str, Any]:
+        """``cappuccino continue``: begin stage 2 of a sequential run waiting for confirmation
+        (``force``: also after a refused gate): the best quick parameter sets enqueued in the
+        full study, ``training.toml`` for full mode, SIGHUP. 409 when there is no run in that
+        stage (the message names its stage) or another training request is in progress."""
+        from daemon.sequential import continue_training
+
+        ctx.config()
+        try:
+            done = continue_training(ctx.config_path, ctx.root, force=body is not None and body.force)
+        except training_control.TrainingBusy as exc:
+            raise HTTPException(409, str(exc)) from None
+        except ConfigError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        log.info("api_training_continued", run=done.run["name"], stage=done.run["stage"])
+        return done.as_dict()
 
     @app.post("/api/training/stop", tags=["training"], dependencies=auth)
     def training_stop() -> dict[str, Any]:

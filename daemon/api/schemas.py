@@ -69,6 +69,17 @@ class TrainingStart(Body, CostOverrides):
         ge=1,
         description=f"must equal the mode's: quick {QUICK_TRAIN_DAYS}, full {FULL_FIRST_TRAIN_DAYS}",
     )
+    sequential: bool = Field(
+        False,
+        description="two stages: <study>_quick (quick mode), the gate, then <study>_full (full mode) "
+        "seeded with the best quick parameters; n_trials is the full study's; no mode",
+    )
+    quick_trials: int | None = Field(
+        None, ge=1, description="sequential: quick trials before the gate; default sequential.quick_trials"
+    )
+    confirm: bool = Field(
+        False, description="sequential: wait for POST /api/training/continue between the stages"
+    )
 
     @field_validator("use_expanding_window")
     @classmethod
@@ -109,6 +120,12 @@ class TrainingStart(Body, CostOverrides):
                     }
                 )
         return errors
+
+
+class TrainingContinue(Body):
+    """``POST /api/training/continue``: ``force`` also begins stage 2 after a refused gate."""
+
+    force: bool = False
 
 
 class StudySelect(Body):

@@ -1,7 +1,7 @@
 """The ``cappuccino`` command line: one module per command group.
 
 ``supervise`` (supervise, doctor, status, logs), ``study`` (set-study, start-training,
-stop-training), ``api`` (api-token),
+stop-training, continue), ``api`` (api-token),
 ``models`` (archive, models ...), ``sync``, ``deploy``, ``trade``, ``clean``, ``pipeline``,
 ``dashboard`` (dashboard, report), ``evaluate`` and ``quickstart``. ``python -m daemon.cli`` runs it too.
 """
@@ -52,6 +52,7 @@ app.command("logs")(supervise.logs)
 app.command("set-study")(study.set_study)
 app.command("start-training")(study.start_training)
 app.command("stop-training")(study.stop_training)
+app.command("continue")(study.continue_training)
 app.command("api-token")(api.api_token)
 app.command("quickstart")(quickstart.quickstart)
 app.command("archive")(models.archive)

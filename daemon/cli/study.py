@@ -67,11 +67,24 @@ def start_training(
     max_weight: float = typer.Option(None, help="Study cost: maximum weight of one asset."),
     trailing_stop: float = typer.Option(None, help="Study cost: trailing stop below the high (0 = off)."),
     min_trade: float = typer.Option(None, help="Study cost: no-trade band per asset, fraction of equity."),
+    sequential: bool = typer.Option(
+        False,
+        help="Two stages: a quick-mode study STUDY_quick, a gate ([sequential] in the config), then a "
+        "full-mode study STUDY_full seeded with the best quick parameters; N_TRIALS is the full study's.",
+    ),
+    quick_trials: int = typer.Option(
+        None, min=1, help="--sequential: quick trials before the gate (default: sequential.quick_trials)."
+    ),
+    confirm: bool = typer.Option(
+        False, help="--sequential: wait for `cappuccino continue` between the stages (default: automatic)."
+    ),
 ) -> None:
     """Create the study if needed (with its execution model: the config's [costs], with the
     cost options given here), record the request in <root>/training.toml, make it the
     current study (sync + SIGHUP), and start the supervisor in the background if it is not
     running. The control API's POST /api/training/start does the same."""
+    if not sequential and (quick_trials is not None or confirm):
+        raise _fail(ValueError("--quick-trials and --confirm need --sequential"))
     options = {
         "fee": fee,
         "slippage": slippage,
@@ -87,11 +100,16 @@ def start_training(
         mode=mode,
         budget_steps=budget_steps,
         costs={k: v for k, v in options.items() if v is not None},
+        sequential=sequential,
+        quick_trials=quick_trials,
+        confirm=confirm,
     )
     try:
         started = training_control.start_training(config, root, request)
     except (ConfigError, ValueError, OSError, TrainingBusy) as exc:
         raise _fail(exc) from None
+    for line in started.lines():
+        typer.echo(line)
     _report_switch(started.switch)
     cfg_root = started.overlay.parent
     if supervisor_pid(cfg_root) is not None:
@@ -130,4 +148,22 @@ def stop_training(
     except (ConfigError, ValueError, OSError, TrainingBusy) as exc:
         raise _fail(exc) from None
     for line in stopped.lines():
+        typer.echo(line)
+
+
+def continue_training(
+    force: bool = typer.Option(False, help="Also begin stage 2 after a refused gate."),
+    config: Path = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    root: Path = typer.Option(None, help=ROOT_HELP),
+) -> None:
+    """Begin stage 2 of a sequential run started with --confirm whose gate passed: enqueue the
+    best quick parameter sets in the full study and SIGHUP the supervisor, whose workers then
+    train it. The control API's POST /api/training/continue does the same."""
+    from daemon.sequential import continue_training as begin
+
+    try:
+        done = begin(config, root, force=force)
+    except (ConfigError, ValueError, OSError, TrainingBusy) as exc:
+        raise _fail(exc) from None
+    for line in done.lines():
         typer.echo(line)

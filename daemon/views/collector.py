@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from daemon.monitor import MonitorError, compute_monitor
+from daemon.sequential_state import status_view as sequential_view
 from daemon.views.ledger import LedgerReadError, ledger_path, ledger_summary
 from ensemble.manifest import MANIFEST_FILE, ManifestError, read_manifest
 from trainers.atomic_io import read_json
@@ -261,7 +262,7 @@ class Collector:
 
     def collect(self) -> dict[str, Any]:
         """One snapshot: ``{"time", "root", "storage", "study", "n_trials", "supervisor",
-        "study_stats", "top", "ensemble", "paper_trader"}`` (see the ``*_section``
+        "study_stats", "top", "ensemble", "paper_trader", "sequential"}`` (see the ``*_section``
         functions; each part holds an ``error`` line instead when it cannot be read)."""
         now = time.time()
         study = self.study or read_current_study(self.root) or self.fallback_study
@@ -282,4 +283,5 @@ class Collector:
             "top": top,
             "ensemble": ensemble_section(self.root),
             "paper_trader": trader_section(self.root, now),
+            "sequential": sequential_view(self.root),
         }

@@ -131,9 +131,34 @@ def baselines_text(st: dict[str, Any]) -> Text:
     return Text(line, style="red" if best.get("beats_baselines") is False else "")
 
 
+def sequential_rows(seq: dict[str, Any] | None) -> list[tuple[str, str | Text]]:
+    """The ``sequential`` and ``gate`` rows of a sequential training run
+    (:mod:`daemon.sequential_state`): its stage, the study the workers train and the gate's
+    last verdict with its evidence; none without a run."""
+    if not seq:
+        return []
+    if "error" in seq:
+        return [("sequential", _err(seq["error"]))]
+    number = seq.get("stage_number")
+    stage = f"stage {number} ({seq.get('stage')})" if number else str(seq.get("stage"))
+    line = f"{seq.get('name')}: {stage}, workers train {seq.get('training_study')}"
+    if seq.get("stage") == "full_warmup":
+        line += f" (current study switches after top_k COMPLETE; {len(seq.get('enqueued') or [])} enqueued)"
+    rows: list[tuple[str, str | Text]] = [("sequential", line)]
+    gate = seq.get("gate")
+    if not gate:
+        rows.append(("gate", f"not evaluated yet ({seq.get('quick_trials')} quick trials)"))
+    else:
+        verdict = "passed" if gate.get("passed") else "refused"
+        text = f"{verdict} ({gate.get('rule')}): {gate.get('reason')}; at {gate.get('evaluated_at')}"
+        rows.append(("gate", Text(text, style="green" if gate.get("passed") else "red")))
+    return rows
+
+
 def study_panel(snap: dict[str, Any], plain: bool) -> Panel:
     """Study progress: trials by state, trials/hour, best value (its grade with whether it
-    beats both constant baselines), the baselines, rates, stagnation."""
+    beats both constant baselines), the baselines, rates, stagnation; the stage and gate of
+    a sequential run (:func:`sequential_rows`)."""
     st = snap["study_stats"]
     title = f"study {snap.get('study') or '-'}"
     if "error" in st:
@@ -186,6 +211,7 @@ def study_panel(snap: dict[str, Any], plain: bool) -> Panel:
                 style="red" if stag.get("stagnant") else "",
             ),
         ),
+        *sequential_rows(snap.get("sequential")),
     ]
     return Panel(_kv(rows), title=title, box=_box(plain))
 
@@ -397,7 +423,7 @@ def render_layout(snap: dict[str, Any]) -> Layout:
     layout = Layout()
     layout.split_column(
         Layout(header(snap, now, crop=True), name="header", size=3 if snap["supervisor"].get("error") else 2),
-        Layout(name="upper", size=15 + 2 * errors),
+        Layout(name="upper", size=15 + 2 * errors + len(sequential_rows(snap.get("sequential")))),
         Layout(top_panel(snap, False), name="top", size=max(3, n_top + 4)),
         Layout(name="lower", minimum_size=max(3, n_lower + 5)),
     )

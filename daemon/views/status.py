@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from daemon.sequential_state import status_view as sequential_view
 from daemon.study_stats import study_stats
 from trainers.atomic_io import read_json_object
 from trainers.naming import beats_baselines
@@ -53,7 +54,9 @@ def build_status(
     """The status document. Every component's study name is shown; ``mismatches`` lists
     components that follow another study than ``.current_study``; ``storage`` says whether
     the study storage answers (:func:`storage_summary`), ``disk`` whether the supervisor
-    paused for a full disk (:mod:`daemon.disk_guard`; None without a supervisor)."""
+    paused for a full disk (:mod:`daemon.disk_guard`; None without a supervisor);
+    ``sequential`` the stage and gate evidence of a sequential training run
+    (:mod:`daemon.sequential_state`; None without one)."""
     current = read_current_study(root) or study
     out: dict[str, Any] = {"root": str(root), "current_study": current, "supervisor": supervisor}
     try:
@@ -64,6 +67,7 @@ def build_status(
         reached = False
     out["storage"] = storage_summary(supervisor, reached)
     out["disk"] = (supervisor or {}).get("disk")
+    out["sequential"] = sequential_view(root)
     baselines = ((out["study"] or {}).get("baselines")) if isinstance(out["study"], dict) else None
     out["ensemble"] = ensemble_summary(root, baselines)
     out["paper_trader"] = read_json_object(root / "paper_trader" / "status.json")

@@ -110,6 +110,13 @@ class Layout:
         return self.run_dir / "training.lock"
 
     @property
+    def sequential(self) -> Path:
+        """``run/sequential.json``: the stage of a sequential (quick, then full) training run
+        (:mod:`daemon.sequential_state`); written under ``run/training.lock`` by the training
+        requests and the supervisor's ``sequential`` job."""
+        return self.run_dir / "sequential.json"
+
+    @property
     def api_token(self) -> Path:
         """``run/api.token``: the control API's bearer token (mode 0600), created at its first
         start unless ``CAPPUCCINO_API_TOKEN`` is set."""
