@@ -25,17 +25,16 @@ The deterministic actor: PPO and A2C act with the mean of their Gaussian policy,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from trainers.search_space import (
-    ACTIVATIONS,
-    LOOKBACK_CHOICES,
-    WIDTH_CHOICES,
+    NetworkParams,
     PPOParams,
     activation_class,
+    suggest_network,
     suggest_params,
 )
 
@@ -50,91 +49,49 @@ OFF_POLICY_BATCH_CHOICES = (64, 128, 256, 512)
 LEARNING_STARTS = 256  # env steps of random actions before an off-policy learner trains
 
 
-class Params(Protocol):
-    """What every algorithm's parameters have in common."""
-
-    learning_rate: float
-    gamma: float
-    net_width: int
-    net_depth: int
-    activation: str
-    lookback: int
-
-    def as_dict(self) -> dict[str, Any]: ...
+Params = NetworkParams
+"""Any algorithm's parameters (:class:`trainers.search_space.NetworkParams` and its own)."""
 
 
 @dataclass(frozen=True)
-class A2CParams:
+class A2CParams(NetworkParams):
     """A2C's search-space point (see the module docstring for the Optuna names)."""
 
-    learning_rate: float = 7e-4
     n_steps: int = 5
-    gamma: float = 0.99
     gae_lambda: float = 1.0
     ent_coef: float = 1e-4
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
-    net_width: int = 128
-    net_depth: int = 2
-    activation: str = "tanh"
-    lookback: int = 10
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
-class SACParams:
+class SACParams(NetworkParams):
     """SAC's search-space point."""
 
-    learning_rate: float = 3e-4
     batch_size: int = 256
-    gamma: float = 0.99
     tau: float = 0.005
     gradient_steps: int = 1
     ent_coef: float = 0.01
-    net_width: int = 128
-    net_depth: int = 2
-    activation: str = "relu"
-    lookback: int = 10
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
-class TD3Params:
+class TD3Params(NetworkParams):
     """TD3's search-space point."""
 
-    learning_rate: float = 1e-3
     batch_size: int = 256
-    gamma: float = 0.99
     tau: float = 0.005
     gradient_steps: int = 1
     policy_delay: int = 2
     target_noise: float = 0.2
     action_noise: float = 0.1
-    net_width: int = 128
-    net_depth: int = 2
-    activation: str = "relu"
-    lookback: int = 10
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
-PARAMS: dict[str, type] = {"ppo": PPOParams, "a2c": A2CParams, "sac": SACParams, "td3": TD3Params}
-
-
-def _shared(trial: optuna.Trial) -> dict[str, Any]:
-    return {
-        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 1e-3, log=True),
-        "gamma": trial.suggest_float("gamma", 0.9, 0.999),
-        "net_width": trial.suggest_categorical("net_width", list(WIDTH_CHOICES)),
-        "net_depth": trial.suggest_int("net_depth", 1, 2),
-        "activation": trial.suggest_categorical("activation", list(ACTIVATIONS)),
-        "lookback": trial.suggest_categorical("lookback", list(LOOKBACK_CHOICES)),
-    }
+PARAMS: dict[str, type[NetworkParams]] = {
+    "ppo": PPOParams,
+    "a2c": A2CParams,
+    "sac": SACParams,
+    "td3": TD3Params,
+}
 
 
 def suggest_algorithm_params(trial: optuna.Trial, algorithm: str) -> Params:
@@ -147,7 +104,7 @@ def suggest_algorithm_params(trial: optuna.Trial, algorithm: str) -> Params:
         return suggest_params(trial)
     if algorithm == "a2c":
         return A2CParams(
-            **_shared(trial),
+            **suggest_network(trial),
             n_steps=trial.suggest_categorical("a2c_n_steps", [5, 16, 64]),
             gae_lambda=trial.suggest_float("a2c_gae_lambda", 0.8, 1.0),
             ent_coef=trial.suggest_float("a2c_ent_coef", 1e-6, 1e-2, log=True),
@@ -156,7 +113,7 @@ def suggest_algorithm_params(trial: optuna.Trial, algorithm: str) -> Params:
         )
     if algorithm == "sac":
         return SACParams(
-            **_shared(trial),
+            **suggest_network(trial),
             batch_size=trial.suggest_categorical("sac_batch_size", list(OFF_POLICY_BATCH_CHOICES)),
             tau=trial.suggest_float("sac_tau", 0.001, 0.05, log=True),
             gradient_steps=trial.suggest_int("sac_gradient_steps", 1, 4),
@@ -164,7 +121,7 @@ def suggest_algorithm_params(trial: optuna.Trial, algorithm: str) -> Params:
         )
     if algorithm == "td3":
         return TD3Params(
-            **_shared(trial),
+            **suggest_network(trial),
             batch_size=trial.suggest_categorical("td3_batch_size", list(OFF_POLICY_BATCH_CHOICES)),
             tau=trial.suggest_float("td3_tau", 0.001, 0.05, log=True),
             gradient_steps=trial.suggest_int("td3_gradient_steps", 1, 4),
@@ -183,8 +140,7 @@ def params_from_dict(algorithm: str, data: dict[str, Any]) -> Params:
     """
     if algorithm not in PARAMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
-    cls = PARAMS[algorithm]
-    return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+    return PARAMS[algorithm].from_dict(data)
 
 
 def rollout_batch(algorithm: str, params: Params, n_envs: int) -> int:

@@ -42,18 +42,12 @@ LOOKBACK_CHOICES = (5, 10, 20)
 
 
 @dataclass(frozen=True)
-class PPOParams:
-    """One point of the search space.
+class NetworkParams:
+    """What every algorithm's search space has (see :mod:`trainers.algorithms`).
 
     Attributes:
-        learning_rate: Adam step size.
-        n_steps: rollout length per env (rollout size = ``n_steps * n_envs``).
-        batch_size: minibatch size in samples.
-        n_epochs: passes over each rollout.
+        learning_rate: optimiser step size.
         gamma: discount factor per bar.
-        gae_lambda: GAE lambda (Schulman et al. 2016).
-        clip_range: PPO clip epsilon (Schulman et al. 2017).
-        ent_coef: entropy bonus coefficient.
         net_width, net_depth: hidden units per layer and hidden layers of both the actor
             and the critic MLP.
         activation: hidden activation, one of :data:`ACTIVATIONS`.
@@ -61,13 +55,7 @@ class PPOParams:
     """
 
     learning_rate: float = 3e-4
-    n_steps: int = 128
-    batch_size: int = 512
-    n_epochs: int = 5
     gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    ent_coef: float = 1e-4
     net_width: int = 128
     net_depth: int = 2
     activation: str = "tanh"
@@ -77,24 +65,53 @@ class PPOParams:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PPOParams:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """The parameters recorded by :meth:`as_dict` (unknown keys are ignored)."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def suggest_network(trial: optuna.Trial) -> dict[str, Any]:
+    """Sample the :class:`NetworkParams` fields (the Optuna names are the field names)."""
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 1e-3, log=True),
+        "gamma": trial.suggest_float("gamma", 0.9, 0.999),
+        "net_width": trial.suggest_categorical("net_width", list(WIDTH_CHOICES)),
+        "net_depth": trial.suggest_int("net_depth", 1, 2),
+        "activation": trial.suggest_categorical("activation", list(ACTIVATIONS)),
+        "lookback": trial.suggest_categorical("lookback", list(LOOKBACK_CHOICES)),
+    }
+
+
+@dataclass(frozen=True)
+class PPOParams(NetworkParams):
+    """One point of PPO's search space: :class:`NetworkParams` and
+
+    Attributes:
+        n_steps: rollout length per env (rollout size = ``n_steps * n_envs``).
+        batch_size: minibatch size in samples.
+        n_epochs: passes over each rollout.
+        gamma: discount factor per bar.
+        gae_lambda: GAE lambda (Schulman et al. 2016).
+        clip_range: PPO clip epsilon (Schulman et al. 2017).
+        ent_coef: entropy bonus coefficient.
+    """
+
+    n_steps: int = 128
+    batch_size: int = 512
+    n_epochs: int = 5
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 1e-4
 
 
 def suggest_params(trial: optuna.Trial) -> PPOParams:
     """Sample :class:`PPOParams` from a trial (the search space of the study)."""
     return PPOParams(
-        learning_rate=trial.suggest_float("learning_rate", 1e-5, 1e-3, log=True),
+        **suggest_network(trial),
         n_steps=trial.suggest_categorical("n_steps", list(N_STEPS_CHOICES)),
         batch_size=trial.suggest_categorical("batch_size", list(BATCH_SIZE_CHOICES)),
         n_epochs=trial.suggest_int("n_epochs", 2, 8),
-        gamma=trial.suggest_float("gamma", 0.9, 0.999),
         gae_lambda=trial.suggest_float("gae_lambda", 0.8, 1.0),
         clip_range=trial.suggest_float("clip_range", 0.1, 0.4),
         ent_coef=trial.suggest_float("ent_coef", 1e-6, 1e-2, log=True),
-        net_width=trial.suggest_categorical("net_width", list(WIDTH_CHOICES)),
-        net_depth=trial.suggest_int("net_depth", 1, 2),
-        activation=trial.suggest_categorical("activation", list(ACTIVATIONS)),
-        lookback=trial.suggest_categorical("lookback", list(LOOKBACK_CHOICES)),
     )
