@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from paper_trader.brokers import SimBroker
 from paper_trader.ledger import Fill, Ledger
 from paper_trader.loop import record_orders, settle
+from paper_trader.outbox import send_outbox
 from paper_trader.risk import LIMIT_EPS, decide, min_trade_for
 from trainers.accounting import Costs
 from trainers.data import Panel
@@ -166,7 +168,7 @@ def path_st(draw: st.DrawFn) -> tuple[np.ndarray, list[np.ndarray]]:
 @given(path=path_st(), cm=costs_st())
 def test_no_order_breaks_a_rule_through_fills_and_the_ledger(path, cm) -> None:
     """Bar after bar through the loop's own steps (settle: real simulated fills at the open
-    into the real ledger; decide; record_orders): every decision obeys the rules, fills never
+    into the real ledger; decide; record_orders; the outbox sent): every decision obeys the rules, fills never
     short, conserve value net of costs, and put ordered assets on their target weights."""
     prices, actions = path
     costs, min_notional = cm
@@ -206,6 +208,7 @@ def test_no_order_breaks_a_rule_through_fills_and_the_ledger(path, cm) -> None:
                 dec = decide(action, mark.qty, mark.hwm, bar.close, mark.cash, costs, min_notional)
                 record_orders(tx, SYMBOLS, dec, 1, "prop")
                 tx.close_bar(mark.equity, mark.fees, mark.turnover, 1)
+            send_outbox(ledger, broker, structlog.get_logger("test"))  # as the loop does after the bar
             after = bar.ts
         ledger.close()
 
