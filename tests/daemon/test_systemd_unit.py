@@ -66,6 +66,7 @@ def test_unit_with_the_install_drop_in_verifies(tmp_path: Path) -> None:
     assert not [line for line in output.splitlines() if "cappuccino" in line], output
 
 
+@pytest.mark.slow
 def test_the_units_command_starts_without_a_config_file(tmp_path: Path) -> None:
     """The drop-in's ExecStart in an empty working directory: no cappuccino.toml, defaults."""
     exec_start = [
@@ -111,7 +112,12 @@ esac
     [
         ("user", "start_automation.sh", "--user start cappuccino.service"),
         ("user", "stop_automation.sh", "--user stop cappuccino.service"),
-        ("user", "status_automation.sh", "--user status cappuccino.service --no-pager"),
+        pytest.param(  # then runs `cappuccino status` (a few seconds)
+            "user",
+            "status_automation.sh",
+            "--user status cappuccino.service --no-pager",
+            marks=pytest.mark.slow,
+        ),
         ("system", "start_automation.sh", "start cappuccino.service"),
         ("system", "stop_automation.sh", "stop cappuccino.service"),
     ],
