@@ -158,6 +158,10 @@ class Child:
             return "process disappeared"
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
+                code = self.poll_exit()  # it died between the poll above and now: reap it
+                if code is not None:
+                    self.last_exit = code
+                    return f"exited with code {code}"
                 return "zombie"
             rss = tree_rss(proc)
         except psutil.NoSuchProcess:
