@@ -70,7 +70,18 @@ def test_a_sequential_start_records_stage_1_and_a_plain_start_supersedes_it(root
 
 
 def test_the_gate_records_its_evidence_against_the_baselines(root: Path) -> None:
-    run = _start(root)
+    at = sequential_state.now_iso()
+    run = sequential_state.SequentialRun(
+        name="exp",
+        quick_study="exp_quick",
+        full_study="exp_full",
+        n_trials=9,
+        quick_trials=4,
+        training_study="exp_quick",
+        started_at=at,
+        updated_at=at,
+        stage_since=at,
+    )
     cfg = load_config(None, {"root": root, "sequential": {"margin": 0.05}}).sequential
     stats = {
         "trials": {"COMPLETE": 3, "PRUNED": 1},
