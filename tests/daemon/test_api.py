@@ -51,6 +51,7 @@ ROUTES = {
     ("GET", "/api/status"),
     ("POST", "/api/training/start"),
     ("POST", "/api/training/stop"),
+    ("POST", "/api/training/continue"),
     ("POST", "/api/study/current"),
     ("GET", "/api/trials/top"),
     ("POST", "/api/ensemble/sync"),
@@ -62,6 +63,7 @@ ROUTES = {
 VALID_BODIES: dict[str, dict[str, Any]] = {
     "/api/training/start": {"study": "intruder", "n_trials": 1, "workers": 2},
     "/api/study/current": {"study": "intruder"},
+    "/api/training/continue": {"force": True},
     "/api/deploy": {"dry_run": False},
 }
 
@@ -204,6 +206,15 @@ BAD_REQUESTS: list[tuple[str, str, Any, tuple[str, str], str]] = [
         ("body", "min_train_days"),
         "value_error",
     ),
+    ("POST", START, start_body(sequential=True, mode="full"), ("body", "mode"), "value_error"),
+    (
+        "POST",
+        START,
+        start_body(sequential=True, quick_trials=0),
+        ("body", "quick_trials"),
+        "greater_than_equal",
+    ),
+    ("POST", "/api/training/continue", {"forse": True}, ("body", "forse"), "extra_forbidden"),
     ("POST", CURRENT, {}, ("body", "study"), "missing"),
     ("POST", CURRENT, {"study": ""}, ("body", "study"), "string_too_short"),
     ("POST", CURRENT, {"study": "s", "force": True}, ("body", "force"), "extra_forbidden"),
@@ -225,6 +236,13 @@ def test_bad_bodies_get_422_naming_the_field(
     assert all(e["msg"] for e in errors)
     assert (api.root / ".current_study").read_text().strip() == STUDY
     assert not Layout(api.root).training_request.exists()
+
+
+def test_continue_without_a_sequential_run_is_a_409_naming_it(api: Api) -> None:
+    response = api.client.post("/api/training/continue", json={"force": True})
+    assert response.status_code == 409, response.text
+    assert response.json()["detail"].startswith("no sequential run under ")
+    assert not Layout(api.root).sequential.exists()
 
 
 def test_a_body_that_is_not_json_gets_422(api: Api) -> None:
