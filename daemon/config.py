@@ -37,6 +37,7 @@ from trainers.accounting import (
     Rate,
     Weight,
 )
+from trainers.artifact_store import ArtifactStoreError, StoreSpec
 
 DEFAULT_CONFIG_FILE = "cappuccino.toml"
 TRAINING_OVERLAY = "training.toml"  # <root>/training.toml, written by `cappuccino start-training`
@@ -139,6 +140,37 @@ class SequentialConfig(_Section):
         if self.gate == "min_value" and self.min_value is None:
             raise ValueError("gate 'min_value' needs min_value")
         return self
+
+
+class ArtifactsConfig(_Section):
+    """Where trial bundles are stored (:mod:`trainers.artifact_store`). No credentials here:
+    boto3 reads them from the environment (``AWS_ACCESS_KEY_ID`` ...) or its usual chain."""
+
+    store: str = Field("file", description='"file" (<root>/artifacts) or "s3://bucket/prefix"')
+    endpoint_url: str | None = Field(None, description="S3-compatible server (MinIO, Ceph ...); default AWS")
+    region: str | None = Field(None, description="S3 region; default boto3's chain")
+
+    @field_validator("store")
+    @classmethod
+    def _valid_store(cls, value: str) -> str:
+        try:
+            StoreSpec.parse(value)
+        except ArtifactStoreError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _valid_endpoint(cls, value: str | None) -> str | None:
+        try:
+            StoreSpec.parse("file", value)
+        except ArtifactStoreError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def spec(self) -> StoreSpec:
+        """The parsed store (see :meth:`trainers.artifact_store.StoreSpec.parse`)."""
+        return StoreSpec.parse(self.store, self.endpoint_url, self.region)
 
 
 class WorkersConfig(_Section):
@@ -327,6 +359,7 @@ class Config(BaseSettings):
     status_interval_s: float = Field(5.0, gt=0)
     study: StudyConfig = StudyConfig()
     training: TrainingSection = TrainingSection()
+    artifacts: ArtifactsConfig = ArtifactsConfig()
     sequential: SequentialConfig = SequentialConfig()
     costs: CostsConfig = CostsConfig()
     workers: WorkersConfig = WorkersConfig()
@@ -391,6 +424,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         data = _deep_merge(data, extra)
         where = f"{where} or {overlay}"
     _check_environment()
+    _unexport_artifacts()
     try:
         config = Config(**data)  # environment wins over the file's values
         if overrides:
@@ -402,7 +436,29 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         value = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
         raise ConfigError(f"{_source(loc, path, overlay) or where}: {key}: {msg}{value}") from None
+    _export_artifacts(config)
     return config
+
+
+_exported: dict[str, str] = {}  # CAPPUCCINO_ARTIFACTS__* this process set itself
+
+
+def _unexport_artifacts() -> None:
+    """Forget what :func:`_export_artifacts` set, so a re-read file's change is seen."""
+    for name, value in _exported.items():
+        if os.environ.get(name) == value:
+            del os.environ[name]
+    _exported.clear()
+
+
+def _export_artifacts(config: Config) -> None:
+    """Put ``[artifacts]`` into this process's environment: every reader of the process
+    (:func:`trainers.artifact_store.artifact_store_for`) and every child it starts (they
+    inherit the environment) then use one store, as they do the storage URL."""
+    for name, value in config.artifacts.spec().env().items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+            _exported[name] = value
 
 
 def _source(loc: list[str], path: str | Path | None, overlay: Path) -> str | None:

@@ -38,19 +38,20 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
 from ensemble.backtests import bundle_backtest
 from trainers.accounting import action_dim
+from trainers.artifact_store import ArtifactStoreUnavailable, artifact_store_for
 from trainers.bundle import (
     Bundle,
     BundleError,
     PipelineSpec,
     bundle_costs,
     load_bundle,
-    unpack_bundle,
 )
+from trainers.bundle_cache import fetch_bundle
 from trainers.data import DEFAULT_HOLDOUT_CUT, Panel
 from trainers.naming import GRADES, grade_at_least
 from trainers.windows import DEFAULT_VALIDATION_FRACTION, holdout_windows
@@ -173,9 +174,11 @@ def check_bundle(
 ) -> tuple[GateResult, Bundle | None, Path | None]:
     """Gate ``bundle``: fetch and verify the trial's bundle.
 
-    Sources, in order: the Optuna artifact ``artifact_id`` (unpacked into ``workdir``) and
-    ``<root>/<bundle_path>``; the first that verifies is used. Returns the gate result, the
-    loaded bundle and its directory (``None`` when no source verifies).
+    Sources, in order: the Optuna artifact ``artifact_id`` (from the artifact store through
+    the verified cache, :func:`trainers.bundle_cache.fetch_bundle`) and
+    ``<root>/<bundle_path>`` (a trial trained on this host); the first that verifies is
+    used. Returns the gate result, the loaded bundle and its directory (``None`` when no
+    source verifies).
     """
     attrs = trial.user_attrs
     details: dict[str, Any] = {"actor_sha256": attrs.get("actor_sha256")}
@@ -193,19 +196,15 @@ def check_bundle(
             None,
             None,
         )
-    for i, (label, ref) in enumerate(sources):
+    for label, ref in sources:
         try:
             if label.startswith("artifact:"):
-                archive = workdir / f"artifact-{i}.tar"
+                store = artifact_store_for(root)
                 try:
-                    download_artifact(
-                        artifact_store=FileSystemArtifactStore(root / "artifacts"),
-                        file_path=str(archive),
-                        artifact_id=str(ref),
-                    )
-                except Exception as exc:  # the store raises its own not-found and OS errors
-                    raise BundleError(f"artifact {ref} in {root / 'artifacts'}: {exc}") from None
-                directory = unpack_bundle(archive, workdir / f"bundle-{i}")
+                    sha = str(attrs["actor_sha256"])
+                    directory = fetch_bundle(store, str(ref), root, sha, trial._trial_id, workdir)
+                except (ArtifactNotFound, ArtifactStoreUnavailable) as exc:
+                    raise BundleError(f"artifact {ref} in {store.where}: {exc}") from None
             else:
                 rel = Path(str(ref))
                 if rel.is_absolute() or ".." in rel.parts:

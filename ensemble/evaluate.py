@@ -47,6 +47,7 @@ from ensemble.registry import RegistryError, archive_dir, read_registry
 from ensemble.selection import BundleSkip, locate_bundle, verify_bundle
 from trainers import baselines, metrics
 from trainers.accounting import Costs
+from trainers.artifact_store import ArtifactStoreUnavailable
 from trainers.bundle import Bundle, BundleError, PipelineSpec, bundle_costs, load_bundle
 from trainers.data import DataError, Panel, load_panel
 from trainers.features import compute_features
@@ -205,7 +206,7 @@ def _load_trial(
         directory, _, where = locate_bundle(trial, root, tmp, Layout(root).ensemble_dir, sha)
         verify_bundle(trial, directory, where, sha, pipeline)
         bundle = load_bundle(directory, pipeline, expect_sha256=sha)
-    except (BundleSkip, BundleError) as exc:
+    except (BundleSkip, BundleError, ArtifactStoreUnavailable) as exc:
         raise EvaluateError(f"trial {number} of study {study!r}: {exc}") from None
     return _Model(f"trial {number} {trial.user_attrs.get('vin', '')}".strip(), study, [bundle])
 

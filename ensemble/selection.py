@@ -9,9 +9,12 @@ A ranked trial is *selected* when its bundle passes every check, in this order; 
 that fails one is skipped with one ``trial_skipped`` log line naming the reason:
 
 * ``missing``: no ``actor_sha256`` attribute, or no bundle in any source: the trial's
-  artifact (``artifact_id`` in ``<root>/artifacts``, Optuna's ``FileSystemArtifactStore``),
-  else ``<root>/<bundle_path>`` when the artifact is gone, else an ensemble member
-  directory of the same identity.
+  artifact (``artifact_id`` in the artifact store, :mod:`trainers.artifact_store`, through
+  the verified local cache :mod:`trainers.bundle_cache`), else ``<root>/<bundle_path>``
+  when the artifact is gone (a trial trained on this host), else an ensemble member
+  directory of the same identity. When the store cannot be reached and no other source
+  has the bundle, :class:`~trainers.artifact_store.ArtifactStoreUnavailable` is raised
+  instead: an outage is never taken for a missing bundle.
 * ``hash``: sha256 of ``actor.pth`` differs from the trial's ``actor_sha256``.
 * ``identity``: ``model.json`` names another study, trial id or hash than the trial.
 * ``spec``: the observation spec cannot be fed by the trader's pipeline
@@ -33,11 +36,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from sqlalchemy.engine import Engine
 
 from ensemble.manifest import member_dir_name
+from trainers.artifact_store import ArtifactStore, ArtifactStoreUnavailable, artifact_store_for
 from trainers.bundle import (
     ACTOR_FILE,
     META_FILE,
@@ -47,8 +50,8 @@ from trainers.bundle import (
     load_bundle,
     read_meta,
     sha256_file,
-    unpack_bundle,
 )
+from trainers.bundle_cache import BundleHashMismatch, fetch_bundle
 from trainers.design import Design
 from trainers.study_db import RankedTrial, iter_ranked, open_engine
 
@@ -117,30 +120,41 @@ def _has_bundle(directory: Path) -> bool:
 
 
 def locate_bundle(
-    trial: RankedTrial, root: Path, staging_dir: Path, ensemble_dir: Path | None, sha256: str
+    trial: RankedTrial,
+    root: Path,
+    staging_dir: Path,
+    ensemble_dir: Path | None,
+    sha256: str,
+    store: ArtifactStore | None = None,
 ) -> tuple[Path, str, str]:
-    """Find the trial's bundle: artifact, else ``bundle_path``, else an ensemble member dir.
+    """Find the trial's bundle: artifact (cached), else ``bundle_path``, else an ensemble member dir.
 
-    Returns ``(folder, source, where)``; ``where`` names the source for messages."""
+    ``store`` defaults to this process's artifact store (:func:`artifact_store_for`);
+    A file store's artifact is unpacked into ``staging_dir``; a remote one's is cached.
+    Returns ``(folder, source, where)``; ``where`` names the source for messages.
+
+    Raises:
+        BundleSkip: ``missing`` (no source has it), ``hash`` (the artifact's ``actor.pth`` is
+            not the trial's) or ``invalid`` (the artifact is not a bundle).
+        ArtifactStoreUnavailable: the store is down and no other source has the bundle.
+    """
     tried: list[str] = []
+    outage: ArtifactStoreUnavailable | None = None
     artifact_id = trial.user_attrs.get("artifact_id")
     if isinstance(artifact_id, str) and artifact_id:
-        store = FileSystemArtifactStore(str(root / "artifacts"))
+        store = store if store is not None else artifact_store_for(root)
         try:
-            reader = store.open_reader(artifact_id)
-        except (ArtifactNotFound, ValueError):
-            tried.append(f"artifact {artifact_id} (gone)")
+            target = fetch_bundle(store, artifact_id, root, sha256, trial.trial_id, staging_dir)
+        except ArtifactNotFound:
+            tried.append(f"artifact {artifact_id} (gone from {store.where})")
+        except ArtifactStoreUnavailable as exc:
+            outage = exc
+            tried.append(str(exc))
+        except BundleHashMismatch as exc:
+            raise BundleSkip("hash", str(exc)) from None
+        except BundleError as exc:
+            raise BundleSkip("invalid", f"artifact {artifact_id}: {exc}") from None
         else:
-            target = staging_dir / f"trial_{trial.trial_id}"
-            archive = staging_dir / f"trial_{trial.trial_id}.tar"
-            with reader, open(archive, "wb") as out:
-                out.write(reader.read())
-            try:
-                unpack_bundle(archive, target)
-            except BundleError as exc:
-                raise BundleSkip("invalid", f"artifact {artifact_id}: {exc}") from None
-            finally:
-                archive.unlink(missing_ok=True)
             return target, "artifact", f"artifact {artifact_id}"
     else:
         tried.append("no artifact_id")
@@ -159,6 +173,8 @@ def locate_bundle(
         member = ensemble_dir / member_dir_name(trial.trial_id, sha256)
         if _has_bundle(member):
             return member, "ensemble", f"ensemble member {member}"
+    if outage is not None:
+        raise outage
     raise BundleSkip("missing", "no bundle: " + "; ".join(tried))
 
 
@@ -202,13 +218,18 @@ def verify_bundle(
 
 
 def _verify(
-    trial: RankedTrial, pipeline: PipelineSpec, root: Path, staging_dir: Path, ensemble_dir: Path | None
+    trial: RankedTrial,
+    pipeline: PipelineSpec,
+    root: Path,
+    staging_dir: Path,
+    ensemble_dir: Path | None,
+    store: ArtifactStore | None = None,
 ) -> SelectedTrial:
     """Locate and verify one trial's bundle; raises :class:`BundleSkip` with the reason."""
     sha256 = trial.user_attrs.get("actor_sha256")
     if not isinstance(sha256, str) or not _SHA256.match(sha256):
         raise BundleSkip("missing", "the trial has no actor_sha256 attribute (no bundle was saved)")
-    directory, source, where = locate_bundle(trial, root, staging_dir, ensemble_dir, sha256)
+    directory, source, where = locate_bundle(trial, root, staging_dir, ensemble_dir, sha256, store)
     if not (directory / ACTOR_FILE).is_file():
         raise BundleSkip("missing", f"{where}: no {ACTOR_FILE}")
     meta = verify_bundle(trial, directory, where, sha256, pipeline)
@@ -233,7 +254,8 @@ def select_top_n(
     Args:
         storage: Optuna storage URL or an engine on it.
         study: study name.
-        root: runtime root (``artifacts/`` and the trials' ``bundle_path`` are under it).
+        root: runtime root (the bundle cache, a file store's ``artifacts/`` and the trials'
+            ``bundle_path`` are under it).
         pipeline: what the trader can feed.
         staging_dir: existing folder where artifacts are unpacked; selected bundles may
             live there, so keep it until they are copied.
@@ -245,6 +267,8 @@ def select_top_n(
     Raises:
         trainers.study_db.StudyDBError: unknown study, unreadable storage
             (see :func:`trainers.study_db.rank_trials`).
+        trainers.artifact_store.ArtifactStoreUnavailable: the artifact store is down and a
+            ranked trial's bundle is in no other source (nothing is selected then).
     """
     if n < 1:
         raise ValueError(f"top-N must be >= 1, got {n}")
@@ -254,12 +278,13 @@ def select_top_n(
     engine = storage if isinstance(storage, Engine) else open_engine(storage)
     root, staging = Path(root), Path(staging_dir)
     ens = None if ensemble_dir is None else Path(ensemble_dir)
+    store = artifact_store_for(root)
     selected: list[SelectedTrial] = []
     skipped: list[SkippedTrial] = []
     acting: tuple[str, int] | None = None
     for trial in iter_ranked(engine, study, n + max(5, n // 2)):
         try:
-            chosen = _verify(trial, pipeline, root, staging, ens)
+            chosen = _verify(trial, pipeline, root, staging, ens, store)
             design = Design.from_meta(chosen.meta)
             acts = (design.action_scheme, design.decision_interval)
             if acting is not None and acts != acting:

@@ -65,6 +65,7 @@ from ensemble.manifest import (
     write_manifest,
 )
 from ensemble.selection import DEFAULT_TOP_N, SelectedTrial, SkippedTrial, select_top_n
+from trainers.artifact_store import ArtifactStoreUnavailable
 from trainers.atomic_io import fsync_dir
 from trainers.bundle import ACTOR_FILE, META_FILE, BundleError, PipelineSpec, common_costs, sha256_file
 from trainers.runtime.pidlock import PidLock, holding
@@ -220,7 +221,8 @@ def sync_ensemble(
 
     Raises:
         SyncError: the root does not exist, another sync holds the lock
-            (:class:`SyncBusy`), no ranked trial is usable, or the selected trials were
+            (:class:`SyncBusy`), the artifact store cannot be reached for a bundle that no
+            other source has, no ranked trial is usable, or the selected trials were
             trained with different costs. The ensemble is left untouched (an unreadable
             manifest too: it is rebuilt only when there is something to rebuild it from).
         trainers.study_db.StudyDBError: unknown study or unreadable storage (untouched).
@@ -257,7 +259,10 @@ def _sync_locked(
         if unreadable is not None:
             log.error("manifest_unreadable", error=unreadable, note="rebuilding it from the study")
         kept_note = f"; the unreadable manifest stays as it is ({unreadable})" if unreadable else ""
-        selection = select_top_n(storage, study, root, pipeline, staging, top_n, ens, log)
+        try:
+            selection = select_top_n(storage, study, root, pipeline, staging, top_n, ens, log)
+        except ArtifactStoreUnavailable as exc:
+            raise SyncError(f"{exc}; the ensemble is unchanged{kept_note}") from None
         if not selection.selected:
             raise SyncError(
                 f"study {study!r}: no usable COMPLETE trial ({len(selection.skipped)} skipped, see the log); "

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import torch
 
+from tests.s3_server import s3_server  # noqa: F401  (the fixture of the tests marked s3)
 from trainers.data import Panel, load_panel
 from trainers.objective import Objective, StudyData, TrainingConfig
 from trainers.storage import default_storage_url, make_storage

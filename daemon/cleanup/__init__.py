@@ -9,8 +9,12 @@ What goes (each a *candidate*):
   trials, and of COMPLETE trials ranked outside the top ``keep_top`` of their study (rank:
   objective value best first, ties by trial number then trial id, finite values only: the
   ensemble's order, :mod:`ensemble.selection`);
-* **artifacts** ``<root>/artifacts/<artifact_id>`` (Optuna's ``FileSystemArtifactStore``)
-  whose trial's scratch directory would go by the same rule.
+* **artifacts** in the artifact store (:mod:`trainers.artifact_store`: named
+  ``artifacts/<artifact_id>`` for the file store under the root,
+  ``s3://bucket/prefix/<artifact_id>`` for an S3-compatible one) whose trial's scratch
+  directory would go by the same rule. They are listed and removed through the store only,
+  so a services host cleans what workers on other hosts uploaded; a store that cannot be
+  listed stops the cleanup (nothing removed).
 
 What never goes: anything a *reference* points at. References are read from the ensemble
 manifest (``ensemble/ensemble_manifest.json`` members), every deployment slot

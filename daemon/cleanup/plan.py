@@ -11,6 +11,7 @@ from daemon.cleanup.files import inside, log_kind, open_files_under, path_size, 
 from daemon.cleanup.references import References, UnreadableReference, collect_references
 from daemon.cleanup.result import CleanupError, CleanupResult, Kept, Removal
 from daemon.cleanup.storage import lookup, referenced_trial_ids
+from trainers.artifact_store import ArtifactStoreUnavailable, artifact_store_for
 from trainers.study_db.lookup import TrialLookup, TrialRef
 
 
@@ -56,7 +57,8 @@ def plan_cleanup(
         now: epoch seconds the log ages are measured from (default: now).
 
     Raises:
-        CleanupError: bad argument, unreadable reference file, or unreachable storage.
+        CleanupError: bad argument, unreadable reference file, unreachable storage or
+            artifact store.
     """
     if keep_days < 0 or keep_top < 1:
         raise CleanupError(f"keep_days must be >= 0 and keep_top >= 1 (got {keep_days}, {keep_top})")
@@ -128,13 +130,14 @@ def _plan_artifacts(
     keep_top: int,
     result: CleanupResult,
 ) -> None:
-    base = root / "artifacts"
-    if not base.is_dir() or base.is_symlink():
-        return
-    files = {p.name: p for p in base.iterdir() if not p.name.startswith(".") and not p.is_dir()}
+    store = artifact_store_for(root)
+    try:
+        files = store.list()
+    except ArtifactStoreUnavailable as exc:
+        raise CleanupError(f"{exc}; cleanup removed nothing") from None
     owners, study_level = db.artifact_owners(sorted(files))
-    for artifact_id, path in sorted(files.items()):
-        rel = _rel(root, path)
+    for artifact_id, size in sorted(files.items()):
+        rel = store.relpath(artifact_id)
         trial = owners.get(artifact_id)
         if trial is None:
             if artifact_id not in study_level:
@@ -150,7 +153,7 @@ def _plan_artifacts(
             result.protected.append(Kept(rel, f"referenced by {where}"))
             continue
         result.removed.append(
-            Removal(rel, path_size(path), "artifact", reason, trial.study, trial.trial_id, trial.number)
+            Removal(rel, size, "artifact", reason, trial.study, trial.trial_id, trial.number)
         )
 
 

@@ -11,6 +11,7 @@ from daemon.cleanup.files import inside, read_meta
 from daemon.cleanup.plan import plan_cleanup, read_references
 from daemon.cleanup.result import CleanupResult, Kept, Removal
 from daemon.cleanup.storage import lookup, referenced_trial_ids
+from trainers.artifact_store import ArtifactStore, ArtifactStoreUnavailable, artifact_store_for
 
 log = structlog.get_logger("cleanup")
 
@@ -37,7 +38,10 @@ def _still_unreferenced(
     return keep, drop
 
 
-def _remove(root: Path, rel: str) -> None:
+def _remove(root: Path, rel: str, kind: str, store: ArtifactStore) -> None:
+    if kind == "artifact":  # through the store only (a folder under the root, or S3)
+        store.remove(rel.rsplit("/", 1)[-1])
+        return
     path = root / rel
     if not inside(root, path):
         raise OSError(f"{path}: its folder is outside the root; left alone")
@@ -82,10 +86,11 @@ def run_cleanup(
     result = CleanupResult(root, dry_run=False, protected=plan.protected, skipped=plan.skipped)
     todo, late = _still_unreferenced(root, storage, plan.removed)
     result.protected.extend(late)
+    store = artifact_store_for(root)
     for removal in todo:
         try:
-            _remove(root, removal.path)
-        except OSError as exc:
+            _remove(root, removal.path, removal.kind, store)
+        except (OSError, ArtifactStoreUnavailable) as exc:
             result.errors.append(f"{removal.path}: {exc}")
             log.warning("cleanup_remove_failed", path=removal.path, error=str(exc))
             continue
