@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal, get_args
 
 import structlog
 
@@ -41,13 +41,19 @@ from daemon.storage_health import StorageHealth
 from daemon.views.status import build_status
 from trainers.accounting import Costs
 from trainers.atomic_io import atomic_write_json, is_disk_full, read_json
-from trainers.runtime.current_study import read_current_study
+from trainers.runtime.current_study import read_current_study, shared_storage
 from trainers.runtime.layout import Layout
 from trainers.runtime.logs import configure_logging
 from trainers.runtime.pidlock import LockHeld, PidLock, lock_holder
 from trainers.storage import default_storage_url, redact_argv, redact_url
 
 log = structlog.get_logger("supervisor")
+
+# what one host runs (cappuccino supervise --role): every host shares the PostgreSQL study
+# and the artifact store; "workers" runs the training workers only, "services" the jobs,
+# the paper trader and the API, "all" everything (one machine)
+Role = Literal["all", "workers", "services"]
+ROLES: tuple[str, ...] = get_args(Role)
 
 
 class SupervisorError(RuntimeError):
@@ -78,6 +84,7 @@ class Supervisor:
     duration_s: float | None = None
     on_tick: Callable[[Supervisor], None] | None = None
     console_logs: bool = True
+    role: Role = "all"
 
     def __post_init__(self) -> None:
         self.config: Config = load_config(self.config_path, self.overrides)
@@ -110,7 +117,7 @@ class Supervisor:
         return self.config.study.storage or default_storage_url(self.root)
 
     def resolve_study(self) -> str:
-        name = read_current_study(self.root) or self.config.study.name
+        name = read_current_study(self.root, self.storage_url) or self.config.study.name
         if not name:
             raise SupervisorError(
                 f"no study: write one with bin/sync_training_study NAME (creates {self.root}/.current_study) "
@@ -126,9 +133,23 @@ class Supervisor:
         return sequential_state.worker_study(self.root, str(self.study))
 
     def child_specs(self) -> list[ChildSpec]:
-        return fleet.child_specs(
+        specs = fleet.child_specs(
             self.config, self.worker_study, self.storage_url, self.study_costs, self.config_path
         )
+        return [s for s in specs if self.runs(s.name)]
+
+    def runs(self, child: str) -> bool:
+        """Whether this host's role runs ``child``: ``workers`` only the training workers,
+        ``services`` everything but them (paper trader, API), ``all`` everything."""
+        return self.role == "all" or (self.role == "workers") == child.startswith("worker-")
+
+    def services_only(self, body: Callable[[], str]) -> Callable[[], str]:
+        """A job body (sync, deploy, archive, cleanup, sequential) that a ``workers`` host skips."""
+
+        def run() -> str:
+            return "skipped: role workers" if self.role == "workers" else body()
+
+        return run
 
     # ------------------------------------------------------------------ children
     def record_children(self) -> None:
@@ -320,8 +341,23 @@ class Supervisor:
     def job_watchdog(self) -> str:
         self.check_children(deep=True)
         self.check_storage()
+        self.follow_shared_study()
         states = [c.state for c in self.children.values()]
         return f"{states.count('running')}/{len(states)} running"
+
+    def follow_shared_study(self) -> None:
+        """With a shared storage (PostgreSQL) the current study lives in it
+        (:mod:`trainers.runtime.current_study`): a switch made on another host is noticed
+        here, at every watchdog run, and handled as a SIGHUP by the main loop."""
+        if shared_storage(self.storage_url) is None or self.study is None:
+            return
+        try:
+            name = self.resolve_study()
+        except SupervisorError:
+            return
+        if name != self.study:
+            log.info("study_switched_elsewhere", study=name, previous_study=self.study)
+            self._hup = True
 
     def check_storage(self) -> None:
         """Ping the study storage; raise the ``storage_unavailable`` alert once an outage has
@@ -354,6 +390,8 @@ class Supervisor:
             "cleanup": self.unless_disk_full(lambda: jobs.cleanup(ctx())),
             "sequential": self.unless_disk_full(lambda: sequential.check(self.config_path, self.config)),
         }
+        for name in ("ensemble_sync", "deploy", "archive", "cleanup", "sequential"):
+            bodies[name] = self.services_only(bodies[name])
         jobs.schedule(self.jobs, self.config, bodies)
 
     # ------------------------------------------------------------------ signals
@@ -406,6 +444,7 @@ class Supervisor:
             "uptime_s": round(time.time() - self.started_at, 1),
             "updated_at": datetime.now(UTC).isoformat(),
             "study": self.study,
+            "role": self.role,
             "worker_study": self.worker_study,
             "config": str(self.config_path) if self.config_path else None,
             "children": [c.snapshot() for c in self.children.values()],
@@ -574,7 +613,7 @@ class Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m daemon.supervisor [--config FILE] [--root DIR] [--duration S]``: the lean
+    """``python -m daemon.supervisor [--config FILE] [--root DIR] [--duration S] [--role R]``: the lean
     supervisor process. ``cappuccino supervise`` validates the config, runs the preflight
     checks and then ``exec``s this (same pid), so the long-running process never holds the
     modules the command line and the preflight import (torch alone is ~200 MB of RSS)."""
@@ -584,9 +623,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--duration", type=float, default=None)
+    parser.add_argument("--role", choices=ROLES, default="all")
     args = parser.parse_args(argv)
     try:
-        sup = Supervisor(args.config, {"root": args.root} if args.root else {}, duration_s=args.duration)
+        overrides = {"root": args.root} if args.root else {}
+        sup = Supervisor(args.config, overrides, duration_s=args.duration, role=args.role)
         return sup.run()
     except (SupervisorError, ValueError) as exc:  # ConfigError is a ValueError
         print(f"error: {exc}", file=sys.stderr)

@@ -275,12 +275,13 @@ def switch_study(cfg: Config, study: str) -> StudySwitch:
     SIGHUP the supervisor. The caller holds :func:`request_lock`.
 
     Raises:
-        ValueError: an invalid study name (empty, a line break, over 200 characters).
+        ValueError: an invalid study name (empty, a line break, over 200 characters), or a
+            shared (PostgreSQL) storage that cannot be written.
         OSError: the file cannot be written.
     """
     cfg.root.mkdir(parents=True, exist_ok=True)
-    write_current_study(cfg.root, study)
     storage = cfg.study.storage or default_storage_url(cfg.root)
+    write_current_study(cfg.root, study, storage)  # and in a shared storage: every host follows
     code, output = _sync_now(cfg.root, storage, study)
     pid = supervisor_pid(cfg.root)
     if pid is not None:
