@@ -15,6 +15,7 @@ from rich.table import Table
 
 from daemon.cli._options import CONFIG_OPTION, ROOT_OPTION, runtime_config, runtime_storage
 from daemon.preflight import run_checks
+from daemon.views.dashboard import sequential_rows
 from daemon.views.status import status_document
 from trainers.naming import baseline_note
 from trainers.runtime.layout import Layout
@@ -92,6 +93,8 @@ def render_status(doc: dict[str, Any]) -> None:
     console.print(f"current study: [bold]{doc.get('current_study')}[/]")
     if doc.get("mismatches"):
         console.print(f"[red]study mismatch[/]: {doc['studies']}")
+    for label, text in sequential_rows(doc.get("sequential")):  # a sequential run's stage and gate
+        console.print(f"{label}: ", text, sep="")
     st = doc.get("study") or {}
     best = st.get("best") or {}
     if st.get("error"):

@@ -154,3 +154,20 @@ def test_continue_enqueues_the_best_quick_params_and_the_full_study_becomes_curr
     assert sequential.check(None, cfg) == "exp: stage 2, exp_full is the current study"
     assert read_current_study(root) == "exp_full"
     assert sequential_state.read_run(root).stage == "full"  # type: ignore[union-attr]
+
+
+def test_status_and_dashboard_show_the_stage_and_the_gate(capsys: pytest.CaptureFixture[str]) -> None:
+    from daemon.cli.supervise import render_status
+    from daemon.views.dashboard import sequential_rows
+
+    gate = {"passed": False, "rule": "min_value", "reason": "0.1 <= 0.5", "evaluated_at": "T"}
+    seq = {"name": "exp", "stage": "gate_refused", "stage_number": 1, "training_study": "exp_quick"}
+    render_status(
+        {"supervisor_running": False, "current_study": "exp_quick", "sequential": {**seq, "gate": gate}}
+    )
+    out = capsys.readouterr().out
+    assert "sequential: exp: stage 1 (gate_refused), workers train exp_quick" in out
+    assert "gate: refused (min_value): 0.1 <= 0.5; at T" in out
+    assert sequential_rows(None) == []
+    rows = dict(sequential_rows({**seq, "gate": None, "quick_trials": 4}))
+    assert rows["gate"] == "not evaluated yet (4 quick trials)"
