@@ -95,6 +95,16 @@ def render_status(doc: dict[str, Any]) -> None:
         console.print(f"[red]study mismatch[/]: {doc['studies']}")
     for label, text in sequential_rows(doc.get("sequential")):  # a sequential run's stage and gate
         console.print(f"{label}: ", text, sep="")
+    storage = doc.get("storage") or {}
+    if storage.get("state") == "unavailable":
+        lasted = f" for {storage['outage_s']:.0f} s" if storage.get("outage_s") is not None else ""
+        console.print(f"[red]storage unavailable[/]{lasted}: {storage.get('error') or ''} (workers wait)")
+    disk = doc.get("disk") or {}
+    if disk.get("state") == "full":
+        console.print(
+            f"[red]disk full[/] since {disk.get('since')} ({disk.get('trigger')}): workers paused, "
+            f"trader stopped until {disk.get('resume_at_mb')} MB are free"
+        )
     st = doc.get("study") or {}
     best = st.get("best") or {}
     if st.get("error"):

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from tests.daemon._supervisor_proc import Supervisors, log_events, write_config
+from tests.daemon._supervisor_proc import Supervisors, log_events, run_cli, write_config
 from tests.daemon.webhook_server import webhook_server
 from tests.pg_instance import private_postgres
 from trainers.storage import make_storage
@@ -101,6 +101,8 @@ def test_postgresql_outage_of_120_s_is_waited_out(tmp_path: Path, sups: Supervis
             lambda: [b for b in hook.bodies() if b.get("alert") == "storage_unavailable"],
         )
         assert alerts[0]["severity"] == "critical" and alerts[0]["study"] == STUDY
+        shown = run_cli("status", "--config", str(cfg))
+        assert "storage unavailable" in shown.stdout, shown.stdout + shown.stderr
 
         # a worker that dies during the outage is restarted, not counted, and waits too
         os.kill(pids["worker-1"], signal.SIGKILL)
