@@ -21,6 +21,7 @@ from tests.daemon._supervisor_proc import (
     trials,
     write_config,
 )
+from trainers.search_space import PPOParams
 
 STUDY = "restarts"
 
@@ -28,7 +29,9 @@ STUDY = "restarts"
 def _running_with_heartbeat(root: Path) -> FrozenTrial | None:
     """The RUNNING trial once it has its parameters and Optuna recorded its first heartbeat
     (only then can a dead worker's trial be detected as stale)."""
-    running = [t for t in trials(root, STUDY) if t.state == TrialState.RUNNING and t.params]
+    # every parameter sampled (the objective samples them one by one as the trial starts)
+    whole = len(PPOParams.__dataclass_fields__)
+    running = [t for t in trials(root, STUDY) if t.state == TrialState.RUNNING and len(t.params) == whole]
     if not running:
         return None
     con = sqlite3.connect(root / "optuna.db", timeout=60)
