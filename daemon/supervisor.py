@@ -30,6 +30,8 @@ from typing import Any, Literal, get_args
 import structlog
 
 from daemon import fleet, jobs, sequential, sequential_state
+from daemon.artifact_health import ALERT_KIND as ARTIFACT_ALERT
+from daemon.artifact_health import artifact_store_alert
 from daemon.children import Child, ChildSpec
 from daemon.config import Config, load_config
 from daemon.disk_guard import ALERT_KIND as DISK_ALERT
@@ -361,11 +363,15 @@ class Supervisor:
 
     def check_storage(self) -> None:
         """Ping the study storage; raise the ``storage_unavailable`` alert once an outage has
-        lasted ``alerts.storage_unavailable_after_s``, resolve it when the storage is back."""
+        lasted ``alerts.storage_unavailable_after_s``, resolve it when the storage is back.
+        On a services host also the artifact store (:mod:`daemon.artifact_health`)."""
         self.storage_health.check()
         if self.alerts is not None:
             alert = self.storage_health.alert(self.study)
             self.alerts.update([alert] if alert is not None else [], kinds=(STORAGE_ALERT,))
+            if self.role != "workers":  # the services read bundles from the artifact store
+                alert = artifact_store_alert(self.root, self.study)
+                self.alerts.update([alert] if alert is not None else [], kinds=(ARTIFACT_ALERT,))
 
     def unless_disk_full(self, body: Callable[[], str]) -> Callable[[], str]:
         """A job body that is skipped while the disk is full (sync, deploy, archive and

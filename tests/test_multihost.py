@@ -12,6 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from daemon.artifact_health import artifact_store_alert
 from daemon.cleanup import run_cleanup
 from ensemble.archive import run_archive
 from ensemble.deploy import run_deploy
@@ -102,6 +103,9 @@ def test_trials_of_host_b_are_synced_deployed_archived_evaluated_cleaned_and_tra
     # the store goes down: a sync refuses to guess (a trial it never fetched) and leaves the
     # ensemble as it is; the trader keeps trading it
     s3_server.stop()
+    alert = artifact_store_alert(root_a, STUDY)
+    assert alert is not None and alert.kind == "artifact_store_unavailable" and alert.severity == "critical"
+    assert s3_server.bucket in alert.message and "test-secret-key" not in alert.message
     shutil.rmtree(cache_dir(root_a))
     shutil.rmtree(root_a / "ensemble" / result.members[1].bundle_path)  # not available locally
     before = (root_a / "ensemble" / MANIFEST_FILE).read_bytes()
@@ -109,6 +113,7 @@ def test_trials_of_host_b_are_synced_deployed_archived_evaluated_cleaned_and_tra
         sync_ensemble(root_a, pg_url, STUDY, pipeline, top_n=2)
     assert (root_a / "ensemble" / MANIFEST_FILE).read_bytes() == before
     s3_server.start()
+    assert artifact_store_alert(root_a, STUDY) is None  # resolved
     assert sync_ensemble(root_a, pg_url, STUDY, pipeline, top_n=2).added == [result.members[1].bundle_path]
     s3_server.stop()
     config = TraderConfig.build(root=root_a, speed=0.0, max_bars=N_BARS, min_notional=0.0)

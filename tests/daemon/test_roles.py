@@ -1,4 +1,5 @@
-"""Host roles (``python -m daemon.supervisor --role``): which children and jobs one host runs."""
+"""Host roles (``python -m daemon.supervisor --role``): which children and jobs one host runs;
+a supervisor follows a study switch made on another host sharing its PostgreSQL storage."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from daemon.supervisor import Supervisor, main
+from trainers.runtime.current_study import write_current_study
 
 
 def _supervisor(tmp_path: Path, role: str) -> Supervisor:
@@ -36,3 +38,27 @@ def test_unknown_role_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--role", "trader"])
     assert exc.value.code == 2 and "invalid choice: 'trader'" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_supervisor_follows_a_switch_made_on_another_host(tmp_path: Path, pg_url: str) -> None:
+    host_a, host_b = tmp_path / "a", tmp_path / "b"
+    host_b.mkdir()
+    sup = Supervisor(None, {"root": host_a, "study": {"storage": pg_url}}, role="workers")
+    host_a.mkdir()
+    write_current_study(host_a, "first", pg_url)
+    sup.study = sup.resolve_study()
+    assert sup.study == "first"
+    sup.follow_shared_study()
+    assert not sup._hup  # nothing changed
+    write_current_study(host_b, "second", pg_url)  # set-study on host B
+    sup.follow_shared_study()
+    assert sup._hup  # the main loop reloads as after a SIGHUP
+    assert (host_a / ".current_study").read_text() == "second\n"  # A's mirror follows
+
+
+def test_sqlite_supervisor_does_not_poll(tmp_path: Path) -> None:
+    sup = _supervisor(tmp_path, "all")
+    (tmp_path / ".current_study").write_text("other\n")  # only a SIGHUP applies a file edit
+    sup.follow_shared_study()
+    assert not sup._hup
