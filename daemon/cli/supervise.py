@@ -28,8 +28,19 @@ def supervise(
     root: Path = ROOT_OPTION,
     duration: float = typer.Option(None, help="Stop after this many seconds (default: run until SIGTERM)."),
     skip_preflight: bool = typer.Option(False, help="Do not run the preflight checks."),
+    role: str = typer.Option(
+        "all",
+        help="What this host runs: all (one machine), workers (training workers only) or services "
+        "(jobs, paper trader, API; no workers). Every host shares the PostgreSQL study and the "
+        "artifact store.",
+    ),
 ) -> None:
     """Run the supervisor in the foreground (systemd runs exactly this)."""
+    from daemon.supervisor import ROLES
+
+    if role not in ROLES:
+        typer.echo(f"error: --role {role!r}: expected one of {', '.join(ROLES)}", err=True)
+        raise typer.Exit(2)
     cfg = runtime_config(config, root, must_exist=False)  # the supervisor creates the root
     if not skip_preflight:
         failed = [c for c in run_checks(cfg) if c.ok is False]
@@ -46,6 +57,7 @@ def supervise(
         argv += ["--root", str(root)]
     if duration is not None:
         argv += ["--duration", str(duration)]
+    argv += ["--role", role]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from daemon.cli import app
 from daemon.supervisor import Supervisor, main
 from trainers.runtime.current_study import write_current_study
 
@@ -62,3 +64,10 @@ def test_sqlite_supervisor_does_not_poll(tmp_path: Path) -> None:
     (tmp_path / ".current_study").write_text("other\n")  # only a SIGHUP applies a file edit
     sup.follow_shared_study()
     assert not sup._hup
+
+
+def test_cli_refuses_an_unknown_role_before_anything_starts(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["supervise", "--role", "trader", "--root", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "--role 'trader': expected one of all, workers, services" in result.output
+    assert not (tmp_path / "r").exists()
