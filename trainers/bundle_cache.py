@@ -22,8 +22,8 @@ from pathlib import Path
 
 from trainers.artifact_store import ArtifactStore, LocalArtifactStore, download
 from trainers.bundle import ACTOR_FILE, META_FILE, BundleError, sha256_file, unpack_bundle
+from trainers.runtime.layout import Layout
 
-CACHE_DIR = Path("cache") / "bundles"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -32,8 +32,8 @@ class BundleHashMismatch(BundleError):
 
 
 def cache_dir(root: str | Path) -> Path:
-    """``<root>/cache/bundles``."""
-    return Path(root) / CACHE_DIR
+    """``<root>/cache/bundles`` (:attr:`trainers.runtime.layout.Layout.bundle_cache_dir`)."""
+    return Layout(root).bundle_cache_dir
 
 
 def cache_key(sha256: str, trial_id: int) -> str:

@@ -19,7 +19,8 @@ path under the root                     writer
 ``run/api.token``                       the control API (or ``cappuccino api-token``)
 ``run/heartbeats/<component>.json``     that component (a worker, the paper trader)
 ``logs/<component>.log``                that component
-``artifacts/``                          workers (Optuna's artifact store)
+``artifacts/``                          workers (Optuna's artifact store, ``store = "file"``)
+``cache/bundles/``                      readers of a remote artifact store (verified copies)
 ``trials/<study>/<number>/bundle/``     the worker that ran the trial
 ``ensemble/``                           the ensemble sync
 ``deployments/``                        the deployer
@@ -146,8 +147,15 @@ class Layout:
     # -- training -------------------------------------------------------------------------
     @property
     def artifacts_dir(self) -> Path:
-        """``artifacts/``: Optuna's file-system artifact store (bundle tars)."""
+        """``artifacts/``: Optuna's file-system artifact store (bundle tars), when
+        ``[artifacts] store = "file"`` (:mod:`trainers.artifact_store`)."""
         return self.root / "artifacts"
+
+    @property
+    def bundle_cache_dir(self) -> Path:
+        """``cache/bundles/``: verified copies of bundles from a remote artifact store
+        (:mod:`trainers.bundle_cache`)."""
+        return self.root / "cache" / "bundles"
 
     @property
     def trials_dir(self) -> Path:
