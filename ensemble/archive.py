@@ -68,6 +68,7 @@ from ensemble.registry import (
     summarise_folds,
 )
 from ensemble.selection import BundleSkip, locate_bundle, verify_bundle
+from trainers.artifact_store import ArtifactStoreUnavailable
 from trainers.atomic_io import atomic_write_bytes, fsync_dir, read_json
 from trainers.naming import GRADES, grade_at_least, grade_for
 from trainers.runtime.current_study import require_current_study
@@ -270,7 +271,9 @@ def run_archive(
     Raises:
         ValueError: ``top_percent`` or ``min_grade`` out of range.
         ArchiveError: no root, no study name, unreadable registry, or another run holds
-            the lock (:class:`ArchiveBusy`); nothing was changed.
+            the lock (:class:`ArchiveBusy`); nothing was changed. Also the artifact store
+            could not be reached for a bundle no other source has: the trials archived
+            before it stay, the registry is unchanged (the next run completes it).
         trainers.study_db.StudyDBError: unknown study, no SQLite file, unreachable
             storage; nothing was changed.
     """
@@ -303,8 +306,11 @@ def run_archive(
     with _archive_lock(arch), tempfile.TemporaryDirectory(prefix="cappuccino-archive-") as staging:
         _clean_leftovers(arch)
         entries = _load_entries(arch, root, log)
-        for trial in eligible:
-            _archive_trial(trial, root, arch, Path(staging), entries, result, log)
+        try:
+            for trial in eligible:
+                _archive_trial(trial, root, arch, Path(staging), entries, result, log)
+        except ArtifactStoreUnavailable as exc:  # not a missing bundle: stop, try again next run
+            raise ArchiveError(f"{exc}; the archive stopped, its registry is unchanged") from None
         registry = Registry.build(list(entries.values()))
         data = registry.to_bytes()
         path = registry_path(root)

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from daemon.artifact_health import artifact_store_alert
 from daemon.cleanup import run_cleanup
-from ensemble.archive import run_archive
+from ensemble.archive import ArchiveError, run_archive
 from ensemble.deploy import run_deploy
 from ensemble.deploy_gate import DeployThresholds
 from ensemble.evaluate import evaluate
@@ -112,6 +112,10 @@ def test_trials_of_host_b_are_synced_deployed_archived_evaluated_cleaned_and_tra
     with pytest.raises(SyncError, match=r"artifact store .* the ensemble is unchanged"):
         sync_ensemble(root_a, pg_url, STUDY, pipeline, top_n=2)
     assert (root_a / "ensemble" / MANIFEST_FILE).read_bytes() == before
+    registry = (root_a / "trial_archive" / "trial_registry.json").read_bytes()
+    with pytest.raises(ArchiveError, match=r"artifact store .* registry is unchanged"):
+        run_archive(root_a, pg_url, STUDY, top_percent=100, min_grade="F")
+    assert (root_a / "trial_archive" / "trial_registry.json").read_bytes() == registry
     s3_server.start()
     assert artifact_store_alert(root_a, STUDY) is None  # resolved
     assert sync_ensemble(root_a, pg_url, STUDY, pipeline, top_n=2).added == [result.members[1].bundle_path]
