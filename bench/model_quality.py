@@ -42,32 +42,24 @@ from trainers.data import load_panel
 from trainers.study_db import open_engine
 from trainers.study_db.baselines import read_study_baselines
 
+
+def _design(scheme: str, intervals: str, rewards: str, *extra: str) -> list[str]:
+    return ["--action-scheme", scheme, "--decision-intervals", intervals, "--rewards", rewards, *extra]
+
+
 VARIANTS: dict[str, list[str]] = {
-    "scores": ["--action-scheme", "scores"],
-    "softmax": ["--action-scheme", "softmax"],
-    "softmax-excess": ["--action-scheme", "softmax", "--rewards", "excess_log_return"],
-    "softmax-dsr": ["--action-scheme", "softmax", "--rewards", "differential_sharpe"],
-    "softmax-k": ["--action-scheme", "softmax", "--decision-intervals", "1,4,24"],
-    "softmax-k24": ["--action-scheme", "softmax", "--decision-intervals", "24"],
-    "softmax-k24-excess": [
-        "--action-scheme",
-        "softmax",
-        "--decision-intervals",
-        "24",
-        "--rewards",
-        "excess_log_return",
-    ],
-    "softmax-penalty": ["--action-scheme", "softmax", "--turnover-penalty", "0.002"],
-    "softmax-ladder": ["--action-scheme", "softmax", "--budget-ladder", "10000,30000,90000"],
-    "sac": ["--action-scheme", "softmax", "--algorithms", "sac"],
-    "softmax-search": [
-        "--action-scheme",
-        "softmax",
-        "--decision-intervals",
-        "1,4,24",
-        "--rewards",
-        "log_return,excess_log_return,differential_sharpe",
-    ],
+    "default": [],  # the worker's defaults: softmax, a 24-bar interval, the excess reward, PPO
+    "scores": _design("scores", "1", "log_return"),  # the first design
+    "softmax": _design("softmax", "1", "log_return"),
+    "softmax-excess": _design("softmax", "1", "excess_log_return"),
+    "softmax-dsr": _design("softmax", "1", "differential_sharpe"),
+    "softmax-k": _design("softmax", "1,4,24", "log_return"),
+    "softmax-k24": _design("softmax", "24", "log_return"),
+    "softmax-k24-excess": _design("softmax", "24", "excess_log_return"),
+    "softmax-penalty": _design("softmax", "1", "log_return", "--turnover-penalty", "0.002"),
+    "softmax-ladder": _design("softmax", "24", "excess_log_return", "--budget-ladder", "10000,30000,90000"),
+    "sac": _design("softmax", "24", "excess_log_return", "--algorithms", "sac"),
+    "softmax-search": _design("softmax", "1,4,24", "log_return,excess_log_return,differential_sharpe"),
 }
 STUDY = "model_quality"
 STOP_GRACE_S = 90

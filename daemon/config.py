@@ -79,9 +79,9 @@ class TrainingSection(_Section):
     action_scheme: Literal["softmax", "scores"] = Field(
         "softmax", description="softmax: weights over the assets and cash; scores: one score per asset"
     )
-    decision_intervals: list[int] = Field([1], min_length=1, description="bars between decisions")
+    decision_intervals: list[int] = Field([24], min_length=1, description="bars between decisions")
     rewards: list[Literal["log_return", "excess_log_return", "differential_sharpe"]] = Field(
-        ["log_return"], min_length=1
+        ["excess_log_return"], min_length=1
     )
     turnover_penalty: float = Field(0.0, ge=0.0, description="reward subtracted per unit of turnover")
     algorithms: list[Literal["ppo", "a2c", "sac", "td3"]] = Field(["ppo"], min_length=1)

@@ -21,6 +21,12 @@ from trainers.algorithms import ALGORITHMS
 REWARDS: tuple[str, ...] = ("log_return", "excess_log_return", "differential_sharpe")
 """The rewards an agent can learn from (defined in :mod:`trainers.env`)."""
 DEFAULT_ACTION_SCHEME = "softmax"
+RECOMMENDED_DECISION_INTERVALS: tuple[int, ...] = (24,)
+RECOMMENDED_REWARDS: tuple[str, ...] = ("excess_log_return",)
+"""What a study started from the command line or the supervisor's configuration uses unless
+told otherwise: chosen on the walk-forward folds and the validation window of
+``bench/model_quality.py`` (README "How good is a model?"). The dataclass defaults below stay
+neutral (every bar, log return) for library callers and tests."""
 DEFAULT_DECISION_INTERVALS: tuple[int, ...] = (1,)
 DEFAULT_REWARDS: tuple[str, ...] = ("log_return",)
 DEFAULT_ALGORITHMS: tuple[str, ...] = ("ppo",)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import upload_artifact
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.logger import configure as configure_logger
@@ -45,6 +45,7 @@ from trainers.algorithms import (
     rollout_batch,
     suggest_algorithm_params,
 )
+from trainers.artifact_store import artifact_store_for
 from trainers.backtest import backtest, decision_bars
 from trainers.bundle import ObservationSpec, pack_bundle, save_bundle, to_numpy_policy
 from trainers.data import (
@@ -412,7 +413,7 @@ class Objective:
         self.config = config.for_data(data)
         self.root = Path(root)
         self.stop = stop or threading.Event()
-        self.artifact_store = FileSystemArtifactStore(str(self._mkdir(self.root / "artifacts")))
+        self.artifact_store = artifact_store_for(self.root)  # [artifacts] store: file or S3
 
     @staticmethod
     def _mkdir(path: Path) -> Path:

@@ -46,7 +46,12 @@ from trainers.accounting import (
     costs_from_options,
 )
 from trainers.data import DataError
-from trainers.design import DEFAULT_ACTION_SCHEME, DesignOptions
+from trainers.design import (
+    DEFAULT_ACTION_SCHEME,
+    RECOMMENDED_DECISION_INTERVALS,
+    RECOMMENDED_REWARDS,
+    DesignOptions,
+)
 from trainers.runtime.heartbeat import Heartbeat
 from trainers.runtime.layout import Layout
 from trainers.runtime.logs import configure_logging
@@ -442,10 +447,11 @@ def main(
         DEFAULT_ACTION_SCHEME, help="softmax (weights over assets and cash) or scores (one per asset)."
     ),
     decision_intervals: str = typer.Option(
-        "1", help="Bars between decisions, comma-separated; several are searched (e.g. 1,4,24)."
+        ",".join(map(str, RECOMMENDED_DECISION_INTERVALS)),
+        help="Bars between decisions, comma-separated; several are searched (e.g. 1,4,24).",
     ),
     rewards: str = typer.Option(
-        "log_return",
+        ",".join(RECOMMENDED_REWARDS),
         help="log_return, excess_log_return or differential_sharpe, comma-separated; several are searched.",
     ),
     turnover_penalty: float = typer.Option(0.0, help="Reward subtracted per unit of turnover."),
