@@ -37,6 +37,7 @@ class JobContext:
     study: str
     storage_url: str
     runner: JobRunner
+    config_path: Path | None = None  # the supervisor's file; the job commands read the same
 
 
 def _cli(*args: str) -> list[str]:
@@ -48,6 +49,8 @@ def _run(ctx: JobContext, argv: list[str], job: str) -> str:
     The storage URL goes in the command's environment, never its argv (a password in it
     would show in ``ps``)."""
     timeout = ctx.config.jobs.job_timeout_s * 0.9
+    if ctx.config_path is not None:  # else a stray ./cappuccino.toml could differ from ours
+        argv = [*argv, "--config", str(Path(ctx.config_path).resolve())]
     out = Layout(ctx.root).job_output(job)
     outcome, detail = ctx.runner.run_command(argv, timeout, out, storage_env(ctx.storage_url))
     return detail if outcome == "ok" else f"{outcome}: {detail}"

@@ -338,7 +338,9 @@ class Supervisor:
 
     # ------------------------------------------------------------------ jobs
     def job_context(self) -> jobs.JobContext:
-        return jobs.JobContext(self.config, self.root, str(self.study), self.storage_url, self.jobs)
+        return jobs.JobContext(
+            self.config, self.root, str(self.study), self.storage_url, self.jobs, self.config_path
+        )
 
     def job_watchdog(self) -> str:
         self.check_children(deep=True)

@@ -318,7 +318,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         }
 
     def job_context(cfg: Config) -> jobs.JobContext:
-        return jobs.JobContext(cfg, ctx.root, ctx.current_study(cfg), ctx.storage_url(cfg), ctx.runner)
+        study = ctx.current_study(cfg)
+        return jobs.JobContext(cfg, ctx.root, study, ctx.storage_url(cfg), ctx.runner, ctx.config_path)
 
     @app.post("/api/ensemble/sync", tags=["jobs"], dependencies=auth)
     def ensemble_sync() -> dict[str, Any]:
@@ -342,7 +343,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """``cappuccino deploy --rollback`` of the configured slot: ``model_<slot>.previous``
         swapped back in. 409 when there is nothing to roll back."""
         cfg = ctx.config()
-        job = jobs.JobContext(cfg, ctx.root, "", ctx.storage_url(cfg), ctx.runner)
+        job = jobs.JobContext(cfg, ctx.root, "", ctx.storage_url(cfg), ctx.runner, ctx.config_path)
         return _job_response(ctx, "rollback", "rollback", lambda: jobs.rollback(job))
 
     @app.get("/api/paper_trader", tags=["status"], dependencies=auth)
