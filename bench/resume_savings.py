@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None)
     args = parser.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="cappuccino-resume-"))
+    base.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     ref_root = base / "uninterrupted"
