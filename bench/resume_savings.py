@@ -37,6 +37,8 @@ def _worker(root: Path, args: argparse.Namespace, log: Path) -> subprocess.Popen
 
 
 def _trials(root: Path) -> list[optuna.trial.FrozenTrial]:
+    if not (root / "optuna.db").is_file():  # the worker has not created its study yet
+        return []
     try:
         study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{root / 'optuna.db'}")
     except KeyError:
