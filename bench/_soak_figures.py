@@ -30,9 +30,10 @@ class RssSamples:
         default_factory=lambda: defaultdict(list)
     )
 
-    def sample(self, name: str, pid: int, create_time: float | None) -> None:
-        """Add the RSS (MB) of ``pid`` and its descendants, unless the process is gone,
-        is another one than ``create_time`` says, or is younger than ``warmup_s``."""
+    def sample(self, name: str, pid: int, create_time: float | None, tree: bool = True) -> None:
+        """Add the RSS (MB) of ``pid`` (with ``tree``, plus its descendants), unless the
+        process is gone, is another one than ``create_time`` says, or is younger than
+        ``warmup_s``."""
         try:
             proc = psutil.Process(pid)
             ctime = proc.create_time()
@@ -42,7 +43,7 @@ class RssSamples:
             if now - ctime < self.warmup_s:
                 return
             rss = proc.memory_info().rss
-            for sub in proc.children(recursive=True):
+            for sub in proc.children(recursive=True) if tree else []:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     rss += sub.memory_info().rss
         except psutil.NoSuchProcess:

@@ -22,8 +22,9 @@ supervisor is stopped with SIGTERM and the figures are read from the root:
   ``--sample-every`` s after a ``--rss-warmup-s`` warm-up of each process; least squares
   with one intercept per process incarnation) in MB/hour (target < 5 MB/h).
 
-Everything started is stopped by process group at the end and on Ctrl-C; what was mounted
-is unmounted.
+Everything started is stopped by process group at the end and on Ctrl-C (the first Ctrl-C
+or SIGTERM ends the soak early and still reports; a second one aborts the report); what
+was mounted is unmounted.
 
     python bench/soak.py [--minutes 60] [--fault-every 4] [--seed 0] [--workers 2]
         [--budget-steps 2048] [--n-envs 4] [--storage sqlite|postgres|URL] [--tmpfs-mb N]
@@ -151,9 +152,10 @@ class Soak:
                 self.status_by_sup[pid] = doc
 
     def sample(self) -> None:
-        """One RSS sample of the supervisor and of each child."""
+        """One RSS sample of the supervisor (its own process: its children are sampled as
+        components, its job commands come and go) and of each child's process tree."""
         assert self.proc is not None
-        self.rss.sample("supervisor", self.proc.pid, None)
+        self.rss.sample("supervisor", self.proc.pid, None, tree=False)
         for c in read_children(self.root):
             self.rss.sample(str(c.get("name")), int(c["pid"]), c.get("create_time"))
 
@@ -327,24 +329,27 @@ def run(args: argparse.Namespace, base: Path, root: Path, pg: Any) -> bool:
     try:
         soak.start()
         _log(f"supervisor started, pid {soak.proc.pid if soak.proc else '?'}")
-        while time.monotonic() < end:
-            now = time.monotonic()
-            soak.watch()
-            for due, undo in [p for p in pending if p[0] <= now]:
-                pending.remove((due, undo))
-                _log(f"fault over: {undo()}")
-            if now >= next_sample:
-                soak.sample()
-                next_sample = now + args.sample_every
-            if now >= next_fault and now < end - args.quiet_end_s:
-                kind = rng.choice(kinds)
-                what, duration, undo = _inject(kind, soak, rng, pg)
-                soak.faults.append(f"{(now - t0) / 60:5.1f} min  {kind:<15} {what}")
-                _log(f"fault {kind}: {what}")
-                if undo is not None:
-                    pending.append((now + duration, undo))
-                next_fault = now + args.fault_every * 60
-            time.sleep(TICK_S)
+        try:
+            while time.monotonic() < end:
+                now = time.monotonic()
+                soak.watch()
+                for due, undo in [p for p in pending if p[0] <= now]:
+                    pending.remove((due, undo))
+                    _log(f"fault over: {undo()}")
+                if now >= next_sample:
+                    soak.sample()
+                    next_sample = now + args.sample_every
+                if now >= next_fault and now < end - args.quiet_end_s:
+                    kind = rng.choice(kinds)
+                    what, duration, undo = _inject(kind, soak, rng, pg)
+                    soak.faults.append(f"{(now - t0) / 60:5.1f} min  {kind:<15} {what}")
+                    _log(f"fault {kind}: {what}")
+                    if undo is not None:
+                        pending.append((now + duration, undo))
+                    next_fault = now + args.fault_every * 60
+                time.sleep(TICK_S)
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: stop early, still report
+            _log("interrupted: stopping early and reporting (Ctrl-C again aborts the report)")
         for _, undo in pending:
             _log(f"fault over: {undo()}")
         pending.clear()
