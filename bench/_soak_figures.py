@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ class TrialFigures:
     """Trial states at the end, and the trials lost (numbers)."""
 
     states: dict[str, int]
-    running_lost: list[int]
+    running_lost: dict[int, float | None]  # number -> heartbeat age (s), None: no heartbeat
     fail_not_retried: list[int]
     fail_reasons: dict[int, str]
 
@@ -110,26 +111,20 @@ def trial_figures(storage_url: str, study: str, grace_period_s: float) -> TrialF
     finally:
         storage.engine.dispose()
     if isinstance(now, str):  # SQLite answers text
-        from datetime import datetime
-
         now = datetime.fromisoformat(now)
     retried: set[int] = set()
     for t in trials:
         retried.update(int(n) for n in t.system_attrs.get("retry_history", []) or [])
-    running_lost = []
+    running_lost: dict[int, float | None] = {}
     for t in trials:
         if t.state.name != "RUNNING":
             continue
         beat = beats.get(t._trial_id)
         if isinstance(beat, str):
-            from datetime import datetime
-
             beat = datetime.fromisoformat(beat)
-        if (
-            beat is None
-            or (now.replace(tzinfo=None) - beat.replace(tzinfo=None)).total_seconds() > grace_period_s
-        ):
-            running_lost.append(t.number)
+        age = None if beat is None else (now.replace(tzinfo=None) - beat.replace(tzinfo=None)).total_seconds()
+        if age is None or age > grace_period_s:
+            running_lost[t.number] = age
     fails = [t for t in trials if t.state.name == "FAIL" and t.number not in retried]
     reasons = {
         t.number: str(t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason") or "")

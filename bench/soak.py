@@ -28,7 +28,10 @@ was mounted is unmounted.
 
     python bench/soak.py [--minutes 60] [--fault-every 4] [--seed 0] [--workers 2]
         [--budget-steps 2048] [--n-envs 4] [--storage sqlite|postgres|URL] [--tmpfs-mb N]
-        [--keep DIR]
+        [--keep DIR] [--quiet-end-s 300] [--sample-every 30] [--rss-warmup-s 120]
+
+Smoke run (about 4 minutes, few figures): ``--minutes 3 --fault-every 0.4 --quiet-end-s 40
+--rss-warmup-s 20 --sample-every 10``.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from typing import Any
 
 from _soak_faults import (
     DISK_FULL_S,
+    FILL_FILE,
     STORAGE_OUTAGE_S,
     break_manifest,
     fill_disk,
@@ -218,10 +222,19 @@ def _report(soak: Soak, storage_url: str, minutes: float) -> bool:
     else:
         print(f"trial states at the end: {trials.states}")
         flag = "OK" if trials.lost == 0 else "MISSED"
+        running = ", ".join(
+            f"{n} ({'no heartbeat' if age is None else f'heartbeat {age:.0f} s old'})"
+            for n, age in trials.running_lost.items()
+        )
         print(
-            f"trials lost: {trials.lost}  (RUNNING without a live heartbeat: {trials.running_lost}; "
+            f"trials lost: {trials.lost}  (RUNNING without a live heartbeat: [{running}]; "
             f"FAIL never retried: {trials.fail_not_retried})  target 0: {flag}"
         )
+        if trials.running_lost:
+            print(
+                "  (a RUNNING trial is failed and re-queued by the next worker that starts a trial,\n"
+                "   at the next supervisor start at the latest: lost to this run, not to the study)"
+            )
         for n, why in trials.fail_reasons.items():
             print(f"  trial {n}: {why or 'no fail_reason recorded'}")
         ok &= trials.lost == 0
@@ -365,6 +378,12 @@ def run(args: argparse.Namespace, base: Path, root: Path, pg: Any) -> bool:
         soak.cleanup()
 
 
+def _copy_root(root: Path, dest: Path) -> None:
+    """Copy the tmpfs root (without the disk-fill file) to ``dest`` before it is unmounted."""
+    shutil.copytree(root, dest, symlinks=True, ignore=shutil.ignore_patterns(FILL_FILE), dirs_exist_ok=True)
+    print(f"root copied to {dest} (the tmpfs is unmounted)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -385,7 +404,7 @@ def main() -> int:
     parser.add_argument("--tmpfs-mb", type=int, default=0, help="root on a tmpfs of this size (root only)")
     parser.add_argument("--sample-every", type=float, default=30.0, help="seconds between RSS samples")
     parser.add_argument("--rss-warmup-s", type=float, default=120.0, help="ignore a process's first seconds")
-    parser.add_argument("--quiet-end-s", type=float, default=120.0, help="no fault in the last seconds")
+    parser.add_argument("--quiet-end-s", type=float, default=300.0, help="no fault in the last seconds")
     parser.add_argument("--keep", type=Path, default=None, help="folder to keep the root in (default: temp)")
     args = parser.parse_args()
     if args.minutes <= 0 or args.fault_every <= 0 or args.sample_every <= 0:
@@ -407,6 +426,8 @@ def main() -> int:
         with contextlib.ExitStack() as stack:
             if args.tmpfs_mb:
                 stack.enter_context(mounted_tmpfs(root, args.tmpfs_mb))
+                if args.keep is not None:  # runs before the unmount: keep a copy of the root
+                    stack.callback(_copy_root, root, base / "root.saved")
             pg = stack.enter_context(private_postgres_server()) if args.storage == "postgres" else None
             ok = run(args, base, root, pg)
     except KeyboardInterrupt:
