@@ -79,7 +79,11 @@ def test_replay_reproduces_the_backtest_equity_curve(
     start = panel.index_of(DEFAULT_HOLDOUT_CUT)
     costs = Costs(0.0025, slippage, min_cash=0.05, max_weight=0.6, trailing_stop=trailing_stop, min_trade=0.0)
     policy_fn = to_numpy_policy(bundle.actor)
-    result = backtest(policy_fn, features, panel.prices, start, start + N_BARS, bundle.spec.lookback, costs)
+    scheme = bundle.design.action_scheme
+    lookback = bundle.spec.lookback
+    result = backtest(
+        policy_fn, features, panel.prices, start, start + N_BARS, lookback, costs, action_scheme=scheme
+    )
     equity = np.array([r.equity for r in rows]) / 10_000.0
     assert rows[0].bar_ts == int(panel.timestamps[start].astype("int64"))
     np.testing.assert_allclose(equity, result.equity, rtol=1e-7, atol=0)

@@ -148,6 +148,7 @@ def test_15_minute_bars_of_two_assets_around_the_clock(tmp_path: Path) -> None:
         bundle.spec.lookback,
         costs,
         35_040,
+        bundle.design.action_scheme,
     )
     assert bundle.meta["metrics"]["fold"]["sharpe"] == pytest.approx(result.metrics.sharpe, rel=1e-9)
 
@@ -179,6 +180,7 @@ def test_15_minute_bars_of_two_assets_around_the_clock(tmp_path: Path) -> None:
         start + N_BARS,
         member.spec.lookback,
         replay_costs,
+        action_scheme=member.design.action_scheme,
     )
     equity = np.array([r.equity for r in rows]) / trader_config.initial_cash
     np.testing.assert_allclose(equity, expected.equity, rtol=1e-7, atol=0)
