@@ -3,16 +3,18 @@
 For each walk-forward fold: fit feature normalisation on the fold's train slice, train the
 trial's algorithm (PPO, A2C, SAC or TD3; :mod:`trainers.algorithms`) on
 :class:`~trainers.env.PortfolioVecEnv` over that slice for ``budget_steps`` env steps,
-backtest the deterministic actor on the fold's test slice, and report the excess Sharpe
+backtest the deterministic actor on the fold's test slice, and measure its excess Sharpe
 ratio (agent minus equal-weight buy-and-hold, both annualised with the dataset's bars per
-year: 8,760 for hourly 24/7 bars; see :mod:`trainers.data`) to the pruner. The trial's value is
+year: 8,760 for hourly 24/7 bars; see :mod:`trainers.data`). The trial's value is
 
     value = mean(excess_sharpe over folds) - 0.1 * std(excess_sharpe over folds)
 
 (population std), which prefers agents that beat the benchmark consistently over ones that
-beat it once by a lot. The bundle of the most recent fold's model goes to Optuna's
-artifact store; the trial's user attributes carry VIN, grade, per-fold metrics, artifact
-id, actor sha256, data fingerprint and feature-pipeline version.
+beat it once by a lot; after each fold the value over the folds so far is reported to the
+median pruner (or, with a budget ladder, the value over all folds at each rung to the
+successive-halving pruner). The bundle of the most recent fold's model goes to the artifact
+store; the trial's user attributes carry VIN, grade, per-fold metrics, artifact id, actor
+sha256, data fingerprint and feature-pipeline version.
 """
 
 from __future__ import annotations
@@ -498,8 +500,8 @@ class Objective:
         seed: int | None,
         reused: list[dict[str, float]] | None = None,
     ) -> tuple[list[dict[str, float]], FoldResult]:
-        """One budget: train and test each fold in turn, reporting each fold's excess Sharpe
-        ratio (step = fold index) to the median pruner. The ``reused`` leading folds (a
+        """One budget: train and test each fold in turn, reporting the value over the folds
+        so far (step = fold index) to the median pruner. The ``reused`` leading folds (a
         retried trial's checkpoints, :meth:`_reusable_folds`) are reported, not trained."""
         results: list[dict[str, float]] = []
         last: FoldResult | None = None
@@ -507,7 +509,7 @@ class Objective:
         for fold in folds:
             if reused and fold.index < len(reused):
                 results.append(reused[fold.index])
-                trial.report(reused[fold.index]["excess_sharpe"], fold.index)
+                trial.report(objective_value([r["excess_sharpe"] for r in results]), fold.index)
                 continue
             if self.stop.is_set():
                 raise TrialFailed(f"worker stopping before fold {fold.index}")
@@ -522,7 +524,10 @@ class Objective:
             last = learner.evaluate()
             results.append(last.metrics)
             trial.set_user_attr("fold_metrics", results)
-            trial.report(last.metrics["excess_sharpe"], fold.index)
+            # the value over the folds so far: the median pruner compares a trial's best
+            # report with the others' at the same step, so a single fold's excess (high on a
+            # rising fold) would keep a trial alive whatever its later folds did
+            trial.report(objective_value([r["excess_sharpe"] for r in results]), fold.index)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after fold {fold.index}")
         assert last is not None
