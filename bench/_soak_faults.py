@@ -17,7 +17,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -156,43 +155,22 @@ def mounted_tmpfs(path: Path, size_mb: int) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def private_postgres_server() -> Iterator[Any]:
-    """A private PostgreSQL server (``tests/pg_instance.py``'s :class:`PrivatePostgres`):
-    initdb into a temporary folder, started on a free loopback port, stopped (immediate)
-    and removed afterwards. The machine's own server is never touched.
+    """A private PostgreSQL server (``tests/pg_instance.py``'s :func:`private_postgres`):
+    initdb into a temporary folder, started on a free loopback port, stopped and removed
+    afterwards. The machine's own server is never touched.
 
     Raises:
         SystemExit: no server binaries, or initdb/start failed (with the reason).
     """
-    import pwd
-    import shutil
-
     repo = str(Path(__file__).resolve().parents[1])
     if repo not in sys.path:
         sys.path.insert(0, repo)  # the repository's tests/ package (bench scripts run as files)
-    from tests.pg_instance import PrivatePostgres, _bindir, _free_port
+    from tests.pg_instance import private_postgres
 
-    bindir = _bindir()
-    if bindir is None:
-        raise SystemExit("--storage postgres: no pg_ctl/initdb on PATH or in pg_config --bindir")
-    user = None
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam("postgres").pw_name
-        except KeyError as exc:
-            raise SystemExit("--storage postgres: running as root and there is no postgres user") from exc
-    base = Path(tempfile.mkdtemp(prefix="cappuccino-soak-pg-"))
     try:
-        if user is not None:
-            os.chown(base, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
-        server = PrivatePostgres(bindir, base / "data", _free_port(), user)
-        res = server._run("initdb", "-D", str(server.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        if res.returncode != 0:
-            raise SystemExit(f"--storage postgres: initdb failed: {res.stderr.strip()[:300]}")
-        server.start()
-        try:
-            yield server
-        finally:
-            if server.running():
-                server._run("pg_ctl", "-D", str(server.data), "-m", "immediate", "-w", "stop")
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+        server = contextlib.ExitStack()
+        pg = server.enter_context(private_postgres())
+    except RuntimeError as exc:
+        raise SystemExit(f"--storage postgres: {exc}") from None
+    with server:
+        yield pg

@@ -21,8 +21,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 
 def _bindir() -> Path | None:
     found = shutil.which("pg_ctl"), shutil.which("initdb")
@@ -111,17 +109,23 @@ class PrivatePostgres:
 
 @contextlib.contextmanager
 def private_postgres() -> Iterator[PrivatePostgres]:
-    """Start a private PostgreSQL server (skips the test when that is impossible here);
-    always stopped and its folder removed afterwards."""
+    """Start a private PostgreSQL server; always stopped and its folder removed afterwards.
+
+    Raises:
+        RuntimeError: no server binaries, no ``postgres`` user to run it as under root, or
+            ``initdb`` failed (the message says which; CI provides all three).
+    """
     bindir = _bindir()
     if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (pg_ctl, initdb) on PATH or in pg_config --bindir")
+        raise RuntimeError("no PostgreSQL server binaries (pg_ctl, initdb) on PATH or in pg_config --bindir")
     user = None
     if os.geteuid() == 0:
         try:
             owner = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no postgres user to run a private server as")
+            raise RuntimeError(
+                "running as root and there is no postgres user to run a private server as"
+            ) from None
         user = owner.pw_name
     base = Path(tempfile.mkdtemp(prefix="cappuccino-pg-"))
     try:
@@ -130,7 +134,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         server = PrivatePostgres(bindir, base / "data", _free_port(), user)
         res = server._run("initdb", "-D", str(server.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         if res.returncode != 0:
-            pytest.skip(f"initdb failed here: {res.stderr.strip()[:300]}")
+            raise RuntimeError(f"initdb failed: {res.stderr.strip()[:300]}")
         server.start()
         try:
             yield server
