@@ -81,6 +81,7 @@ import torch.nn as nn
 
 from ensemble.manifest import Combine, ManifestError, read_manifest
 from trainers.accounting import Costs, action_dim
+from trainers.backtest import decision_bars
 from trainers.bundle import (
     Bundle,
     BundleError,
@@ -448,7 +449,7 @@ class EnsemblePolicy:
         (:func:`trainers.backtest.decision_bars`); always True for a 1-bar interval."""
         if self.decision_interval <= 1 or self._bar_seconds is None:
             return True
-        return (int(ts) // self._bar_seconds) % self.decision_interval == 0
+        return bool(decision_bars(np.array([int(ts)]), self._bar_seconds, self.decision_interval)[0])
 
     @property
     def action_dim(self) -> int:

@@ -65,22 +65,26 @@ class A2CParams(NetworkParams):
 
 
 @dataclass(frozen=True)
-class SACParams(NetworkParams):
-    """SAC's search-space point."""
+class OffPolicyParams(NetworkParams):
+    """What SAC and TD3 share: minibatch size, target-network update rate (Polyak ``tau``)
+    and gradient steps per env step."""
 
     batch_size: int = 256
     tau: float = 0.005
     gradient_steps: int = 1
+
+
+@dataclass(frozen=True)
+class SACParams(OffPolicyParams):
+    """SAC's search-space point."""
+
     ent_coef: float = 0.01
 
 
 @dataclass(frozen=True)
-class TD3Params(NetworkParams):
+class TD3Params(OffPolicyParams):
     """TD3's search-space point."""
 
-    batch_size: int = 256
-    tau: float = 0.005
-    gradient_steps: int = 1
     policy_delay: int = 2
     target_noise: float = 0.2
     action_noise: float = 0.1
@@ -179,10 +183,12 @@ def model_kwargs(params: Params, n_actions: int, device: str, seed: int | None) 
             "max_grad_norm": params.max_grad_norm,
             "policy_kwargs": {"net_arch": {"pi": arch, "vf": arch}, "activation_fn": act},
         }
+    if not isinstance(params, OffPolicyParams):
+        raise ValueError(f"unknown parameters {type(params).__name__}")
     off_policy = {
-        "batch_size": params.batch_size,  # type: ignore[attr-defined]
-        "tau": params.tau,  # type: ignore[attr-defined]
-        "gradient_steps": params.gradient_steps,  # type: ignore[attr-defined]
+        "batch_size": params.batch_size,
+        "tau": params.tau,
+        "gradient_steps": params.gradient_steps,
         "learning_starts": LEARNING_STARTS,
         "buffer_size": 200_000,
         "policy_kwargs": {"net_arch": {"pi": arch, "qf": arch}, "activation_fn": act},
