@@ -85,12 +85,22 @@ class TrainingSection(_Section):
     )
     turnover_penalty: float = Field(0.0, ge=0.0, description="reward subtracted per unit of turnover")
     algorithms: list[Literal["ppo", "a2c", "sac", "td3"]] = Field(["ppo"], min_length=1)
+    predictor_horizons: list[int] = Field(
+        [0], min_length=1, description="horizons (bars) of a GRU predictor channel; 0 = none"
+    )
     budget_ladder: list[int] = Field(
         [], description="successive halving: env steps per fold of each rung (replaces study.budget_steps)"
     )
     tensorboard: bool = Field(
         False, description="SB3 TensorBoard logs under <root>/tensorboard/<study>/<trial>/"
     )
+
+    @field_validator("predictor_horizons")
+    @classmethod
+    def _horizons(cls, v: list[int]) -> list[int]:
+        if any(h < 0 for h in v) or v != sorted(set(v)):
+            raise ValueError("must be increasing whole numbers >= 0 (0 = no predictor)")
+        return v
 
     @field_validator("decision_intervals", "budget_ladder")
     @classmethod
@@ -105,6 +115,7 @@ class TrainingSection(_Section):
         args += ["--decision-intervals", ",".join(map(str, self.decision_intervals))]
         args += ["--rewards", ",".join(self.rewards), "--turnover-penalty", str(self.turnover_penalty)]
         args += ["--algorithms", ",".join(self.algorithms)]
+        args += ["--predictor-horizons", ",".join(map(str, self.predictor_horizons))]
         if self.budget_ladder:
             args += ["--budget-ladder", ",".join(map(str, self.budget_ladder))]
         return [*args, "--tensorboard"] if self.tensorboard else args

@@ -76,7 +76,7 @@ def bundle_backtest(
         FloatingPointError: the actor produced a non-finite action.
     """
     costs = costs or bundle_costs(bundle.meta, str(bundle.path))
-    features = bundle.spec.norm.apply(raw_features)
+    features = bundle.observation_features(raw_features)
     policy = to_numpy_policy(bundle.actor)
     per_year = bars_per_year or study_bars_per_year(bundle)
     design = bundle.design

@@ -91,6 +91,7 @@ from trainers.bundle import (
     trained_bar_seconds,
 )
 from trainers.features import NORM_CLIP
+from trainers.predictor import predictor_channel
 
 COMBINE_RULES: tuple[str, ...] = ("mean", "median", "value_weighted")
 
@@ -135,6 +136,7 @@ class _Member:
     activation: str
     layers: tuple[tuple[np.ndarray, np.ndarray], ...]  # depth hidden layers + output layer
     squash: str = "clip"  # "tanh": SAC's and TD3's actors squash their output
+    channels: int = 0  # values per asset and bar in the member's window (features + predictor)
 
 
 def _unpack(index: int, bundle: Bundle) -> _Member:
@@ -147,7 +149,9 @@ def _unpack(index: int, bundle: Bundle) -> _Member:
     if not all(np.isfinite(a).all() for layer in layers for a in layer):
         raise EnsembleError(f"member {index} ({bundle.path}): weights contain NaN or inf")
     width, depth = linears[0].out_features, len(linears) - 1
-    return _Member(index, bundle.spec.lookback, width, depth, activation, layers, actor.squash)
+    return _Member(
+        index, bundle.spec.lookback, width, depth, activation, layers, actor.squash, bundle.spec.n_channels
+    )
 
 
 def _runs(acts: Sequence[str]) -> tuple[tuple[int, int, Activation], ...]:
@@ -167,10 +171,12 @@ class _Group:
     Args:
         members: the group's members.
         x: ``(members of the whole ensemble, D_max)`` float32 input shared by all groups:
-            ``[weights (A), cash (1), window newest bar first (L_max, A, F)]``; this group
+            ``[weights (A), cash (1), window newest bar first (L_max, A, C)]``; this group
             reads rows ``start : start + len(members)`` and its first ``D`` columns.
         start: first row of this group in ``x``.
-        row: ``A * F`` inputs per bar.
+        row: ``A * C`` inputs per bar (``C`` channels: the features, then the predictor
+            channel when any member of the ensemble has one; a member without it has zero
+            weights there).
     """
 
     def __init__(self, members: list[_Member], x: np.ndarray, start: int, row: int, n_assets: int) -> None:
@@ -187,12 +193,15 @@ class _Group:
 
         w1 = np.zeros((m, width, d_in), dtype=np.float32)
         b1 = np.zeros((m, width, 1), dtype=np.float32)
+        channels = row // n_assets
         for j, mem in enumerate(self.members):
             w, b = mem.layers[0]
-            own = mem.lookback * row
+            own = mem.lookback * n_assets * mem.channels
             # the actor's columns: window oldest bar first, then weights and cash
-            window = w[:, :own].reshape(mem.width, mem.lookback, row)[:, ::-1].reshape(mem.width, own)
-            w1[j, : mem.width, head : head + own] = window
+            window = np.zeros((mem.width, mem.lookback, n_assets, channels), dtype=np.float32)
+            window[..., : mem.channels] = w[:, :own].reshape(mem.width, mem.lookback, n_assets, mem.channels)
+            window = window[:, ::-1].reshape(mem.width, mem.lookback * row)
+            w1[j, : mem.width, head : head + mem.lookback * row] = window
             w1[j, : mem.width, :head] = w[:, own:]
             b1[j, : mem.width, 0] = b
         self.first = (w1, b1, _runs([mem.activation for mem in self.members]))
@@ -327,7 +336,11 @@ class EnsemblePolicy:
         self._n_assets = len(self.bundles[0].spec.symbols)
         self._action_dim = action_dim(self.action_scheme, self._n_assets)
         self._n_features = len(self.bundles[0].spec.feature_names)
-        self._max_lookback = max(b.spec.lookback for b in self.bundles)
+        self._window_bars = max(b.spec.lookback for b in self.bundles)
+        # a predictor channel over the whole window needs its sequence's bars before it
+        extra = [b.spec.predictor.sequence_bars - 1 for b in self.bundles if b.spec.predictor]
+        self._max_lookback = self._window_bars + max(extra, default=0)
+        self._channels = self._n_features + bool(extra)
         if self.combine not in COMBINE_RULES:
             raise EnsembleError(f"unknown combine rule {self.combine!r}; known: {list(COMBINE_RULES)}")
         n = len(self.bundles)
@@ -344,21 +357,31 @@ class EnsemblePolicy:
             combine_weights = np.full(n, 1.0 / n)
 
         members = [_unpack(i, b) for i, b in enumerate(self.bundles)]
-        row = self._n_assets * self._n_features
+        row = self._n_assets * self._channels
         parts = [_Group.order(g) for g in _partition(members, row)]
         # internal member order = the groups' orders concatenated
         order = np.array([m.index for g in parts for m in g])
-        means = np.stack([np.asarray(self.bundles[i].spec.norm.mean, dtype=np.float64) for i in order])
-        stds = np.stack([np.asarray(self.bundles[i].spec.norm.std, dtype=np.float64) for i in order])
+        # (n, A, C): the predictor channel is already in [-1, 1]: mean 0, std 1
+        means = np.zeros((n, self._n_assets, self._channels))
+        stds = np.ones((n, self._n_assets, self._channels))
+        for j, i in enumerate(order):
+            means[j, :, : self._n_features] = self.bundles[i].spec.norm.mean
+            stds[j, :, : self._n_features] = self.bundles[i].spec.norm.std
         if not (np.isfinite(means).all() and np.isfinite(stds).all() and (stds > 0).all()):
             raise EnsembleError("a member's normalisation statistics are not finite and positive")
-        # (n, max_lookback * A * F): each member's statistics repeated for every bar of the
+        # (n, window_bars * A * C): each member's statistics repeated for every bar of the
         # flattened window, so one broadcast with a long inner loop normalises all of it
-        self._mean = np.tile(means.reshape(n, row), (1, self._max_lookback))
-        self._std = np.tile(stds.reshape(n, row), (1, self._max_lookback))
+        self._mean = np.tile(means.reshape(n, row), (1, self._window_bars))
+        self._std = np.tile(stds.reshape(n, row), (1, self._window_bars))
+        # members with a predictor: (row in internal order, bundle); their channel is
+        # computed per bar into the per-member window (n, window_bars, A, C)
+        self._predictors = [(j, self.bundles[i]) for j, i in enumerate(order) if self.bundles[i].predictor]
+        self._window = (
+            np.zeros((n, self._window_bars, self._n_assets, self._channels)) if self._predictors else None
+        )
         # shared input [weights, cash, window newest bar first] of every member, and views
         head = self._n_assets + 1
-        self._x = np.zeros((n, head + self._max_lookback * row), dtype=np.float32)
+        self._x = np.zeros((n, head + self._window_bars * row), dtype=np.float32)
         self._x_head = self._x[:, :head]
         self._x_window = self._x[:, head:]
         self._z = np.empty(self._x_window.shape)  # float64 scratch
@@ -437,7 +460,8 @@ class EnsemblePolicy:
 
     @property
     def max_lookback(self) -> int:
-        """Bars of feature history :meth:`act` needs (the longest member lookback)."""
+        """Bars of feature history :meth:`act` needs: the longest member lookback, plus the
+        longest predictor sequence less one when a member has a predictor channel."""
         return self._max_lookback
 
     @property
@@ -490,9 +514,21 @@ class EnsemblePolicy:
         the reused buffer: copy it before releasing the lock).
 
         ``raw`` is ``(max_lookback, A, F)``: normalised for every member in one broadcast,
-        exactly :meth:`trainers.features.NormStats.apply` (float64, clip, then float32).
+        exactly :meth:`trainers.features.NormStats.apply` (float64, clip, then float32). With
+        predictor members, each one's channel (:func:`trainers.predictor.predictor_channel`
+        of its own normalised features) is written into its row of a per-member window first.
         """
-        z = np.subtract(raw[::-1].reshape(-1), self._mean, out=self._z)  # newest bar first
+        window = raw[len(raw) - self._window_bars :][::-1]  # newest bar first
+        if self._window is not None:
+            self._window[:, :, :, : self._n_features] = window
+            for j, bundle in self._predictors:
+                sequence = bundle.spec.predictor.sequence_bars
+                history = bundle.spec.norm.apply(raw[len(raw) - self._window_bars - sequence + 1 :])
+                channel = predictor_channel(bundle.predictor, history, sequence)[sequence - 1 :]
+                self._window[j, :, :, self._n_features] = channel[::-1]
+            z = np.subtract(self._window.reshape(len(self._x), -1), self._mean, out=self._z)
+        else:
+            z = np.subtract(window.reshape(-1), self._mean, out=self._z)
         np.divide(z, self._std, out=z)
         np.maximum(z, -NORM_CLIP, out=z)  # two plain ufunc calls cost less than np.clip
         np.minimum(z, NORM_CLIP, out=self._x_window, casting="same_kind")

@@ -10,11 +10,15 @@ A bundle is a directory with
   metrics, data fingerprint, creation time, VIN, grade, objective value and the sha256 of
   ``actor.pth``.
 
-Schema versions: 3 (current) adds the action scheme and decision interval to
-``action_spec`` and the trial's ``design`` (:class:`trainers.design.Design`); a version-2
-bundle acts with scores at every bar. 2 records ``costs``; 1 recorded only ``fee``, ``min_cash`` and
-``trailing_stop`` in its ``action_spec`` and is read as those with the rest of the costs at
-what version-1 training used (no slippage, maximum weight 1, a 0.01 minimum trade).
+Schema versions: 4 (current) adds the optional predictor channel: its
+:class:`trainers.predictor_spec.PredictorSpec` in ``observation_spec.predictor`` and its
+network's tensors in ``actor.pth`` under ``predictor.*`` (one file, one hash); a bundle
+without ``observation_spec.predictor`` observes the features alone. 3 adds the action
+scheme and decision interval to ``action_spec`` and the trial's ``design``
+(:class:`trainers.design.Design`); a version-2 bundle acts with scores at every bar. 2
+records ``costs``; 1 recorded only ``fee``, ``min_cash`` and ``trailing_stop`` in its
+``action_spec`` and is read as those with the rest of the costs at what version-1 training
+used (no slippage, maximum weight 1, a 0.01 minimum trade).
 
 Loading checks the hash and the observation spec against the consumer's pipeline; a
 mismatch raises :class:`BundleError` naming both specs.
@@ -36,14 +40,16 @@ from trainers.atomic_io import atomic_write_bytes, atomic_write_json, read_json,
 from trainers.design import Design
 from trainers.features import FEATURE_NAMES, FEATURE_PIPELINE_VERSION, NormStats
 from trainers.observation import observation_dim
+from trainers.predictor_spec import PredictorSpec
 
 if TYPE_CHECKING:  # torch is imported where it is used: consumers that only read specs stay light
     import torch
 
     from trainers.actor import Actor
+    from trainers.predictor import GRUPredictor
 
-SCHEMA_VERSION = 3
-READABLE_SCHEMA_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)
 ACTOR_FILE = "actor.pth"
 META_FILE = "model.json"
 
@@ -54,43 +60,67 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class ObservationSpec:
-    """What a model observes (see :mod:`trainers.observation` for the layout)."""
+    """What a model observes (see :mod:`trainers.observation` for the layout).
+
+    The window has ``n_channels`` values per asset and bar: the normalised features in
+    ``feature_names`` order, then the predictor channel when ``predictor`` is set
+    (:mod:`trainers.predictor`).
+    """
 
     symbols: tuple[str, ...]
     feature_names: tuple[str, ...]
     lookback: int
     feature_pipeline_version: str
     norm: NormStats = field(compare=False)
+    predictor: PredictorSpec | None = None
+
+    @property
+    def n_channels(self) -> int:
+        """Values per asset and bar in the window: features plus the predictor channel."""
+        return len(self.feature_names) + (self.predictor is not None)
+
+    @property
+    def history_bars(self) -> int:
+        """Bars of features one observation needs: the lookback, plus the predictor's
+        sequence less one."""
+        return self.lookback + (self.predictor.sequence_bars - 1 if self.predictor else 0)
 
     @property
     def obs_dim(self) -> int:
-        return observation_dim(self.lookback, len(self.symbols), len(self.feature_names))
+        return observation_dim(self.lookback, len(self.symbols), self.n_channels)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "symbols": list(self.symbols),
             "feature_names": list(self.feature_names),
             "lookback": self.lookback,
             "feature_pipeline_version": self.feature_pipeline_version,
-            "layout": "window(lookback, n_assets, n_features) + weights(n_assets) + cash(1)",
+            "layout": "window(lookback, n_assets, n_channels) + weights(n_assets) + cash(1)",
+            "n_channels": self.n_channels,
             "obs_dim": self.obs_dim,
             "normalisation": self.norm.to_json(),
         }
+        if self.predictor is not None:
+            out["predictor"] = self.predictor.to_json()
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ObservationSpec:
+        predictor = data.get("predictor")
         return cls(
             symbols=tuple(data["symbols"]),
             feature_names=tuple(data["feature_names"]),
             lookback=int(data["lookback"]),
             feature_pipeline_version=str(data["feature_pipeline_version"]),
             norm=NormStats.from_json(data["normalisation"]),
+            predictor=None if predictor is None else PredictorSpec.from_json(predictor),
         )
 
     def describe(self) -> str:
+        extra = f" predictor=h{self.predictor.horizon}" if self.predictor else ""
         return (
             f"symbols={list(self.symbols)} features={len(self.feature_names)} "
-            f"pipeline=v{self.feature_pipeline_version} lookback={self.lookback}"
+            f"pipeline=v{self.feature_pipeline_version} lookback={self.lookback}{extra}"
         )
 
 
@@ -134,6 +164,19 @@ class Bundle:
     spec: ObservationSpec
     actor: Actor
     state: dict[str, torch.Tensor]
+    predictor: GRUPredictor | None = None
+
+    def observation_features(self, raw_features: np.ndarray) -> np.ndarray:
+        """What the actor's window reads: ``(T, n_assets, n_features)`` raw features
+        (:func:`trainers.features.compute_features`) -> ``(T, n_assets, n_channels)``
+        float32, normalised, with the predictor channel appended when the bundle has one."""
+        features = self.spec.norm.apply(raw_features)
+        if self.predictor is None or self.spec.predictor is None:
+            return features
+        from trainers.predictor import predictor_channel, with_channel
+
+        channel = predictor_channel(self.predictor, features, self.spec.predictor.sequence_bars)
+        return with_channel(features, channel)
 
     @property
     def sha256(self) -> str:
@@ -253,6 +296,7 @@ def load_bundle(
     import torch
 
     from trainers.actor import Actor
+    from trainers.predictor import load_predictor, split_state
 
     directory = Path(directory)
     meta = read_meta(directory)
@@ -281,15 +325,21 @@ def load_bundle(
         raise BundleError(f"{directory / META_FILE}: bad observation spec or architecture ({exc})") from None
     if pipeline is not None:
         pipeline.check(spec, str(directory))
+    predictor = None
     try:
         state = torch.load(actor_path, map_location="cpu", weights_only=True)
-        actor.load_state_dict(state)
+        actor_state, predictor_state = split_state(state)
+        actor.load_state_dict(actor_state)
+        if spec.predictor is not None:
+            predictor = load_predictor(spec.predictor, len(spec.feature_names), predictor_state)
+        elif predictor_state:
+            raise ValueError("predictor tensors without observation_spec.predictor")
     except Exception as exc:  # torch raises many types for corrupt or mismatched files
         raise BundleError(f"{actor_path}: weights do not load into the declared actor ({exc})") from None
     if not all(torch.isfinite(v).all() for v in state.values()):
         raise BundleError(f"{actor_path}: weights contain NaN or inf")
     actor.eval()
-    return Bundle(directory, meta, spec, actor, state)
+    return Bundle(directory, meta, spec, actor, actor_state, predictor)
 
 
 def pack_bundle(directory: str | Path) -> bytes:

@@ -30,6 +30,7 @@ neutral (every bar, log return) for library callers and tests."""
 DEFAULT_DECISION_INTERVALS: tuple[int, ...] = (1,)
 DEFAULT_REWARDS: tuple[str, ...] = ("log_return",)
 DEFAULT_ALGORITHMS: tuple[str, ...] = ("ppo",)
+DEFAULT_PREDICTOR_HORIZONS: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,12 @@ class DesignOptions:
         rewards: :data:`REWARDS`, searched when several.
         turnover_penalty: reward subtracted per unit of turnover (>= 0).
         algorithms: :data:`trainers.algorithms.ALGORITHMS`, searched when several.
+        predictor_horizons: horizons (bars) of the supervised GRU predictor channel
+            (:mod:`trainers.predictor`); 0 = no predictor; searched when several.
 
     Raises:
         ValueError: an unknown scheme, reward or algorithm, an interval < 1, an empty
-            choice or a negative penalty; the message names the option.
+            choice, a negative penalty or horizon; the message names the option.
     """
 
     action_scheme: str = DEFAULT_ACTION_SCHEME
@@ -54,6 +57,7 @@ class DesignOptions:
     rewards: tuple[str, ...] = DEFAULT_REWARDS
     turnover_penalty: float = 0.0
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    predictor_horizons: tuple[int, ...] = DEFAULT_PREDICTOR_HORIZONS
 
     def __post_init__(self) -> None:
         if self.action_scheme not in ACTION_SCHEMES:
@@ -69,11 +73,16 @@ class DesignOptions:
         unknown = [a for a in self.algorithms if a not in ALGORITHMS]
         if not self.algorithms or unknown:
             raise ValueError(f"algorithms: {unknown or 'none'} not among {', '.join(ALGORITHMS)}")
+        if not self.predictor_horizons or any(int(h) < 0 for h in self.predictor_horizons):
+            raise ValueError(
+                f"predictor_horizons: {list(self.predictor_horizons)} must be bars >= 0 (0 = none)"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out |= {"decision_intervals": list(self.decision_intervals), "rewards": list(self.rewards)}
-        return {**out, "algorithms": list(self.algorithms)}
+        out |= {"algorithms": list(self.algorithms)}
+        return {**out, "predictor_horizons": list(self.predictor_horizons)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DesignOptions:
@@ -90,22 +99,27 @@ class DesignOptions:
             rewards=tuple(str(r) for r in data.get("rewards", DEFAULT_REWARDS)),
             turnover_penalty=float(data.get("turnover_penalty", 0.0)),
             algorithms=tuple(str(a) for a in data.get("algorithms", DEFAULT_ALGORITHMS)),
+            predictor_horizons=tuple(
+                int(h) for h in data.get("predictor_horizons", DEFAULT_PREDICTOR_HORIZONS)
+            ),
         )
 
 
 @dataclass(frozen=True)
 class Design:
-    """One trial's design (what :class:`trainers.env.PortfolioCore` takes)."""
+    """One trial's design: what :class:`trainers.env.PortfolioCore` takes, the algorithm, and
+    the horizon of its predictor channel (0 = none, :mod:`trainers.predictor`)."""
 
     action_scheme: str = DEFAULT_ACTION_SCHEME
     decision_interval: int = 1
     reward: str = "log_return"
     turnover_penalty: float = 0.0
     algorithm: str = "ppo"
+    predictor_horizon: int = 0
 
     def env_kwargs(self) -> dict[str, Any]:
-        """What the environment takes (all but the algorithm)."""
-        return {k: v for k, v in asdict(self).items() if k != "algorithm"}
+        """What the environment takes (all but the algorithm and the predictor)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("algorithm", "predictor_horizon")}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +136,7 @@ class Design:
             reward=str(design.get("reward", "log_return")),
             turnover_penalty=float(design.get("turnover_penalty", 0.0)),
             algorithm=str(meta.get("algorithm") or "PPO").lower(),
+            predictor_horizon=int(design.get("predictor_horizon", 0)),
         )
 
 
@@ -130,6 +145,7 @@ def suggest_design(trial: optuna.Trial, options: DesignOptions) -> Design:
     intervals = list(options.decision_intervals)
     rewards = list(options.rewards)
     algorithms = list(options.algorithms)
+    horizons = [int(h) for h in options.predictor_horizons]
     return Design(
         action_scheme=options.action_scheme,
         decision_interval=intervals[0]
@@ -140,4 +156,7 @@ def suggest_design(trial: optuna.Trial, options: DesignOptions) -> Design:
         algorithm=algorithms[0]
         if len(algorithms) == 1
         else str(trial.suggest_categorical("algorithm", algorithms)),
+        predictor_horizon=horizons[0]
+        if len(horizons) == 1
+        else int(trial.suggest_categorical("predictor_horizon", horizons)),
     )

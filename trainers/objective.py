@@ -67,6 +67,8 @@ from trainers.features import (
     compute_features,
 )
 from trainers.naming import grade_for, vin_for
+from trainers.predictor import FittedPredictor, fit_predictor, with_channel
+from trainers.predictor_spec import PredictorSpec
 from trainers.runtime.heartbeat import Heartbeat
 from trainers.search_space import DEFAULT_BUDGET_STEPS
 from trainers.splits import EMBARGO_DAYS, Fold, Mode, panel_folds
@@ -221,6 +223,7 @@ class FoldResult:
     metrics: dict[str, float]
     state: dict[str, Any]
     norm: NormStats
+    predictor: FittedPredictor | None = None
 
 
 class FoldLearner:
@@ -254,6 +257,18 @@ class FoldLearner:
         t0 = time.perf_counter()
         self.norm = NormStats.fit(data.features[fold.train_start : fold.train_stop])
         self.features = self.norm.apply(data.features)
+        self.predictor: FittedPredictor | None = None
+        if self.design.predictor_horizon > 0:
+            # fitted on the fold's training slice only; its channel is computed for the bars
+            # the environment and the fold's backtest read
+            spec = PredictorSpec(self.design.predictor_horizon)
+            close = data.panel.prices[:, :, 3]
+            self.predictor = fit_predictor(
+                self.features, close, fold.train_start, fold.train_stop, spec, seed
+            )
+            first = max(0, fold.train_start - params.lookback)
+            channel = self.predictor.channel(self.features, first, fold.test_stop)
+            self.features = with_channel(self.features, channel)
         self.env = PortfolioVecEnv(
             self.features,
             data.panel.prices,
@@ -348,7 +363,10 @@ class FoldLearner:
         bad = [k for k, v in metrics.items() if not math.isfinite(float(v))]
         if bad:
             raise TrialFailed(f"fold {fold.index}: {', '.join(bad)} is NaN or inf")
-        return FoldResult(metrics, state, self.norm)
+        if self.predictor is not None:
+            metrics |= {f"predictor_{k}": v for k, v in self.predictor.report.items()}
+            state = {**state, **self.predictor.state()}
+        return FoldResult(metrics, state, self.norm, self.predictor)
 
 
 def train_fold(
@@ -599,6 +617,7 @@ class Objective:
             params.lookback,
             FEATURE_PIPELINE_VERSION,
             result.norm,
+            result.predictor.spec if result.predictor else None,
         )
         meta = {
             "algorithm": design.algorithm.upper(),

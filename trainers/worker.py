@@ -22,6 +22,7 @@ left RUNNING is failed and re-queued by the stale-trial machinery once the datab
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -189,6 +190,10 @@ def check_study_design(study: optuna.Study, design: DesignOptions) -> None:
         study.set_user_attr(STUDY_DESIGN_ATTR, design.as_dict())
         return
     ours = design.as_dict()
+    # options added since the study was created take their defaults; a malformed record is
+    # compared as stored and its difference reported below
+    with contextlib.suppress(TypeError, ValueError):
+        recorded = {**recorded, **DesignOptions.from_dict(recorded).as_dict()}
     diff = {k: (recorded.get(k), v) for k, v in ours.items() if recorded.get(k) != v}
     if diff:
         fields = ", ".join(f"{k} {a} (asked {b})" for k, (a, b) in diff.items())
@@ -466,6 +471,11 @@ def main(
     algorithms: str = typer.Option(
         "ppo", help="ppo, a2c, sac or td3, comma-separated; several are searched."
     ),
+    predictor_horizons: str = typer.Option(
+        "0",
+        help="Horizons (bars) of a supervised GRU predictor channel fitted per fold, comma-separated "
+        "(0 = none); several are searched.",
+    ),
 ) -> None:
     """Run a training worker."""
     if mode not in ("quick", "full"):
@@ -501,12 +511,20 @@ def main(
             param_hint="--decision-intervals",
         ) from None
     try:
+        horizons = tuple(int(h) for h in predictor_horizons.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{predictor_horizons!r} is not a comma-separated list of bar counts",
+            param_hint="--predictor-horizons",
+        ) from None
+    try:
         design = DesignOptions(
             action_scheme=action_scheme,
             decision_intervals=intervals,
             rewards=tuple(r.strip() for r in rewards.split(",")),
             turnover_penalty=turnover_penalty,
             algorithms=tuple(a.strip().lower() for a in algorithms.split(",")),
+            predictor_horizons=horizons,
         )
     except ValueError as exc:
         option = str(exc).split(":")[0].replace("_", "-")

@@ -109,6 +109,7 @@ def test_training_section_reaches_the_worker_command_line(tmp_path: Path) -> Non
         "algorithms": ["ppo", "sac"],
         "budget_ladder": [10000, 30000, 90000],
         "tensorboard": True,
+        "predictor_horizons": [0, 24],
     }
     cfg = load_config(write_config(tmp_path / "c.toml", tmp_path / "root", training=training))
     (spec,) = worker_specs(cfg, "s", "sqlite:///x.db")[:1]
@@ -117,7 +118,7 @@ def test_training_section_reaches_the_worker_command_line(tmp_path: Path) -> Non
     assert pairs["--action-scheme"] == "scores" and pairs["--decision-intervals"] == "1,4,24"
     assert pairs["--rewards"] == "log_return,differential_sharpe" and pairs["--algorithms"] == "ppo,sac"
     assert pairs["--turnover-penalty"] == "0.01" and pairs["--budget-ladder"] == "10000,30000,90000"
-    assert "--tensorboard" in argv
+    assert "--tensorboard" in argv and pairs["--predictor-horizons"] == "0,24"
     # and the worker's own parser knows every option it is given
     from typer.main import get_command
 

@@ -194,7 +194,7 @@ def test_bad_meta(bundle_dir: Path, tmp_path: Path) -> None:
     good = json.loads(meta_path.read_text())
 
     atomic_write_json(meta_path, {**good, "schema_version": 99})
-    with pytest.raises(BundleError, match=r"schema_version must be one of \(1, 2, 3\)"):
+    with pytest.raises(BundleError, match=r"schema_version must be one of \(1, 2, 3, 4\)"):
         load_bundle(bundle_dir)
 
     meta_path.write_text("{ not json")
@@ -204,6 +204,21 @@ def test_bad_meta(bundle_dir: Path, tmp_path: Path) -> None:
     bad_arch = {**good, "architecture": {"width": 16, "depth": 2, "activation": "swish"}}
     atomic_write_json(meta_path, bad_arch)
     with pytest.raises(BundleError, match="bad observation spec or architecture"):
+        load_bundle(bundle_dir)
+
+    bad_predictor = json.loads(json.dumps(good))
+    bad_predictor["observation_spec"]["predictor"] = {
+        "kind": "gru",
+        "horizon": 0,
+        "sequence_bars": 24,
+        "hidden": 16,
+    }
+    atomic_write_json(meta_path, bad_predictor)
+    with pytest.raises(BundleError, match="bad observation spec or architecture.*horizon"):
+        load_bundle(bundle_dir)
+    bad_predictor["observation_spec"]["predictor"]["horizon"] = 4  # declared, but no tensors
+    atomic_write_json(meta_path, bad_predictor)
+    with pytest.raises(BundleError, match="weights do not load"):
         load_bundle(bundle_dir)
 
     bad_norm = json.loads(json.dumps(good))
