@@ -8,7 +8,12 @@ INTERFACE (stable):
 * ``policy.bundles``, ``policy.combine``, ``policy.values``, ``policy.generation``,
   ``policy.study``, ``policy.n_members``, ``policy.batch_groups`` (member indices per batched
   group).
-* ``policy.max_lookback``: bars of feature history the policy needs; ``policy.n_assets``.
+* ``policy.max_lookback``: bars of feature history the policy needs (the longest lookback,
+  plus a predictor's sequence less one when a member observes a predictor channel,
+  :mod:`trainers.predictor`); ``policy.n_assets``. Members with and without a predictor
+  mix: the window then has ``C = F + 1`` channels per asset and bar, and a member without
+  one has zero weights on the extra channel; each predictor member's channel is computed
+  from its own normalised features at every call (one GRU pass per member).
 * ``policy.costs``: the members' one execution model (:class:`trainers.accounting.Costs`);
   members trained with different costs are refused with :class:`EnsembleError`.
 * ``policy.action_scheme``, ``policy.decision_interval``, ``policy.action_dim``: how the

@@ -214,7 +214,7 @@ def test_bad_meta(bundle_dir: Path, tmp_path: Path) -> None:
         "hidden": 16,
     }
     atomic_write_json(meta_path, bad_predictor)
-    with pytest.raises(BundleError, match="bad observation spec or architecture.*horizon"):
+    with pytest.raises(BundleError, match=r"bad observation spec or architecture.*horizon"):
         load_bundle(bundle_dir)
     bad_predictor["observation_spec"]["predictor"]["horizon"] = 4  # declared, but no tensors
     atomic_write_json(meta_path, bad_predictor)
