@@ -47,7 +47,14 @@ from trainers.runtime.current_study import read_current_study, shared_storage
 from trainers.runtime.layout import Layout
 from trainers.runtime.logs import configure_logging
 from trainers.runtime.pidlock import LockHeld, PidLock, lock_holder
-from trainers.storage import default_storage_url, redact_argv, redact_url
+from trainers.storage import (
+    Patience,
+    StorageUnavailable,
+    default_storage_url,
+    redact_argv,
+    redact_url,
+    wait_for_storage,
+)
 
 log = structlog.get_logger("supervisor")
 
@@ -101,6 +108,7 @@ class Supervisor:
         self.monitor_cache: dict[str, Any] = {}
         self.alerts: Any = None  # daemon.alerts.AlertSink, created when the supervisor runs
         self._stop = False
+        self._stop_event = threading.Event()  # ends a wait for the storage at start (SIGTERM)
         self._hup = False
         # children are managed from the main loop and from the watchdog job's thread
         self._children_lock = threading.RLock()
@@ -290,6 +298,32 @@ class Supervisor:
         """Create the storage schema and the study before workers start."""
         self.study_costs = fleet.ensure_study(self.storage_url, str(self.study), self.config.costs.as_costs())
 
+    def open_study(self) -> bool:
+        """:meth:`ensure_study`, waiting out a storage that cannot be reached (a database
+        still starting at boot, a restart) as the workers do
+        (:func:`trainers.storage.wait_for_storage`, backoff from 1 s to 15 s): each attempt is
+        logged (``storage_unavailable_at_start``) and pings the systemd watchdog. Returns
+        False when SIGTERM or SIGINT ended the wait.
+
+        Raises:
+            Exception: what opening the study raises while the database answers.
+        """
+
+        def waiting(waited_s: float, error: str) -> None:
+            log.warning("storage_unavailable_at_start", waited_s=round(waited_s, 1), error=error)
+            self.notifier.status(f"waiting for the study storage ({round(waited_s)} s): {error}")
+            self.notifier.watchdog()
+
+        def recovered(waited_s: float) -> None:
+            log.info("storage_available", waited_s=round(waited_s, 1))
+
+        patience = Patience(stop=self._stop_event, on_wait=waiting, on_recover=recovered)
+        try:
+            wait_for_storage(self.ensure_study, self.storage_url, patience)
+        except StorageUnavailable:
+            return False
+        return True
+
     def study_finished(self, refresh: bool = False) -> bool:
         """Whether the study reached its trial target; ``refresh`` reads the storage now (a
         worker that exits 0 must not be restarted in a loop until the next monitor run). The
@@ -405,6 +439,7 @@ class Supervisor:
     # ------------------------------------------------------------------ signals
     def _on_term(self, signum: int, _frame: FrameType | None) -> None:
         self._stop = True
+        self._stop_event.set()
 
     def _on_hup(self, signum: int, _frame: FrameType | None) -> None:
         self._hup = True
@@ -559,7 +594,9 @@ class Supervisor:
     def _run_locked(self) -> int:
         stop_stale_children(self.root, self.config.restart.stop_timeout_s)
         self.study = self.resolve_study()
-        self.ensure_study()
+        if not self.open_study():
+            log.info("supervisor_stopped", reason="signal while waiting for the storage")
+            return 0
         from daemon.alerts import AlertSink
 
         self.alerts = AlertSink.from_config(self.config.alerts, self.root, Layout(self.root).alerts_state)

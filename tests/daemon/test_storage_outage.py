@@ -167,3 +167,38 @@ def _epoch(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.timeout(600)
+def test_a_supervisor_started_while_the_storage_is_down_waits_for_it(
+    tmp_path: Path, sups: Supervisors
+) -> None:
+    """At boot the database may still be starting: the supervisor waits (logged, never an
+    exit that systemd would count), starts its workers once it answers, and a SIGTERM during
+    the wait ends it cleanly."""
+    with private_postgres() as pg:
+        pg.stop()
+        root = tmp_path / "root"
+        cfg = write_config(
+            tmp_path / "c.toml", root, study={"name": STUDY, "storage": pg.url}, workers={"count": 1}
+        )
+        sup = sups.start(cfg, root)
+        sup.wait_for(
+            "two logged attempts", lambda: len(log_events(root, event="storage_unavailable_at_start")) >= 2
+        )
+        assert sup.proc.poll() is None and sup.child("worker-0") is None  # alive, no worker yet
+        pg.start()
+        sup.wait_for("worker-0 running", lambda: sup.running_child("worker-0"))
+        assert log_events(root, event="storage_available")
+        assert sup.terminate() == 0, sup.describe()
+
+        pg.stop()
+        again = sups.start(cfg, root)
+        again.wait_for(
+            "a wait at the second start",
+            lambda: len(log_events(root, event="storage_unavailable_at_start")) >= 3,
+        )
+        assert again.terminate(timeout=30) == 0, again.describe()
+        assert log_events(root, event="supervisor_stopped")[-1]["reason"].startswith("signal")
