@@ -62,7 +62,8 @@ def bundle_backtest(
         prices: ``(T, n_assets, 5)`` OHLCV of the whole panel.
         raw_features: ``(T, n_assets, n_features)`` :func:`trainers.features.compute_features`
             of ``prices``.
-        start, stop: the window; ``start >= lookback - 1``.
+        start, stop: the window; ``start >= history_bars - 1`` (the lookback, plus a
+            predictor's sequence less one, :attr:`trainers.bundle.ObservationSpec.history_bars`).
         costs: the execution model (None: the bundle's own).
         bars_per_year: annualisation of the Sharpe ratio (None: the bundle's study's,
             :func:`bars_per_year`).
@@ -76,6 +77,9 @@ def bundle_backtest(
         FloatingPointError: the actor produced a non-finite action.
     """
     costs = costs or bundle_costs(bundle.meta, str(bundle.path))
+    history = bundle.spec.history_bars  # the lookback, plus a predictor's sequence less one
+    if start < history - 1:
+        raise ValueError(f"cannot backtest [{start}, {stop}): the model needs {history} bars of history")
     features = bundle.observation_features(raw_features)
     policy = to_numpy_policy(bundle.actor)
     per_year = bars_per_year or study_bars_per_year(bundle)

@@ -269,7 +269,7 @@ def check_holdout(
     """
     cut, trained_cut = resolve_cut(holdout_cut, bundle)
     start = panel.index_of(cut)
-    lookback = bundle.spec.lookback
+    lookback = bundle.spec.history_bars  # the lookback, plus a predictor's sequence less one
     details: dict[str, Any] = {
         "holdout_cut": cut.isoformat(),
         "trained_holdout_cut": trained_cut.isoformat(),
@@ -288,7 +288,7 @@ def check_holdout(
         )
         return GateResult("holdout", "fail", [reason], details)
     if start < lookback - 1:
-        reason = f"hold-out starts at bar {start}, before a full lookback window of {lookback} bars"
+        reason = f"hold-out starts at bar {start}, before the {lookback} bars of history the model reads"
         return GateResult("holdout", "fail", [reason], details)
     costs = bundle_costs(bundle.meta, str(bundle.path))
     try:

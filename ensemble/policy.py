@@ -45,10 +45,12 @@ fixed cost per numpy call), so a mixed top 10 runs as a few groups. Inside a gro
 member's layers are zero-padded to the group's widest layer and stacked in ``nn.Linear``
 layout ``(members, out, in)``:
 
-* first layer ``(M, W, D)``, ``D = A + 1 + L * A * F`` for the group's longest lookback
-  ``L``; the input is ``[weights (A), cash (1), window newest bar first (L, A, F)]``, so a
-  member with a shorter lookback has zero columns for the older bars, which therefore do
-  not change its output;
+* first layer ``(M, W, D)``, ``D = A + 1 + L * A * C`` for the group's longest lookback
+  ``L`` and ``C`` channels per asset and bar (the ``F`` features, plus the predictor
+  channel when any member has one); the input is ``[weights (A), cash (1), window newest
+  bar first (L, A, C)]``, so a member with a shorter lookback (or without a predictor) has
+  zero columns for the older bars (or the extra channel), which therefore do not change
+  its output;
 * hidden layer ``k`` ``(n_k, W, W)`` holds only the ``n_k`` members deeper than ``k``
   (members are ordered by depth, deepest first, so they form a prefix); shallower members
   keep their last hidden state;
@@ -62,6 +64,9 @@ Per bar: one numpy broadcast normalises the raw window for every member at once
 (``clip((x - mean) / std, ±5)`` in float64, then float32: exactly
 :meth:`trainers.features.NormStats.apply`) into a shared input buffer; then per group one
 copy of its rows and one stacked ``np.matmul`` (OpenBLAS gemv per member) + bias per layer.
+With predictor members, the window is per member instead (``(n, L, A, C)``): the features
+are broadcast into it and each predictor member's GRU (one torch call over its ``L * A``
+sequences) writes its channel before the same normalisation.
 
 Why numpy and not ``torch.baddbmm``: measured on the development CPU (AMD EPYC, one
 thread, CPU time) for ``(5, 128, 1084) @ (5, 1084, 1)``: ``torch.baddbmm`` 0.79 ms with a
@@ -343,6 +348,9 @@ class EnsemblePolicy:
         self._n_features = len(self.bundles[0].spec.feature_names)
         self._window_bars = max(b.spec.lookback for b in self.bundles)
         # a predictor channel over the whole window needs its sequence's bars before it
+        for i, b in enumerate(self.bundles):
+            if (b.spec.predictor is None) != (b.predictor is None):
+                raise EnsembleError(f"member {i} ({b.path}): the observation spec and the predictor disagree")
         extra = [b.spec.predictor.sequence_bars - 1 for b in self.bundles if b.spec.predictor]
         self._max_lookback = self._window_bars + max(extra, default=0)
         self._channels = self._n_features + bool(extra)

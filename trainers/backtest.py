@@ -161,7 +161,7 @@ def backtest(
 
     Args:
         policy: observations -> actions (see :data:`PolicyFn`).
-        features: ``(T, n_assets, n_features)`` normalised features.
+        features: ``(T, n_assets, n_channels)`` normalised features (and predictor channel).
         prices: ``(T, n_assets, 5)`` OHLCV.
         start, stop: the test slice; ``start >= lookback - 1`` and ``stop - start >= 2``.
         lookback: observation window in bars.

@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: consumers that only rea
     from trainers.actor import Actor
     from trainers.predictor import GRUPredictor
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 4  # written for a bundle with a predictor; 3 without (older readers read it)
 READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)
 ACTOR_FILE = "actor.pth"
 META_FILE = "model.json"
@@ -169,8 +169,15 @@ class Bundle:
     def observation_features(self, raw_features: np.ndarray) -> np.ndarray:
         """What the actor's window reads: ``(T, n_assets, n_features)`` raw features
         (:func:`trainers.features.compute_features`) -> ``(T, n_assets, n_channels)``
-        float32, normalised, with the predictor channel appended when the bundle has one."""
+        float32, normalised, with the predictor channel appended when the bundle has one
+        (0 at bars with fewer than ``sequence_bars`` bars before them).
+
+        Raises:
+            BundleError: a spec with a predictor but no network, or the reverse.
+        """
         features = self.spec.norm.apply(raw_features)
+        if (self.predictor is None) != (self.spec.predictor is None):
+            raise BundleError(f"{self.path}: the observation spec and the predictor network disagree")
         if self.predictor is None or self.spec.predictor is None:
             return features
         from trainers.predictor import predictor_channel, with_channel
@@ -220,8 +227,9 @@ def trained_bar_seconds(meta: dict[str, Any]) -> int | None:
 def save_bundle(directory: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
     """Write ``actor.pth`` and ``model.json`` into ``directory``; returns the sha256.
 
-    ``meta`` must hold ``architecture`` and ``observation_spec``; ``schema_version`` and
-    ``actor_sha256`` are filled in here.
+    ``meta`` must hold ``architecture`` and ``observation_spec``; ``schema_version`` (4 with
+    a predictor, else 3, so that readers of version 3 still read it) and ``actor_sha256``
+    are filled in here.
     """
     import torch
 
@@ -231,9 +239,9 @@ def save_bundle(directory: str | Path, state: dict[str, torch.Tensor], meta: dic
     torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buf)
     atomic_write_bytes(directory / ACTOR_FILE, buf.getvalue())
     digest = hashlib.sha256(buf.getvalue()).hexdigest()
-    atomic_write_json(
-        directory / META_FILE, {**meta, "schema_version": SCHEMA_VERSION, "actor_sha256": digest}
-    )
+    spec = meta.get("observation_spec")
+    version = SCHEMA_VERSION if isinstance(spec, dict) and spec.get("predictor") else 3
+    atomic_write_json(directory / META_FILE, {**meta, "schema_version": version, "actor_sha256": digest})
     return digest
 
 

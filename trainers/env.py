@@ -60,7 +60,7 @@ class PortfolioCore:
     """State and dynamics of ``n`` portfolios trading one slice of a panel.
 
     Args:
-        features: ``(T, n_assets, n_features)`` normalised features, float32.
+        features: ``(T, n_assets, n_channels)`` normalised features (and predictor channel), float32.
         prices: ``(T, n_assets, 5)`` OHLCV.
         start, stop: the slice ``[start, stop)`` of bars the episodes may use; decisions
             are made at bars ``>= max(start, lookback - 1)`` and ``<= stop - 2``.

@@ -67,7 +67,7 @@ from trainers.features import (
     compute_features,
 )
 from trainers.naming import grade_for, vin_for
-from trainers.predictor import FittedPredictor, fit_predictor, with_channel
+from trainers.predictor import FittedPredictor, fit_fold_predictor, with_channel
 from trainers.predictor_spec import PredictorSpec
 from trainers.runtime.heartbeat import Heartbeat
 from trainers.search_space import DEFAULT_BUDGET_STEPS
@@ -260,14 +260,13 @@ class FoldLearner:
         self.predictor: FittedPredictor | None = None
         if self.design.predictor_horizon > 0:
             # fitted on the fold's training slice only; its channel is computed for the bars
-            # the environment and the fold's backtest read
+            # the environment (cross-fitted) and the fold's backtest (the kept network) read
             spec = PredictorSpec(self.design.predictor_horizon)
             close = data.panel.prices[:, :, 3]
-            self.predictor = fit_predictor(
-                self.features, close, fold.train_start, fold.train_stop, spec, seed
-            )
             first = max(0, fold.train_start - params.lookback)
-            channel = self.predictor.channel(self.features, first, fold.test_stop)
+            self.predictor, channel = fit_fold_predictor(
+                self.features, close, fold.train_start, fold.train_stop, spec, seed, first, fold.test_stop
+            )
             self.features = with_channel(self.features, channel)
         self.env = PortfolioVecEnv(
             self.features,

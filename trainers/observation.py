@@ -1,8 +1,10 @@
 """The observation layout shared by the environment, the backtest and the paper trader.
 
 An observation for a decision at bar ``t`` is the float32 vector
-``[window (lookback, n_assets, n_features) flattened C-order, weights (n_assets), cash (1)]``
-where ``window`` holds the normalised features of bars ``t - lookback + 1 .. t``.
+``[window (lookback, n_assets, n_channels) flattened C-order, weights (n_assets), cash (1)]``
+where ``window`` holds the normalised features of bars ``t - lookback + 1 .. t`` (and, for
+a model with a predictor, its channel after them: ``n_channels = n_features + 1``,
+:mod:`trainers.predictor`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ def build_observations(features: np.ndarray, t: np.ndarray, lookback: int, weigh
     """Observations of ``n`` portfolios deciding at bars ``t``.
 
     Args:
-        features: ``(T, n_assets, n_features)`` normalised features (float32).
+        features: ``(T, n_assets, n_channels)`` normalised features (float32), with the
+            predictor channel last when the model has one.
         t: ``(n,)`` int decision bars, each ``>= lookback - 1``.
         lookback: bars in the window.
         weights: ``(n, n_assets)`` current weights (cash = 1 - sum).

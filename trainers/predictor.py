@@ -16,21 +16,24 @@ per fold:
   :data:`trainers.predictor_spec.HIDDEN` units, then a linear layer to one logit; trained
   with binary cross-entropy and Adam (Kingma & Ba 2015) for :data:`STEPS` minibatches of
   :data:`BATCH` from at most :data:`MAX_SAMPLES` (bar, asset) samples of the first 80% of
-  the slice's bars. The last 20% give the reported validation accuracy
-  (a diagnostic; nothing is chosen on it);
+  the slice's bars. The last 20% (after a purge of ``horizon`` bars) give the reported
+  validation accuracy (a diagnostic; nothing is chosen on it);
+* the agent trains on a cross-fitted channel inside its training slice, never on the
+  network's in-sample output (:func:`fit_fold_predictor`);
 * channel: ``2 p - 1`` in [-1, 1] (0 = no opinion), where ``p = sigmoid(logit)``; bars
   without ``sequence_bars`` of history get 0.
 
 The channel at bar ``t`` depends on bars ``t - sequence_bars + 1 .. t`` only (no state is
 carried between windows), so a consumer that keeps ``lookback + sequence_bars - 1`` bars of
-features (the paper trader, :class:`ensemble.policy.EnsemblePolicy`) computes exactly what
-training computed over the whole panel. A bundle keeps the network's tensors in its
-``actor.pth`` under the :data:`trainers.predictor_spec.STATE_PREFIX` keys and its
+features (the paper trader, :class:`ensemble.policy.EnsemblePolicy`) computes what the
+fold's backtest saw (equal to float rounding: batch sizes differ). A bundle keeps the
+network's tensors in its ``actor.pth`` under the :data:`trainers.predictor_spec.STATE_PREFIX` keys and its
 :class:`PredictorSpec` in ``model.json``'s ``observation_spec.predictor``.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +47,7 @@ MAX_SAMPLES = 16_384  # (bar, asset) training samples per fit
 BATCH = 256
 LEARNING_RATE = 3e-3
 VALIDATION_FRACTION = 0.2
+CROSS_FIT_BLOCKS = 2  # contiguous blocks of the training slice for the agent's channel
 _CHUNK = 8192  # sequences per inference call
 
 
@@ -91,6 +95,7 @@ def fit_predictor(
     stop: int,
     spec: PredictorSpec,
     seed: int | None = None,
+    exclude: tuple[int, int] | None = None,
 ) -> FittedPredictor:
     """Fit a :class:`GRUPredictor` on the training slice ``[start, stop)`` (module docstring).
 
@@ -101,11 +106,15 @@ def fit_predictor(
         spec: horizon, sequence length and width.
         seed: seeds the sampling and the network's initialisation (the global torch RNG is
             left as it was).
+        exclude: decision bars ``[a, b)`` left out of the fit (a cross-fit's held-out block
+            with its purge, :func:`fit_fold_predictor`).
 
     Returns:
         The fitted predictor; ``report`` holds ``train_samples``, ``validation_samples``,
         ``validation_accuracy`` and ``validation_up_rate`` (the accuracy of always
-        predicting the majority class is ``max(rate, 1 - rate)``).
+        predicting the majority class is ``max(rate, 1 - rate)``). The validation bars are
+        the last 20% of the eligible bars, ``horizon`` bars after the last fitted one, so
+        no fitted label overlaps them.
 
     Raises:
         ValueError: the slice has too few bars for one training and one validation sample.
@@ -113,8 +122,10 @@ def fit_predictor(
     first = max(int(start), spec.sequence_bars - 1)
     last = int(stop) - 1 - spec.horizon  # label close[t + h] with t + h <= stop - 1
     bars = np.arange(first, last + 1)
+    if exclude is not None:
+        bars = bars[(bars < exclude[0]) | (bars >= exclude[1])]
     n_val = int(len(bars) * VALIDATION_FRACTION)
-    if len(bars) - n_val < 2 or n_val < 1:
+    if len(bars) - n_val - spec.horizon < 2 or n_val < 1:
         raise ValueError(
             f"training slice [{start}, {stop}) is too short for a predictor of horizon {spec.horizon} "
             f"reading {spec.sequence_bars} bars"
@@ -122,7 +133,9 @@ def fit_predictor(
     n_assets = close.shape[1]
     labels = (close[bars + spec.horizon] > close[bars]).astype(np.float32)  # (n_bars, A)
     rng = np.random.default_rng(seed)
-    fit_bars, val_bars = np.arange(len(bars) - n_val), np.arange(len(bars) - n_val, len(bars))
+    # the purge: the last fitted label (t + h) ends before the first validation bar
+    fit_bars = np.arange(len(bars) - n_val - spec.horizon)
+    val_bars = np.arange(len(bars) - n_val, len(bars))
     pairs = np.stack(np.meshgrid(fit_bars, np.arange(n_assets), indexing="ij"), -1).reshape(-1, 2)
     if len(pairs) > MAX_SAMPLES:
         pairs = pairs[rng.choice(len(pairs), MAX_SAMPLES, replace=False)]
@@ -158,6 +171,60 @@ def fit_predictor(
         "validation_up_rate": float(truth.mean()),
     }
     return FittedPredictor(spec, model, report)
+
+
+def fit_fold_predictor(
+    features: np.ndarray,
+    close: np.ndarray,
+    start: int,
+    stop: int,
+    spec: PredictorSpec,
+    seed: int | None,
+    channel_start: int,
+    channel_stop: int,
+) -> tuple[FittedPredictor, np.ndarray]:
+    """The predictor of one walk-forward fold and the channel its agent trains on.
+
+    The predictor kept (bundle, backtests, trader) is fitted on the whole training slice.
+    The agent must not train on that network's in-sample output (it would learn to trust
+    memorised labels), so inside ``[start, stop)`` the channel is *cross-fitted*: the slice
+    is cut into :data:`CROSS_FIT_BLOCKS` contiguous blocks and each block's channel comes
+    from a network fitted on the other blocks, purged of every decision bar whose label
+    overlaps the block's labels (``[block start - horizon, block stop + horizon +
+    sequence_bars)``); purged k-fold cross-validation, López de Prado (2018), "Advances in
+    Financial Machine Learning", ch. 7. Outside the slice (the lookback bars before it, the
+    embargo and the test slice) the kept network's output is used: its labels never reach
+    those bars' future.
+
+    Args:
+        features, close, start, stop, spec, seed: as :func:`fit_predictor`.
+        channel_start, channel_stop: the bars whose channel is computed.
+
+    Returns:
+        The kept predictor (its ``report`` also holds ``out_of_fold_accuracy`` and
+        ``out_of_fold_samples``: the cross-fitted channel's sign against the labels of the
+        slice) and the ``(T, n_assets)`` channel (0 outside ``[channel_start, channel_stop)``).
+
+    Raises:
+        ValueError: a block leaves too few bars to fit on.
+    """
+    kept = fit_predictor(features, close, start, stop, spec, seed)
+    channel = kept.channel(features, channel_start, channel_stop)
+    edges = np.linspace(start, stop, CROSS_FIT_BLOCKS + 1).astype(int)
+    base = 0 if seed is None else int(seed)
+    for i, (b0, b1) in enumerate(itertools.pairwise(edges)):
+        purge = (int(b0) - spec.horizon, int(b1) + spec.horizon + spec.sequence_bars)
+        part = fit_predictor(features, close, start, stop, spec, base + 1 + i, exclude=purge)
+        lo, hi = max(int(b0), channel_start), min(int(b1), channel_stop)
+        if lo < hi:
+            channel[lo:hi] = part.channel(features, lo, hi)[lo:hi]
+    bars = np.arange(
+        max(start, spec.sequence_bars - 1, channel_start), min(stop - spec.horizon, channel_stop)
+    )
+    up = close[bars + spec.horizon] > close[bars]
+    kept.report["out_of_fold_samples"] = float(up.size)
+    kept.report["out_of_fold_accuracy"] = float(((channel[bars] > 0) == up).mean()) if up.size else 0.0
+    return kept, channel
 
 
 @torch.no_grad()

@@ -80,6 +80,11 @@ def test_the_bundle_carries_the_predictor_and_replays_its_fold(predicted_root: P
         )
         assert result.metrics.sharpe == pytest.approx(last["sharpe"], rel=1e-4, abs=1e-6)
         assert result.metrics.turnover == pytest.approx(last["turnover"], rel=1e-4, abs=1e-6)
+        # a window without the predictor's history before it is refused, not fed zeros
+        history = bundle.spec.history_bars
+        assert history == bundle.spec.lookback + bundle.spec.predictor.sequence_bars - 1
+        with pytest.raises(ValueError, match=f"needs {history} bars of history"):
+            bundle_backtest(bundle, panel.prices, raw, history - 2, history + 50)
 
 
 @pytest.mark.slow
@@ -143,7 +148,7 @@ def test_the_predictor_channel_reaches_the_training_observation() -> None:
     asset and bar, and it is the channel of a predictor fitted on that fold's training slice."""
     from trainers.design import Design
     from trainers.objective import FoldLearner
-    from trainers.predictor import fit_predictor
+    from trainers.predictor import fit_fold_predictor
     from trainers.predictor_spec import PredictorSpec
     from trainers.search_space import PPOParams
 
@@ -157,8 +162,21 @@ def test_the_predictor_channel_reaches_the_training_observation() -> None:
     assert with_predictor.env.core.obs_dim == plain.env.core.obs_dim + params.lookback * n_assets
     np.testing.assert_array_equal(with_predictor.features[:, :, :-1], plain.features)
     close = data.panel.prices[:, :, 3]
-    refit = fit_predictor(plain.features, close, fold.train_start, fold.train_stop, PredictorSpec(HORIZON), 0)
-    channel = refit.channel(plain.features, fold.train_start, fold.test_stop)
-    inside = slice(fold.train_start, fold.test_stop)
-    np.testing.assert_allclose(with_predictor.features[inside, :, -1], channel[inside], atol=1e-6)
-    assert np.abs(channel[inside]).max() > 0.01  # an opinion, not a constant 0
+    first = fold.train_start - params.lookback
+    kept, channel = fit_fold_predictor(
+        plain.features,
+        close,
+        fold.train_start,
+        fold.train_stop,
+        PredictorSpec(HORIZON),
+        0,
+        first,
+        fold.test_stop,
+    )
+    seen = slice(first, fold.test_stop)
+    np.testing.assert_allclose(with_predictor.features[seen, :, -1], channel[seen], atol=1e-6)
+    assert np.abs(channel[seen]).max() > 0.01  # an opinion, not a constant 0
+    # the fold's backtest reads the kept network's channel, the agent a cross-fitted one
+    test = slice(fold.test_start, fold.test_stop)
+    np.testing.assert_allclose(channel[test], kept.channel(plain.features)[test], atol=1e-6)
+    assert 0.3 < with_predictor.predictor.report["out_of_fold_accuracy"] < 0.7

@@ -84,7 +84,8 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 
     bundle = load_bundle(tmp_path / "b", PipelineSpec(SYMBOLS), expect_sha256=digest)
     assert bundle.sha256 == digest
-    assert bundle.meta == {**meta, "schema_version": SCHEMA_VERSION, "actor_sha256": digest}
+    # no predictor: written as version 3, which readers from before version 4 still read
+    assert bundle.meta == {**meta, "schema_version": 3, "actor_sha256": digest}
     assert bundle.spec == spec
     np.testing.assert_array_equal(bundle.spec.norm.mean, spec.norm.mean)
     np.testing.assert_array_equal(bundle.spec.norm.std, spec.norm.std)
@@ -102,7 +103,7 @@ def test_actor_loads_weights_only(bundle_dir: Path) -> None:
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert set(state) == set(make_actor(make_spec()).state_dict())
     meta = json.loads((bundle_dir / META_FILE).read_text())
-    assert meta["schema_version"] == SCHEMA_VERSION
+    assert meta["schema_version"] == 3 < SCHEMA_VERSION  # 4 only with a predictor
     assert meta["actor_sha256"] == sha256_file(bundle_dir / ACTOR_FILE)
 
 

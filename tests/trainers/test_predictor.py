@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from trainers.design import Design, DesignOptions, suggest_design
-from trainers.predictor import fit_predictor, load_predictor, predictor_channel, split_state
+from trainers.predictor import (
+    fit_fold_predictor,
+    fit_predictor,
+    load_predictor,
+    predictor_channel,
+    split_state,
+)
 from trainers.predictor_spec import STATE_PREFIX, PredictorSpec
 
 HORIZON = 1
@@ -113,3 +119,31 @@ def test_the_design_option_is_validated_recorded_and_searched() -> None:
     assert "predictor_horizon" not in design.env_kwargs()
     assert Design.from_meta({"design": design.as_dict()}).predictor_horizon == 4
     assert Design.from_meta({}).predictor_horizon == 0
+
+
+def test_the_agents_channel_is_cross_fitted_inside_the_training_slice() -> None:
+    """Inside the slice a block's channel comes from a network that never saw that block's
+    labels (changing them changes nothing there); outside it the kept network's is used."""
+    torch.set_num_threads(1)
+    features, close = signal_panel(1600)
+    spec = PredictorSpec(HORIZON, sequence_bars=4, hidden=8)
+    start, stop = 100, 1300
+    kept, channel = fit_fold_predictor(features, close, start, stop, spec, 0, 50, 1600)
+    own = kept.channel(features, 50, 1600)
+    np.testing.assert_array_equal(channel[1300:], own[1300:])  # embargo and test bars
+    np.testing.assert_array_equal(channel[50:100], own[50:100])  # the lookback before the slice
+    assert (channel[:50] == 0).all()
+    assert not np.allclose(channel[start:stop], own[start:stop])  # not the in-sample output
+    assert kept.report["out_of_fold_accuracy"] > 0.9  # the signal is real, so it generalises
+    assert kept.report["out_of_fold_samples"] == (stop - HORIZON - start) * 2
+
+    # another past for the first block's labels: its channel (fitted on the second block,
+    # purged) does not move, the second block's (fitted on the first) does
+    middle = (start + stop) // 2
+    other = close.copy()
+    other[start : middle + HORIZON] *= np.exp(
+        np.random.default_rng(5).normal(0, 0.05, (middle + HORIZON - start, 2))
+    )
+    _, again = fit_fold_predictor(features, other, start, stop, spec, 0, 50, 1600)
+    np.testing.assert_array_equal(again[start:middle], channel[start:middle])
+    assert not np.allclose(again[middle:stop], channel[middle:stop])
