@@ -15,6 +15,9 @@ What goes (each a *candidate*):
   directory would go by the same rule. They are listed and removed through the store only,
   so a services host cleans what workers on other hosts uploaded; a store that cannot be
   listed stops the cleanup (nothing removed).
+* **cached bundles** ``<root>/cache/bundles/<sha256>_<trial id>/`` (verified local copies
+  of bundles fetched from a remote store, :mod:`trainers.bundle_cache`) of trials whose
+  scratch directory would go by the same rule; a cached copy of a protected trial stays.
 
 What never goes: anything a *reference* points at. References are read from the ensemble
 manifest (``ensemble/ensemble_manifest.json`` members), every deployment slot

@@ -4,6 +4,7 @@ go, which are kept by a reference and which are left alone (see :mod:`daemon.cle
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -12,7 +13,10 @@ from daemon.cleanup.references import References, UnreadableReference, collect_r
 from daemon.cleanup.result import CleanupError, CleanupResult, Kept, Removal
 from daemon.cleanup.storage import lookup, referenced_trial_ids
 from trainers.artifact_store import ArtifactStoreUnavailable, artifact_store_for
+from trainers.runtime.layout import Layout
 from trainers.study_db.lookup import TrialLookup, TrialRef
+
+_CACHE_NAME = re.compile(r"^[0-9a-f]{64}_(\d+)$")  # trainers.bundle_cache.cache_key
 
 
 def read_references(root: Path) -> References:
@@ -71,6 +75,7 @@ def plan_cleanup(
         protected_ids = referenced_trial_ids(db, refs)
         _plan_artifacts(root, db, refs, protected_ids, study, keep_top, result)
         _plan_scratch(root, db, refs, protected_ids, study, keep_top, result)
+        _plan_cache(root, db, protected_ids, study, keep_top, result)
     _plan_logs(root, keep_days, time.time() if now is None else now, result)
     return result
 
@@ -119,6 +124,48 @@ def _plan_scratch(
             result.removed.append(
                 Removal(rel, path_size(path), "scratch", reason, name, trial.trial_id, trial.number)
             )
+
+
+def _plan_cache(
+    root: Path,
+    db: TrialLookup,
+    protected_ids: dict[int, str],
+    only: str | None,
+    keep_top: int,
+    result: CleanupResult,
+) -> None:
+    """Cached bundles (``cache/bundles/<sha256>_<trial id>``) go with their trial's files;
+    a folder of another name, or of a trial the storage does not know, is left alone."""
+    base = Layout(root).bundle_cache_dir
+    if not base.is_dir() or base.is_symlink():
+        return
+    folders: dict[int, Path] = {}
+    for path in sorted(base.iterdir()):
+        match = _CACHE_NAME.match(path.name)
+        if match is None or not path.is_dir() or path.is_symlink():
+            if not path.name.startswith("."):  # the cache's own temp folders start with a dot
+                result.skipped.append(Kept(_rel(root, path), "not a cached bundle; left alone"))
+            continue
+        folders[int(match.group(1))] = path
+    trials = db.trials_by_id(sorted(folders))
+    for trial_id, path in sorted(folders.items()):
+        rel = _rel(root, path)
+        trial = trials.get(trial_id)
+        if trial is None:
+            result.skipped.append(Kept(rel, f"trial id {trial_id} is not in the storage"))
+            continue
+        if only is not None and trial.study != only:
+            continue
+        reason = _trial_verdict(trial, db, keep_top)
+        if reason is None:
+            continue
+        where = protected_ids.get(trial_id)
+        if where:
+            result.protected.append(Kept(rel, f"referenced by {where}"))
+            continue
+        result.removed.append(
+            Removal(rel, path_size(path), "cache", reason, trial.study, trial_id, trial.number)
+        )
 
 
 def _plan_artifacts(

@@ -20,7 +20,7 @@ def human_size(n: int) -> str:
     return f"{size / 1024:.1f} TiB"
 
 
-Kind = Literal["log", "scratch", "artifact"]
+Kind = Literal["log", "scratch", "artifact", "cache"]
 
 
 class CleanupError(RuntimeError):
@@ -35,7 +35,8 @@ class Removal:
     Attributes:
         path: relative to the root (POSIX separators).
         size: bytes freed (apparent size of the file or of everything below the folder).
-        kind: ``log``, ``scratch`` or ``artifact``.
+        kind: ``log``, ``scratch``, ``artifact`` or ``cache`` (a verified local copy of a
+            bundle fetched from a remote artifact store, ``cache/bundles/``).
         reason: why it goes, in words.
         study, trial_id, number: the trial a scratch directory or artifact belongs to.
     """
@@ -84,7 +85,9 @@ class CleanupResult:
 
     def summary(self) -> str:
         """One line: counts by kind, bytes freed, protected and failed counts."""
-        kinds = {k: sum(1 for r in self.removed if r.kind == k) for k in ("log", "scratch", "artifact")}
+        kinds = {
+            k: sum(1 for r in self.removed if r.kind == k) for k in ("log", "scratch", "artifact", "cache")
+        }
         verb = "would free" if self.dry_run else "freed"
         parts = [f"{n} {k}" for k, n in kinds.items() if n]
         what = ", ".join(parts) or "nothing"

@@ -489,3 +489,41 @@ def test_the_cleanup_job_does_not_run_after_a_failed_archive(
     assert (root / "trial_archive" / "trial_registry.json").is_file()
     after = set(listing(root))
     assert {k for k in before if k.startswith("trials/") and k.count("/") == 2} - after  # some went
+
+
+def test_cached_bundles_go_with_their_trials(
+    trained_study: TrainedStudy, panel: Panel, tmp_path: Path
+) -> None:
+    """``cache/bundles/<sha256>_<trial id>`` (a remote store's verified copies) follow their
+    trial's fate; the ensemble's members' copies, unknown trials' and foreign folders stay."""
+    root = tmp_path / "root"
+    shutil.copytree(trained_study.root, root)
+    url, name = default_storage_url(root), trained_study.study_name
+    ranked = sorted(
+        optuna.load_study(study_name=name, storage=url).get_trials(states=(TrialState.COMPLETE,)),
+        key=lambda t: (-t.value, t.number),
+    )
+    cache = root / "cache" / "bundles"
+    cache.mkdir(parents=True)
+    folders = {}
+    for t in ranked:
+        folders[t.number] = cache / f"{t.user_attrs['actor_sha256']}_{t._trial_id}"
+        shutil.copytree(root / t.user_attrs["bundle_path"], folders[t.number])
+    shutil.copytree(folders[ranked[0].number], cache / f"{'a' * 64}_999999")  # no such trial
+    (cache / "notes").mkdir()  # not the cache's
+    # the third trial is an ensemble member: its cached copy stays although it ranks out
+    sync_ensemble(root, url, name, PipelineSpec(panel.symbols), top_n=3)
+    plan = plan_cleanup(root, url, keep_days=7, keep_top=1)
+    cached = {x.path for x in plan.removed if x.kind == "cache"}
+    assert cached == set()  # all three are members
+    shutil.rmtree(root / "ensemble")
+    result = run_cleanup(root, url, keep_days=7, keep_top=1)
+    assert {x.path for x in result.removed if x.kind == "cache"} == {
+        folders[t.number].relative_to(root).as_posix() for t in ranked[1:]
+    }
+    assert "2 cache" in result.summary()
+    assert folders[ranked[0].number].is_dir()
+    assert (cache / f"{'a' * 64}_999999").is_dir() and (cache / "notes").is_dir()
+    skipped = {k.path: k.reason for k in result.skipped}
+    assert skipped[f"cache/bundles/{'a' * 64}_999999"] == "trial id 999999 is not in the storage"
+    assert skipped["cache/bundles/notes"] == "not a cached bundle; left alone"

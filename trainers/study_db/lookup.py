@@ -88,6 +88,18 @@ class TrialLookup:
                 out[int(number)] = TrialRef(int(tid), name, int(number), state_name(state))
         return out
 
+    def trials_by_id(self, ids: list[int]) -> dict[int, TrialRef]:
+        """``{trial_id: trial}`` of the given trial ids, any study (absent ones left out)."""
+        out: dict[int, TrialRef] = {}
+        for chunk in chunks(ids):
+            query = sa.text(
+                "SELECT t.trial_id, s.study_name, t.number, t.state FROM trials t "
+                "JOIN studies s ON s.study_id = t.study_id WHERE t.trial_id IN :ids"
+            ).bindparams(sa.bindparam("ids", expanding=True))
+            for tid, study, number, state in self.conn.execute(query, {"ids": chunk}):
+                out[int(tid)] = TrialRef(int(tid), study, int(number), state_name(state))
+        return out
+
     def artifact_owners(self, ids: list[str]) -> tuple[dict[str, TrialRef], set[str]]:
         """``({artifact_id: trial}, {study-level artifact ids})`` for artifact ids: Optuna's
         own artifact records (system attributes ``artifacts:<id>``) and the ``artifact_id``
