@@ -10,7 +10,6 @@ by name.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import random
@@ -22,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+REPO = str(Path(__file__).resolve().parents[1])
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # the repository's tests/ package (bench scripts run as files)
 
 Undo = Callable[[], str]
 STORAGE_OUTAGE_S = 30.0
@@ -107,20 +110,10 @@ def lock_sqlite(db: Path, seconds: float, env: dict[str, str]) -> tuple[subproce
 def fill_disk(root: Path) -> tuple[str, Undo]:
     """Write zeros to ``<root>/soak_disk_fill.bin`` until the filesystem says ENOSPC; the
     undo deletes the file."""
+    from tests.tmpfs import fill_until_full
+
     path = root / FILL_FILE
-    written = 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        chunk = b"\0" * 65536
-        while True:
-            try:
-                written += os.write(fd, chunk)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                break
-    finally:
-        os.close(fd)
+    written = fill_until_full(path)
 
     def undo() -> str:
         path.unlink(missing_ok=True)
@@ -131,26 +124,20 @@ def fill_disk(root: Path) -> tuple[str, Undo]:
 
 @contextlib.contextmanager
 def mounted_tmpfs(path: Path, size_mb: int) -> Iterator[Path]:
-    """A ``size_mb`` MB tmpfs mounted at ``path`` (needs root), lazily unmounted afterwards.
+    """:func:`tests.tmpfs.mounted_tmpfs` for the soak's runtime root.
 
     Raises:
         SystemExit: not root, or the mount was refused (with mount's message).
     """
-    if os.geteuid() != 0:
-        raise SystemExit("--tmpfs-mb: mounting a tmpfs needs root")
-    path.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        raise SystemExit(f"--tmpfs-mb: cannot mount a tmpfs at {path}: {res.stderr.strip()}")
+    from tests.tmpfs import mounted_tmpfs as mount
+
     try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+        stack = contextlib.ExitStack()
+        mounted = stack.enter_context(mount(path, size_mb))
+    except RuntimeError as exc:
+        raise SystemExit(f"--tmpfs-mb: {exc}") from None
+    with stack:
+        yield mounted
 
 
 @contextlib.contextmanager
@@ -162,9 +149,6 @@ def private_postgres_server() -> Iterator[Any]:
     Raises:
         SystemExit: no server binaries, or initdb/start failed (with the reason).
     """
-    repo = str(Path(__file__).resolve().parents[1])
-    if repo not in sys.path:
-        sys.path.insert(0, repo)  # the repository's tests/ package (bench scripts run as files)
     from tests.pg_instance import private_postgres
 
     try:

@@ -8,14 +8,9 @@ Mounting a tmpfs needs root (CAP_SYS_ADMIN); where that is refused the test is s
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
 import shutil
 import sqlite3
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -25,34 +20,10 @@ from tests.conftest import TrainedStudy
 from tests.daemon._supervisor_proc import SupervisorProc, Supervisors, log_events, write_config
 from tests.daemon.webhook_server import webhook_server
 from tests.paper_trader.ensemble_root import ensemble_root, heartbeat
+from tests.tmpfs import fill_until_full, mounted_tmpfs
 
 SIZE_MB = 16  # the drill's 12 MB plus room for the one-member ensemble the trader trades
 WORKERS = ("worker-0", "worker-1")
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size_mb: int = SIZE_MB) -> Iterator[Path]:
-    """A ``size_mb`` MB tmpfs mounted at ``path``; lazily unmounted afterwards. CI runs as
-    root, which mounting needs.
-
-    Raises:
-        RuntimeError: not root, or the mount was refused.
-    """
-    if os.geteuid() != 0:
-        raise RuntimeError("mounting a tmpfs needs root (CI runs as root)")
-    path.mkdir(parents=True)
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        raise RuntimeError(f"cannot mount a tmpfs: {res.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
 def small_root(trained: TrainedStudy, staging: Path, dest: Path) -> Path:
@@ -65,22 +36,6 @@ def small_root(trained: TrainedStudy, staging: Path, dest: Path) -> Path:
         shutil.copy2(staging / name, dest / name)
     shutil.copytree(staging / "ensemble", dest / "ensemble", symlinks=True)
     return dest
-
-
-def fill(path: Path) -> int:
-    """Write zeros to ``path`` until the filesystem refuses (ENOSPC); returns the bytes written."""
-    written = 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        chunk = b"\0" * 65536
-        while True:
-            try:
-                written += os.write(fd, chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-                return written
-    finally:
-        os.close(fd)
 
 
 def ledger(root: Path) -> tuple[int, list[tuple]]:
@@ -123,7 +78,7 @@ def _paused_status(sup: SupervisorProc, paused: bool) -> dict | None:
 def test_disk_full_pauses_and_resumes_everything(
     trained_study: TrainedStudy, tmp_path: Path, sups: Supervisors
 ) -> None:
-    with small_tmpfs(tmp_path / "mnt") as mnt, webhook_server() as hook:
+    with mounted_tmpfs(tmp_path / "mnt", SIZE_MB) as mnt, webhook_server() as hook:
         root = small_root(trained_study, tmp_path / "staging", mnt / "root")
         cfg = write_config(
             tmp_path / "c.toml",
@@ -143,7 +98,7 @@ def test_disk_full_pauses_and_resumes_everything(
         )
         before = {n: sup.child(n) for n in (*WORKERS, "paper_trader")}
 
-        filled = fill(mnt / "filler")  # the disk is full now: a real ENOSPC
+        filled = fill_until_full(mnt / "filler")  # the disk is full now: a real ENOSPC
         full_at = time.monotonic()
 
         sup.wait_for(
