@@ -179,6 +179,20 @@ def check_study_costs(study: optuna.Study, costs: Costs) -> None:
         )
 
 
+def _bar_counts(text: str, option: str) -> tuple[int, ...]:
+    """A comma-separated list of bar counts from the command line.
+
+    Raises:
+        typer.BadParameter: not whole numbers (naming ``option``).
+    """
+    try:
+        return tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a comma-separated list of bar counts", param_hint=option
+        ) from None
+
+
 def check_study_design(study: optuna.Study, design: DesignOptions) -> None:
     """Record the agent designs a study allows on a study that has none; refuse others.
 
@@ -503,20 +517,8 @@ def main(
             f"{budget_ladder!r} is not an increasing comma-separated list of step counts",
             param_hint="--budget-ladder",
         ) from None
-    try:
-        intervals = tuple(int(k) for k in decision_intervals.split(","))
-    except ValueError:
-        raise typer.BadParameter(
-            f"{decision_intervals!r} is not a comma-separated list of bar counts",
-            param_hint="--decision-intervals",
-        ) from None
-    try:
-        horizons = tuple(int(h) for h in predictor_horizons.split(","))
-    except ValueError:
-        raise typer.BadParameter(
-            f"{predictor_horizons!r} is not a comma-separated list of bar counts",
-            param_hint="--predictor-horizons",
-        ) from None
+    intervals = _bar_counts(decision_intervals, "--decision-intervals")
+    horizons = _bar_counts(predictor_horizons, "--predictor-horizons")
     try:
         design = DesignOptions(
             action_scheme=action_scheme,

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from daemon.cleanup.files import inside, log_kind, open_files_under, path_size, read_meta
 from daemon.cleanup.references import References, UnreadableReference, collect_references
-from daemon.cleanup.result import CleanupError, CleanupResult, Kept, Removal
+from daemon.cleanup.result import CleanupError, CleanupResult, Kept, Kind, Removal
 from daemon.cleanup.storage import lookup, referenced_trial_ids
 from trainers.artifact_store import ArtifactStoreUnavailable, artifact_store_for
 from trainers.runtime.layout import Layout
@@ -126,6 +127,27 @@ def _plan_scratch(
             )
 
 
+def _judge(
+    rel: str,
+    size: Callable[[], int],
+    kind: Kind,
+    trial: TrialRef,
+    where: str | None,
+    db: TrialLookup,
+    keep_top: int,
+    result: CleanupResult,
+) -> None:
+    """One candidate of a trial: removed when its trial's files go (:func:`_trial_verdict`)
+    unless a reference (``where``) protects it."""
+    reason = _trial_verdict(trial, db, keep_top)
+    if reason is None:
+        return
+    if where:
+        result.protected.append(Kept(rel, f"referenced by {where}"))
+        return
+    result.removed.append(Removal(rel, size(), kind, reason, trial.study, trial.trial_id, trial.number))
+
+
 def _plan_cache(
     root: Path,
     db: TrialLookup,
@@ -154,18 +176,9 @@ def _plan_cache(
         if trial is None:
             result.skipped.append(Kept(rel, f"trial id {trial_id} is not in the storage"))
             continue
-        if only is not None and trial.study != only:
-            continue
-        reason = _trial_verdict(trial, db, keep_top)
-        if reason is None:
-            continue
-        where = protected_ids.get(trial_id)
-        if where:
-            result.protected.append(Kept(rel, f"referenced by {where}"))
-            continue
-        result.removed.append(
-            Removal(rel, path_size(path), "cache", reason, trial.study, trial_id, trial.number)
-        )
+        if only is None or trial.study == only:
+            where = protected_ids.get(trial_id)
+            _judge(rel, lambda p=path: path_size(p), "cache", trial, where, db, keep_top, result)
 
 
 def _plan_artifacts(
@@ -190,18 +203,9 @@ def _plan_artifacts(
             if artifact_id not in study_level:
                 result.skipped.append(Kept(rel, "no trial in the storage owns this artifact"))
             continue
-        if only is not None and trial.study != only:
-            continue
-        reason = _trial_verdict(trial, db, keep_top)
-        if reason is None:
-            continue
-        where = protected_ids.get(trial.trial_id) or refs.numbers.get((trial.study, trial.number))
-        if where:
-            result.protected.append(Kept(rel, f"referenced by {where}"))
-            continue
-        result.removed.append(
-            Removal(rel, size, "artifact", reason, trial.study, trial.trial_id, trial.number)
-        )
+        if only is None or trial.study == only:
+            where = protected_ids.get(trial.trial_id) or refs.numbers.get((trial.study, trial.number))
+            _judge(rel, lambda n=size: n, "artifact", trial, where, db, keep_top, result)
 
 
 def _plan_logs(root: Path, keep_days: float, now: float, result: CleanupResult) -> None:

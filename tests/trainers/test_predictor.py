@@ -4,6 +4,8 @@ and the design option that asks for it is validated, recorded and searched."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import optuna
 import pytest
@@ -147,3 +149,17 @@ def test_the_agents_channel_is_cross_fitted_inside_the_training_slice() -> None:
     _, again = fit_fold_predictor(features, other, start, stop, spec, 0, 50, 1600)
     np.testing.assert_array_equal(again[start:middle], channel[start:middle])
     assert not np.allclose(again[middle:stop], channel[middle:stop])
+
+
+def test_bad_predictor_horizons_on_the_command_line_name_the_option(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from trainers.worker import app
+
+    for value, message in (("x", "not a comma-separated list of bar counts"), ("-4", "must be bars >= 0")):
+        argv = ["--study", "s", "--root", str(tmp_path), "--predictor-horizons", value]
+        result = CliRunner().invoke(app, argv, terminal_width=200, env={"COLUMNS": "200"})
+        shown = " ".join(result.output.replace("│", " ").split())
+        assert result.exit_code == 2, result.output
+        assert "--predictor-horizons" in shown and message in shown, shown
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written
