@@ -51,6 +51,14 @@ class RssSamples:
             return
         self.samples[name].append((now, (pid, ctime), rss / 2**20))
 
+    def write_csv(self, path: Path) -> None:
+        """Every sample as ``component,pid,create_time,time,rss_mb`` (for plots and for
+        telling a leak from a plateau)."""
+        lines = ["component,pid,create_time,time,rss_mb"]
+        for name, rows in sorted(self.samples.items()):
+            lines += [f"{name},{inc[0]},{inc[1]:.3f},{t:.1f},{rss:.2f}" for t, inc, rss in rows]
+        path.write_text("\n".join(lines) + "\n")
+
     def slopes(self) -> dict[str, tuple[float | None, int, float]]:
         """Per component: (slope MB/hour or None, samples, span in minutes).
 

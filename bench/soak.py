@@ -21,6 +21,7 @@ supervisor is stopped with SIGTERM and the figures are read from the root:
 * RSS slope per component (each child's process tree and the supervisor, sampled every
   ``--sample-every`` s after a ``--rss-warmup-s`` warm-up of each process; least squares
   with one intercept per process incarnation) in MB/hour (target < 5 MB/h).
+  Every sample is written to ``rss_samples.csv`` beside the root (``--keep DIR``).
 
 Everything started is stopped by process group at the end and on Ctrl-C (the first Ctrl-C
 or SIGTERM ends the soak early and still reports; a second one aborts the report); what
@@ -254,7 +255,9 @@ def _report(soak: Soak, storage_url: str, minutes: float) -> bool:
     print(f"restarts per child (summed over supervisor incarnations): {restarts or '{}'}")
     alerts = alerts_raised(soak.root)
     print(f"alerts raised: {dict(alerts) or '{}'}")
-    print(f"RSS slope per component (MB/hour, target < {TARGET_RSS_SLOPE_MB_H:g}):")
+    samples = soak.root.parent / "rss_samples.csv"  # beside the root (the tmpfs is the root)
+    soak.rss.write_csv(samples)
+    print(f"RSS slope per component (MB/hour, target < {TARGET_RSS_SLOPE_MB_H:g}; samples in {samples}):")
     for name, (slope, n, span) in soak.rss.slopes().items():
         if slope is None:
             print(f"  {name:<16} n/a ({n} samples over {span:.1f} min: too few after warm-up)")

@@ -73,6 +73,7 @@ from paper_trader.status import iso_ts, write_status, write_trader_heartbeat
 from paper_trader.stopping import StopSignal
 from trainers.accounting import Costs, update_hwm
 from trainers.features import HISTORY_BARS, compute_features
+from trainers.runtime.memory import release_free_memory
 from trainers.runtime.pidlock import PidLock, holding
 
 WAIT_POLL_S = 0.05  # look for a first model this often (a stat of the manifest)
@@ -296,6 +297,8 @@ class Trader:
             study=new.study,
             members=len(new.bundles),
         )
+        del old
+        release_free_memory()  # the replaced ensemble's weights and buffers
 
     def _trained_on_replayed_bars(self, policy: EnsemblePolicy) -> str | None:
         """Why ``policy`` must not trade this replay (a member trained on bars the replay

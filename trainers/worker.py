@@ -56,6 +56,7 @@ from trainers.design import (
 from trainers.runtime.heartbeat import Heartbeat
 from trainers.runtime.layout import Layout
 from trainers.runtime.logs import configure_logging
+from trainers.runtime.memory import release_free_memory
 from trainers.search_space import DEFAULT_BUDGET_STEPS
 from trainers.splits import Mode
 from trainers.storage import (
@@ -370,6 +371,7 @@ def _train(
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         ran[0] += 1
+        release_free_memory()  # the trial's models and environments are garbage now
         log.info(
             "trial_finished",
             trial=trial.number,
