@@ -172,6 +172,7 @@ DESIGN_CHANGES: dict[str, object] = {
     "decision_interval": 4,
     "reward": "differential_sharpe",
     "turnover_penalty": 0.05,
+    "predictor_horizon": 4,  # the observation gains the predictor channel (test_predictor_trading.py)
 }
 
 
