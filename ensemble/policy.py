@@ -101,7 +101,6 @@ from trainers.bundle import (
     trained_bar_seconds,
 )
 from trainers.features import NORM_CLIP
-from trainers.predictor import predictor_channel
 
 COMBINE_RULES: tuple[str, ...] = ("mean", "median", "value_weighted")
 
@@ -348,9 +347,6 @@ class EnsemblePolicy:
         self._n_features = len(self.bundles[0].spec.feature_names)
         self._window_bars = max(b.spec.lookback for b in self.bundles)
         # a predictor channel over the whole window needs its sequence's bars before it
-        for i, b in enumerate(self.bundles):
-            if (b.spec.predictor is None) != (b.predictor is None):
-                raise EnsembleError(f"member {i} ({b.path}): the observation spec and the predictor disagree")
         extra = [b.spec.predictor.sequence_bars - 1 for b in self.bundles if b.spec.predictor]
         self._max_lookback = self._window_bars + max(extra, default=0)
         self._channels = self._n_features + bool(extra)
@@ -528,17 +524,16 @@ class EnsemblePolicy:
 
         ``raw`` is ``(max_lookback, A, F)``: normalised for every member in one broadcast,
         exactly :meth:`trainers.features.NormStats.apply` (float64, clip, then float32). With
-        predictor members, each one's channel (:func:`trainers.predictor.predictor_channel`
-        of its own normalised features) is written into its row of a per-member window first.
+        predictor members, each one's channel (:meth:`trainers.bundle.Bundle.predictor_channel`)
+        is written into its row of a per-member window first.
         """
         window = raw[len(raw) - self._window_bars :][::-1]  # newest bar first
         if self._window is not None:
             self._window[:, :, :, : self._n_features] = window
             for j, bundle in self._predictors:
                 sequence = bundle.spec.predictor.sequence_bars
-                history = bundle.spec.norm.apply(raw[len(raw) - self._window_bars - sequence + 1 :])
-                channel = predictor_channel(bundle.predictor, history, sequence)[sequence - 1 :]
-                self._window[j, :, :, self._n_features] = channel[::-1]
+                channel = bundle.predictor_channel(raw[len(raw) - self._window_bars - sequence + 1 :])
+                self._window[j, :, :, self._n_features] = channel[sequence - 1 :][::-1]
             z = np.subtract(self._window.reshape(len(self._x), -1), self._mean, out=self._z)
         else:
             z = np.subtract(window.reshape(-1), self._mean, out=self._z)

@@ -157,7 +157,11 @@ class PipelineSpec:
 
 @dataclass
 class Bundle:
-    """A loaded, verified bundle."""
+    """A loaded, verified bundle.
+
+    Raises:
+        BundleError: a spec with a predictor but no network, or the reverse.
+    """
 
     path: Path
     meta: dict[str, Any]
@@ -166,23 +170,31 @@ class Bundle:
     state: dict[str, torch.Tensor]
     predictor: GRUPredictor | None = None
 
+    def __post_init__(self) -> None:
+        if (self.predictor is None) != (self.spec.predictor is None):
+            raise BundleError(f"{self.path}: the observation spec and the predictor network disagree")
+
+    def predictor_channel(self, raw_features: np.ndarray) -> np.ndarray | None:
+        """The predictor channel ``(T, n_assets)`` float32 of ``(T, n_assets, n_features)`` raw
+        features (0 at bars with fewer than ``sequence_bars`` bars before them), or None for
+        a bundle without a predictor."""
+        if self.predictor is None or self.spec.predictor is None:
+            return None
+        from trainers.predictor import predictor_channel
+
+        features = self.spec.norm.apply(raw_features)
+        return predictor_channel(self.predictor, features, self.spec.predictor.sequence_bars)
+
     def observation_features(self, raw_features: np.ndarray) -> np.ndarray:
         """What the actor's window reads: ``(T, n_assets, n_features)`` raw features
         (:func:`trainers.features.compute_features`) -> ``(T, n_assets, n_channels)``
-        float32, normalised, with the predictor channel appended when the bundle has one
-        (0 at bars with fewer than ``sequence_bars`` bars before them).
-
-        Raises:
-            BundleError: a spec with a predictor but no network, or the reverse.
-        """
+        float32, normalised, with :meth:`predictor_channel` appended when the bundle has one."""
         features = self.spec.norm.apply(raw_features)
-        if (self.predictor is None) != (self.spec.predictor is None):
-            raise BundleError(f"{self.path}: the observation spec and the predictor network disagree")
-        if self.predictor is None or self.spec.predictor is None:
+        channel = self.predictor_channel(raw_features)
+        if channel is None:
             return features
-        from trainers.predictor import predictor_channel, with_channel
+        from trainers.predictor import with_channel
 
-        channel = predictor_channel(self.predictor, features, self.spec.predictor.sequence_bars)
         return with_channel(features, channel)
 
     @property
