@@ -8,6 +8,11 @@ budget per fold, on the embedded data (or ``--data``). Then, per variant:
   invested, always cash) on the same walk-forward folds (``fold_baselines``): the
   objective is the excess Sharpe ratio over equal-weight buy-and-hold, mean - 0.1 std over
   the folds;
+* where the best trial's design starts: the value of its zero action on the same folds (an
+  untrained agent's deterministic action is about 0; under ``softmax`` that is equal
+  weights over the assets and cash, rebalanced at each decision bar). A best value at or
+  below it says training added nothing to the starting point. Also the number of COMPLETE
+  trials above the always-invested value (how easy that baseline is on these folds);
 * the top-10 ensemble (``sync``) evaluated on the validation window (the window models are
   chosen on) and on the test window (reported once, never chosen on): Sharpe ratio with its
   95% bootstrap interval, against equal-weight buy-and-hold and the 50-day trend filter,
@@ -39,8 +44,11 @@ from ensemble.evaluate import evaluate
 from ensemble.sync import sync_ensemble
 from trainers.bundle import PipelineSpec
 from trainers.data import load_panel
+from trainers.design import Design
+from trainers.fold_baselines import baselines_key, zero_action_folds
+from trainers.objective import StudyData, TrainingConfig
 from trainers.study_db import open_engine
-from trainers.study_db.baselines import read_study_baselines
+from trainers.study_db.baselines import FOLD_BASELINES_ATTR, read_study_baselines
 
 
 def _design(scheme: str, intervals: str, rewards: str, *extra: str) -> list[str]:
@@ -111,6 +119,11 @@ def run_variant(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
     out["baselines"] = baselines.values() if baselines else None
     if not count["COMPLETE"]:
         return out
+    out["zero_action"] = zero_action_value(study, args)
+    out["above_invested"] = sum(
+        t.state == TrialState.COMPLETE and out["baselines"] and t.value > out["baselines"]["invested"]
+        for t in trials
+    )
     panel = load_panel(args.data)
     sync_ensemble(root, url, STUDY, PipelineSpec(panel.symbols), top_n=10)
     for window in ("validation", "test"):
@@ -132,6 +145,24 @@ def run_variant(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
     return out
 
 
+def zero_action_value(study: optuna.Study, args: argparse.Namespace) -> float:
+    """The objective value, on the study's own folds, of where the best trial's design starts:
+    the zero action (:func:`trainers.fold_baselines.zero_action_folds`). The folds are
+    rebuilt as the workers built them and checked against the study's recorded baselines key.
+
+    Raises:
+        RuntimeError: the rebuilt folds, data or costs differ from the study's.
+    """
+    config = TrainingConfig(mode="quick", holdout_cut=args.holdout_cut)
+    data = StudyData.load(args.data, config)
+    config = config.for_data(data)
+    recorded = study.user_attrs.get(FOLD_BASELINES_ATTR, {}).get("key")
+    if baselines_key(data, config) != recorded:
+        raise RuntimeError("zero action: the rebuilt folds differ from the study's recorded ones")
+    design = Design(**study.best_trial.user_attrs["design"])
+    return float(zero_action_folds(data, config, design)["value"])
+
+
 def _f(v: Any, fmt: str = "+.2f") -> str:
     return "n/a" if v is None else format(v, fmt)
 
@@ -140,7 +171,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print()
     print("Fold values (objective: excess Sharpe over equal-weight buy-and-hold, mean - 0.1 std):")
     print(
-        f"{'variant':<16} {'complete':>8} {'pruned':>6} {'best':>7} {'invested':>8} {'cash':>6}  beats both"
+        f"{'variant':<16} {'complete':>8} {'pruned':>6} {'best':>7} {'invested':>8} {'cash':>6} "
+        f"{'zero act':>8} {'>invested':>9}  beats both"
     )
     for r in results:
         b = r["baselines"] or {}
@@ -148,7 +180,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
         beats = best is not None and b and best > max(b.values())
         print(
             f"{r['variant']:<16} {r['trials']['COMPLETE']:>8} {r['trials']['PRUNED']:>6} {_f(best):>7} "
-            f"{_f(b.get('invested')):>8} {_f(b.get('cash')):>6}  {'yes' if beats else 'no'}"
+            f"{_f(b.get('invested')):>8} {_f(b.get('cash')):>6} {_f(r.get('zero_action')):>8} "
+            f"{r.get('above_invested', 0):>9}  {'yes' if beats else 'no'}"
         )
     for window in ("validation", "test"):
         first = next((r[window] for r in results if window in r), None)

@@ -35,8 +35,10 @@ from typing import Any
 import numpy as np
 import optuna
 
-from trainers.backtest import run_decisions
+from trainers.accounting import action_dim
+from trainers.backtest import decision_bars, run_decisions
 from trainers.data import BARS_PER_YEAR
+from trainers.design import Design
 from trainers.naming import BASELINE_LABELS
 from trainers.objective import StudyData, TrainingConfig, objective_value
 from trainers.study_db.baselines import BASELINE_NAMES, FOLD_BASELINES_ATTR
@@ -72,6 +74,43 @@ def baselines_key(data: StudyData, config: TrainingConfig) -> dict[str, Any]:
     return json.loads(json.dumps(key))  # the form it takes once stored (lists, floats)
 
 
+def _policy_folds(
+    data: StudyData,
+    config: TrainingConfig,
+    action: np.ndarray,
+    action_scheme: str = "scores",
+    decision_interval: int = 1,
+) -> tuple[list[dict[str, Any]], float]:
+    """One constant ``action`` ``(1, action_dim)`` on every fold's test slice, decided every
+    ``decision_interval`` bars: ``(per-fold figures, objective value)``."""
+    bars_per_year = _bars_per_year(data, config)
+    decide = None
+    if decision_interval > 1:
+        decide = decision_bars(data.panel.timestamps, data.panel.bar_seconds, decision_interval)
+    folds = []
+    for fold in data.folds:
+        result = run_decisions(
+            lambda _t, _w, a=action: a,
+            data.panel.prices,
+            fold.test_start,
+            fold.test_stop,
+            config.costs,
+            bars_per_year,
+            action_scheme,
+            decide,
+        )
+        folds.append(
+            {
+                "fold": fold.index,
+                "excess_sharpe": result.excess_sharpe,
+                "sharpe": result.metrics.sharpe,
+                "benchmark_sharpe": result.benchmark.sharpe,
+                "total_return": result.metrics.total_return,
+            }
+        )
+    return folds, objective_value([f["excess_sharpe"] for f in folds])
+
+
 def constant_policy_folds(data: StudyData, config: TrainingConfig) -> dict[str, dict[str, Any]]:
     """Run both constant policies on every fold's test slice.
 
@@ -88,33 +127,46 @@ def constant_policy_folds(data: StudyData, config: TrainingConfig) -> dict[str, 
     Raises:
         ValueError: a fold's test slice is shorter than 2 bars.
     """
-    n_assets = data.panel.n_assets
-    bars_per_year = _bars_per_year(data, config)
     out: dict[str, dict[str, Any]] = {}
     for name, score in CONSTANT_SCORES.items():
-        action = np.full((1, n_assets), score)
-        folds = []
-        for fold in data.folds:
-            result = run_decisions(
-                lambda _t, _w, a=action: a,
-                data.panel.prices,
-                fold.test_start,
-                fold.test_stop,
-                config.costs,
-                bars_per_year,
-            )
-            folds.append(
-                {
-                    "fold": fold.index,
-                    "excess_sharpe": result.excess_sharpe,
-                    "sharpe": result.metrics.sharpe,
-                    "benchmark_sharpe": result.benchmark.sharpe,
-                    "total_return": result.metrics.total_return,
-                }
-            )
-        value = objective_value([f["excess_sharpe"] for f in folds])
+        folds, value = _policy_folds(data, config, np.full((1, data.panel.n_assets), score))
         out[name] = {"label": BASELINE_LABELS[name], "score": score, "value": value, "folds": folds}
     return out
+
+
+def zero_action_folds(data: StudyData, config: TrainingConfig, design: Design) -> dict[str, Any]:
+    """Where an agent of ``design`` starts: the zero action at every decision bar, run on
+    every fold's test slice like a trained actor (its action scheme and decision interval,
+    the study's costs). An untrained policy's deterministic action is about 0
+    (Stable-Baselines3 initialises the action head with gain 0.01), so a trial value at or
+    below this one means training added nothing to the starting point. Under ``softmax``
+    the zero action is equal weights over the assets and cash, ``1 / (n_assets + 1)`` each,
+    rebalanced at decision bars (Jiang, Xu & Liang 2017); under ``scores`` it is no
+    position (the same as always in cash).
+
+    This is a reference for reading trial values, not one of the recorded baselines
+    (:func:`constant_policy_folds`) that the "beats both" verdict uses.
+
+    Args:
+        data: the study's bars and folds.
+        config: the study's training settings (``costs``, annualisation).
+        design: the agent design (``action_scheme``, ``decision_interval``).
+
+    Returns:
+        ``{"value", "action_scheme", "decision_interval", "folds": [...]}`` with the folds
+        as in :func:`constant_policy_folds`.
+
+    Raises:
+        ValueError: a fold's test slice is shorter than 2 bars, or an unknown scheme.
+    """
+    action = np.zeros((1, action_dim(design.action_scheme, data.panel.n_assets)))
+    folds, value = _policy_folds(data, config, action, design.action_scheme, design.decision_interval)
+    return {
+        "value": value,
+        "action_scheme": design.action_scheme,
+        "decision_interval": design.decision_interval,
+        "folds": folds,
+    }
 
 
 def baselines_record(data: StudyData, config: TrainingConfig, now: datetime | None = None) -> dict[str, Any]:

@@ -22,7 +22,13 @@ from tests.conftest import TINY, TrainedStudy
 from tests.trainers._worker_proc import TINY_ARGS, reader, workers
 from trainers.accounting import Costs
 from trainers.data import Panel
-from trainers.fold_baselines import baselines_key, constant_policy_folds, ensure_fold_baselines
+from trainers.design import Design
+from trainers.fold_baselines import (
+    baselines_key,
+    constant_policy_folds,
+    ensure_fold_baselines,
+    zero_action_folds,
+)
 from trainers.naming import baseline_note, beats_baselines, grade_with_baselines
 from trainers.objective import StudyData, TrainingConfig, objective_value
 from trainers.splits import Fold
@@ -54,21 +60,31 @@ def sharpe(equity: list[float]) -> float:
     return mean / sd * math.sqrt(HOURLY)
 
 
-def hand_invested(close: np.ndarray, start: int, stop: int, costs: Costs) -> list[float]:
-    """Equity of 'always (1 - min_cash) / n in each asset' on a gapless panel, bar by bar:
-    buy at open[start + 1] = close[start], then every bar trade back from the drifted
-    weights to the target, paying (fee + slippage) on the traded notional."""
+def hand_fixed_weights(
+    panel: Panel, start: int, stop: int, costs: Costs, w: float, interval: int = 1
+) -> list[float]:
+    """Equity of 'w in each asset' on a gapless panel, bar by bar: from all cash, at every
+    decision bar (bar number since the epoch a multiple of ``interval``) trade from the
+    drifted weights back to ``w`` each, paying (fee + slippage) on the traded notional
+    (fills at open[t + 1] = close[t]); between decision bars hold and drift."""
+    close = panel.prices[:, :, 3]
+    hours = panel.timestamps.astype("datetime64[s]").astype(np.int64) // 3600
     n = close.shape[1]
-    w = (1.0 - costs.min_cash) / n
     rate = costs.fee + costs.slippage
     equity, held = [1.0], [0.0] * n
     for t in range(start, stop - 1):
-        turnover = sum(abs(w - h) for h in held)
+        target = [w] * n if hours[t] % interval == 0 else held
+        turnover = sum(abs(a - h) for a, h in zip(target, held, strict=True))
         growth = [close[t + 1, i] / close[t, i] for i in range(n)]
-        gross = 1.0 - n * w + sum(w * g for g in growth)
+        gross = 1.0 - sum(target) + sum(a * g for a, g in zip(target, growth, strict=True))
         equity.append(equity[-1] * (1.0 - rate * turnover) * gross)
-        held = [w * g / gross for g in growth]
+        held = [a * g / gross for a, g in zip(target, growth, strict=True)]
     return equity
+
+
+def hand_invested(panel: Panel, start: int, stop: int, costs: Costs) -> list[float]:
+    """'Always (1 - min_cash) / n in each asset', rebalanced every bar."""
+    return hand_fixed_weights(panel, start, stop, costs, (1.0 - costs.min_cash) / panel.n_assets)
 
 
 def hand_buy_and_hold(close: np.ndarray, start: int, stop: int, costs: Costs) -> list[float]:
@@ -99,7 +115,7 @@ def test_values_equal_a_hand_computation(costs: Costs) -> None:
     assert set(got) == {"invested", "cash"}
     want_invested, want_cash = [], []
     for fold, inv, cash in zip(data.folds, got["invested"]["folds"], got["cash"]["folds"], strict=True):
-        equity = hand_invested(close, fold.test_start, fold.test_stop, costs)
+        equity = hand_invested(data.panel, fold.test_start, fold.test_stop, costs)
         bench = sharpe(hand_buy_and_hold(close, fold.test_start, fold.test_stop, costs))
         assert inv["fold"] == cash["fold"] == fold.index
         assert inv["sharpe"] == pytest.approx(sharpe(equity), rel=1e-9)
@@ -116,6 +132,45 @@ def test_values_equal_a_hand_computation(costs: Costs) -> None:
         assert got[name]["value"] == pytest.approx(mean - 0.1 * std, rel=1e-9)
     # rebalancing to fixed weights is not buy-and-hold: the invested excess is not zero
     assert any(abs(x) > 1e-6 for x in want_invested)
+
+
+@pytest.mark.parametrize("interval", [1, 4])
+@pytest.mark.parametrize(
+    "costs",
+    [
+        Costs(fee=0.0, min_cash=0.0, trailing_stop=0.0, min_trade=0.0),
+        Costs(fee=0.002, slippage=0.001, min_cash=0.1, trailing_stop=0.0, min_trade=0.0),
+    ],
+    ids=["frictionless", "fees_and_reserve"],
+)
+def test_the_zero_action_is_equal_weights_over_assets_and_cash_at_decision_bars(
+    costs: Costs, interval: int
+) -> None:
+    data, config = synthetic(costs)
+    close = data.panel.prices[:, :, 3]
+    got = zero_action_folds(data, config, Design(action_scheme="softmax", decision_interval=interval))
+    assert (got["action_scheme"], got["decision_interval"]) == ("softmax", interval)
+    excess = []
+    for fold, f in zip(data.folds, got["folds"], strict=True):
+        # softmax of zero logits: 1 / (n + 1) of each asset, the rest in cash (above the reserve)
+        equity = hand_fixed_weights(data.panel, fold.test_start, fold.test_stop, costs, 1 / 4, interval)
+        bench = sharpe(hand_buy_and_hold(close, fold.test_start, fold.test_stop, costs))
+        assert f["fold"] == fold.index
+        assert f["sharpe"] == pytest.approx(sharpe(equity), rel=1e-9)
+        assert f["total_return"] == pytest.approx(equity[-1] - 1.0, rel=1e-9)
+        excess.append(sharpe(equity) - bench)
+    assert got["value"] == pytest.approx(objective_value(excess), rel=1e-9)
+    # the decision interval is honoured: fold 2 starts 2 bars before a 4-bar decision bar
+    if interval == 4:
+        every_bar = zero_action_folds(data, config, Design(action_scheme="softmax", decision_interval=1))
+        assert got["folds"][2]["total_return"] != every_bar["folds"][2]["total_return"]
+
+
+def test_the_zero_score_action_holds_nothing_like_always_cash(study_data: StudyData) -> None:
+    got = zero_action_folds(study_data, TINY, Design(action_scheme="scores", decision_interval=1))
+    cash = constant_policy_folds(study_data, TINY)["cash"]
+    assert got["value"] == cash["value"]
+    assert [f["total_return"] for f in got["folds"]] == [0.0] * len(study_data.folds)
 
 
 def test_cash_excess_is_minus_the_benchmark_on_the_embedded_folds(study_data: StudyData) -> None:
