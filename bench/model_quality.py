@@ -8,10 +8,11 @@ budget per fold, on the embedded data (or ``--data``). Then, per variant:
   invested, always cash) on the same walk-forward folds (``fold_baselines``): the
   objective is the excess Sharpe ratio over equal-weight buy-and-hold, mean - 0.1 std over
   the folds;
-* where the best trial's design starts: the value of its zero action on the same folds (an
-  untrained agent's deterministic action is about 0; under ``softmax`` that is equal
-  weights over the assets and cash, rebalanced at each decision bar). A best value at or
-  below it says training added nothing to the starting point. Also the number of COMPLETE
+* where the study's design starts: the value of its zero action on the same folds, as the
+  study records it (``fold_baselines``' ``zero_action``: an untrained agent's
+  deterministic action is about 0; under ``softmax`` that is equal weights over the assets
+  and cash, rebalanced at each decision bar). A best value at or below it says training
+  added nothing to the starting point. Also the number of COMPLETE
   trials above the always-invested value (how easy that baseline is on these folds);
 * the top-10 ensemble (``sync``) evaluated on the validation window (the window models are
   chosen on) and on the test window (reported once, never chosen on): Sharpe ratio with its
@@ -44,11 +45,8 @@ from ensemble.evaluate import evaluate
 from ensemble.sync import sync_ensemble
 from trainers.bundle import PipelineSpec
 from trainers.data import load_panel
-from trainers.design import Design
-from trainers.fold_baselines import baselines_key, zero_action_folds
-from trainers.objective import StudyData, TrainingConfig
 from trainers.study_db import open_engine
-from trainers.study_db.baselines import FOLD_BASELINES_ATTR, read_study_baselines
+from trainers.study_db.baselines import read_study_baselines
 
 
 def _design(scheme: str, intervals: str, rewards: str, *extra: str) -> list[str]:
@@ -119,7 +117,7 @@ def run_variant(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
     out["baselines"] = baselines.values() if baselines else None
     if not count["COMPLETE"]:
         return out
-    out["zero_action"] = zero_action_value(study, args)
+    out["zero_action"] = baselines.zero_action if baselines else None
     out["above_invested"] = sum(
         t.state == TrialState.COMPLETE and out["baselines"] and t.value > out["baselines"]["invested"]
         for t in trials
@@ -143,24 +141,6 @@ def run_variant(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
             "trend": next(v["sharpe"] for k, v in lines.items() if k.startswith("trend filter")),
         }
     return out
-
-
-def zero_action_value(study: optuna.Study, args: argparse.Namespace) -> float:
-    """The objective value, on the study's own folds, of where the best trial's design starts:
-    the zero action (:func:`trainers.fold_baselines.zero_action_folds`). The folds are
-    rebuilt as the workers built them and checked against the study's recorded baselines key.
-
-    Raises:
-        RuntimeError: the rebuilt folds, data or costs differ from the study's.
-    """
-    config = TrainingConfig(mode="quick", holdout_cut=args.holdout_cut)
-    data = StudyData.load(args.data, config)
-    config = config.for_data(data)
-    recorded = study.user_attrs.get(FOLD_BASELINES_ATTR, {}).get("key")
-    if baselines_key(data, config) != recorded:
-        raise RuntimeError("zero action: the rebuilt folds differ from the study's recorded ones")
-    design = Design(**study.best_trial.user_attrs["design"])
-    return float(zero_action_folds(data, config, design)["value"])
 
 
 def _f(v: Any, fmt: str = "+.2f") -> str:

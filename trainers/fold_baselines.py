@@ -18,12 +18,19 @@ per-fold excess Sharpe ratios), so the values compare directly with trial values
 :mod:`trainers.baselines` (the deployer's evaluation baselines), the trailing stop applies:
 this is the agent's own execution.
 
+Beside them the record holds a reference that is not part of the verdict: the **zero
+action** of the study's design (:func:`zero_action_folds`), where an untrained agent starts.
+Under the default softmax action that is equal weights over the assets and cash, rebalanced
+at each decision bar, which on rising folds already scores far above always in cash and, with
+a 24-bar interval, above always invested too: a value above both constants is no evidence
+of learning unless it is also above this one.
+
 The result is cached in the study user attribute
 :data:`trainers.study_db.baselines.FOLD_BASELINES_ATTR` (schema in
 :mod:`trainers.study_db.baselines`), computed once per study by the first worker
 (:func:`ensure_fold_baselines`) and recomputed only when what determines it changes: the
-study bars' data fingerprint, the walk-forward mode and fold bounds, the costs and the
-annualisation.
+study bars' data fingerprint, the walk-forward mode and fold bounds, the costs, the
+annualisation and the design's action scheme and decision intervals.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from trainers.accounting import action_dim
 from trainers.backtest import decision_bars, run_decisions
 from trainers.data import BARS_PER_YEAR
 from trainers.design import Design
-from trainers.naming import BASELINE_LABELS
+from trainers.naming import BASELINE_LABELS, ZERO_ACTION_LABEL
 from trainers.objective import StudyData, TrainingConfig, objective_value
 from trainers.study_db.baselines import BASELINE_NAMES, FOLD_BASELINES_ATTR
 
@@ -63,13 +70,18 @@ def _bars_per_year(data: StudyData, config: TrainingConfig) -> int:
 
 def baselines_key(data: StudyData, config: TrainingConfig) -> dict[str, Any]:
     """What determines the baselines, as JSON values: ``{"data_fingerprint", "mode",
-    "costs", "bars_per_year", "folds": [Fold.as_dict(), ...]}``."""
+    "costs", "bars_per_year", "folds": [Fold.as_dict(), ...], "design": {"action_scheme",
+    "decision_intervals"}}`` (the design decides the zero action, :func:`zero_action_record`)."""
     key = {
         "data_fingerprint": data.fingerprint,
         "mode": config.mode,
         "costs": config.costs.as_dict(),
         "bars_per_year": _bars_per_year(data, config),
         "folds": [f.as_dict() for f in data.folds],
+        "design": {
+            "action_scheme": config.design.action_scheme,
+            "decision_intervals": sorted(int(k) for k in config.design.decision_intervals),
+        },
     }
     return json.loads(json.dumps(key))  # the form it takes once stored (lists, floats)
 
@@ -144,8 +156,9 @@ def zero_action_folds(data: StudyData, config: TrainingConfig, design: Design) -
     rebalanced at decision bars (Jiang, Xu & Liang 2017); under ``scores`` it is no
     position (the same as always in cash).
 
-    This is a reference for reading trial values, not one of the recorded baselines
-    (:func:`constant_policy_folds`) that the "beats both" verdict uses.
+    This is a reference for reading trial values, recorded beside the baselines
+    (:func:`zero_action_record`), not one of the two constant policies that the "beats
+    both" verdict uses.
 
     Args:
         data: the study's bars and folds.
@@ -169,6 +182,30 @@ def zero_action_folds(data: StudyData, config: TrainingConfig, design: Design) -
     }
 
 
+def zero_action_record(data: StudyData, config: TrainingConfig) -> dict[str, Any]:
+    """The zero action (:func:`zero_action_folds`) for each decision interval the study
+    allows (``config.design``): ``{"label", "action_scheme", "value", "by_interval":
+    {"<k>": value}}``, ``value`` the best of them (where the best-placed untrained agent of
+    the study starts).
+
+    Raises:
+        ValueError: a fold's test slice is shorter than 2 bars.
+    """
+    scheme = config.design.action_scheme
+    by_interval = {
+        str(k): zero_action_folds(data, config, Design(action_scheme=scheme, decision_interval=int(k)))[
+            "value"
+        ]
+        for k in sorted(int(k) for k in config.design.decision_intervals)
+    }
+    return {
+        "label": ZERO_ACTION_LABEL,
+        "action_scheme": scheme,
+        "value": max(by_interval.values()),
+        "by_interval": by_interval,
+    }
+
+
 def baselines_record(data: StudyData, config: TrainingConfig, now: datetime | None = None) -> dict[str, Any]:
     """The study attribute's value (schema in :mod:`trainers.study_db.baselines`)."""
     return {
@@ -177,6 +214,7 @@ def baselines_record(data: StudyData, config: TrainingConfig, now: datetime | No
         "computed_at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
         "bars_per_year": _bars_per_year(data, config),
         "baselines": constant_policy_folds(data, config),
+        "zero_action": zero_action_record(data, config),
     }
 
 

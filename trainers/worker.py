@@ -361,6 +361,7 @@ def _train(
         "fold_baselines",
         computed=computed,
         **{f"{name}_value": round(b["value"], 4) for name, b in baselines["baselines"].items()},
+        zero_action_value=round(baselines["zero_action"]["value"], 4),
     )
     remaining = opts.n_trials - finished_trials(study)
     if remaining <= 0:

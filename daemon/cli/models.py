@@ -37,9 +37,14 @@ from ensemble.registry import (
     registry_path,
 )
 from trainers.atomic_io import read_json_object
-from trainers.naming import BASELINE_LABELS, GRADES, beats_baselines, grade_with_baselines
+from trainers.naming import BASELINE_LABELS, GRADES, ZERO_ACTION_LABEL, beats_baselines, grade_with_baselines
 from trainers.study_db import StudyDBError, open_engine
-from trainers.study_db.baselines import StudyBaselines, baseline_values, read_study_baselines
+from trainers.study_db.baselines import (
+    StudyBaselines,
+    baseline_values,
+    read_study_baselines,
+    zero_action_value,
+)
 
 models_app = typer.Typer(
     no_args_is_help=True, help="Archived models: the registry of <root>/trial_archive (see `archive`)."
@@ -104,7 +109,7 @@ def _baselines(storage: str, study: str) -> StudyBaselines | str | None:
 
 def _baselines_record(found: StudyBaselines | str | None, value: float) -> dict[str, Any]:
     """``models info --json``'s ``baselines``: ``{"invested", "cash", "n_folds",
-    "computed_at", "beats_baselines"}``, ``{"error"}`` or ``{"recorded": False}``."""
+    "computed_at", "zero_action", "beats_baselines"}``, ``{"error"}`` or ``{"recorded": False}``."""
     if isinstance(found, str):
         return {"error": found}
     if found is None:
@@ -199,9 +204,11 @@ def _print_info(entry: ArchiveEntry, directory: Path, record: dict[str, Any], pr
         (k, grade if k == "grade" else v) for k, v in entry.model_dump().items() if k != "metrics"
     ]
     if values is not None:
-        line = " · ".join(
-            [f"value {entry.value:.4f}", *(f"{BASELINE_LABELS[k]} {v:.4f}" for k, v in values.items())]
-        )
+        parts = [f"value {entry.value:.4f}", *(f"{BASELINE_LABELS[k]} {v:.4f}" for k, v in values.items())]
+        start = zero_action_value(base)
+        if start is not None:
+            parts.append(f"{ZERO_ACTION_LABEL} {start:.4f}")
+        line = " · ".join(parts)
         rows.append(("vs baselines", f"{line} (same {base.get('n_folds')} folds and costs)"))
     rows += [(f"metrics.{k}", v) for k, v in entry.metrics.items()]
     metadata = record.get("metadata") or {}

@@ -18,9 +18,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from trainers.naming import BASELINE_LABELS, grade_with_baselines
+from trainers.naming import BASELINE_LABELS, ZERO_ACTION_LABEL, grade_with_baselines
 from trainers.study_db import ENDED_STATES
-from trainers.study_db.baselines import baseline_values
+from trainers.study_db.baselines import baseline_values, zero_action_value
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -118,14 +118,19 @@ def header(snap: dict[str, Any], now: datetime, crop: bool = False) -> Text:
 
 
 def baselines_text(st: dict[str, Any]) -> Text:
-    """``best X · always invested Y · always in cash Z (same n folds and costs)``, red while
-    the best value does not beat both; a yellow line while the baselines are not recorded."""
+    """``best X · always invested Y · always in cash Z · untrained start (zero action) W (same
+    n folds and costs)``, red while the best value does not beat both constants (the
+    untrained start is a reference, not part of that verdict); a yellow line while the
+    baselines are not recorded."""
     values = baseline_values(st.get("baselines"))
     if values is None:
         return Text("not recorded yet (the study's first worker computes them)", style="yellow")
     best = st.get("best") or {}
     parts = [f"best {num(best.get('value'))}"] if best else []
     parts += [f"{BASELINE_LABELS[k]} {num(v)}" for k, v in values.items()]
+    start = zero_action_value(st.get("baselines"))
+    if start is not None:
+        parts.append(f"{ZERO_ACTION_LABEL} {num(start)}")
     n_folds = (st.get("baselines") or {}).get("n_folds")
     line = " · ".join(parts) + f" (same {n_folds} folds and costs)"
     return Text(line, style="red" if best.get("beats_baselines") is False else "")

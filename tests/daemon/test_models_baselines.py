@@ -46,12 +46,14 @@ def test_info_and_list_read_the_value_against_the_baselines(graded: Graded, stud
     assert info.exit_code == 0, info.output
     beats = max(want.values()) < 0.35
     assert _row(info.stdout, "grade").startswith("S (beats both baselines)" if beats else "S (below ")
+    start = record["zero_action"]["value"]
     assert _row(info.stdout, "vs baselines") == (
         f"value 0.3500 · always invested {want['invested']:.4f} · always in cash {want['cash']:.4f} "
-        f"(same {len(study_data.folds)} folds and costs)"
+        f"· untrained start (zero action) {start:.4f} (same {len(study_data.folds)} folds and costs)"
     )
     doc = json.loads(cli("models", "info", s_dir, "--root", root, "--json").stdout)["baselines"]
     assert doc["invested"] == want["invested"] and doc["cash"] == want["cash"]
+    assert doc["zero_action"] == start
     assert doc["beats_baselines"] is beats and doc["n_folds"] == len(study_data.folds)
 
     # a study whose cash baseline sits between the S (0.35) and the B (0.16) model

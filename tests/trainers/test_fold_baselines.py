@@ -22,7 +22,7 @@ from tests.conftest import TINY, TrainedStudy
 from tests.trainers._worker_proc import TINY_ARGS, reader, workers
 from trainers.accounting import Costs
 from trainers.data import Panel
-from trainers.design import Design
+from trainers.design import RECOMMENDED_DECISION_INTERVALS, Design, DesignOptions
 from trainers.fold_baselines import (
     baselines_key,
     constant_policy_folds,
@@ -219,6 +219,24 @@ def test_the_cache_is_written_once_reused_and_recomputed_on_a_new_key(tmp_path: 
     assert read is not None and read.n_folds == 3 and read.computed_at == first["computed_at"]
     assert read.values() == {k: first["baselines"][k]["value"] for k in ("invested", "cash")}
 
+    # the untrained start: the zero action at each decision interval the study allows
+    assert first["zero_action"]["action_scheme"] == "softmax"
+    by_interval = first["zero_action"]["by_interval"]
+    assert list(by_interval) == [str(k) for k in sorted(config.design.decision_intervals)]
+    for k, value in by_interval.items():
+        assert value == zero_action_folds(data, config, Design("softmax", int(k)))["value"]
+    assert first["zero_action"]["value"] == max(by_interval.values()) == read.zero_action
+
+    # other decision intervals: recomputed, the start is the better of them
+    search = replace(config, design=DesignOptions(decision_intervals=(1, 4)))
+    both, computed = ensure_fold_baselines(optuna.load_study(study_name="s", storage=url), data, search, T2)
+    assert computed and both["key"]["design"] == {"action_scheme": "softmax", "decision_intervals": [1, 4]}
+    one = zero_action_folds(data, config, Design("softmax", 1))["value"]
+    four = zero_action_folds(data, config, Design("softmax", 4))["value"]
+    assert one != four and both["zero_action"]["by_interval"] == {"1": one, "4": four}
+    assert both["zero_action"]["value"] == max(one, four)
+    assert both["baselines"] == first["baselines"]  # the constant policies do not depend on it
+
     # other costs, other folds: recomputed and overwritten
     other = replace(config, costs=Costs(fee=0.01, trailing_stop=0.0))
     changed, computed = ensure_fold_baselines(optuna.load_study(study_name="s", storage=url), data, other, T2)
@@ -240,6 +258,10 @@ def test_a_malformed_record_reads_as_unknown() -> None:
         assert parse_baselines(bad) is None
     nan = {"baselines": {"invested": {"value": float("nan")}, "cash": {"value": 1.0}}}
     assert parse_baselines(nan) is None
+    # a record written before the zero action existed still reads, without it
+    assert parse_baselines(good).zero_action is None  # type: ignore[union-attr]
+    assert parse_baselines({**good, "zero_action": {"value": -0.05}}).zero_action == -0.05  # type: ignore[union-attr]
+    assert parse_baselines({**good, "zero_action": {"value": "x"}}).zero_action is None  # type: ignore[union-attr]
 
 
 def test_the_verdict_names_every_baseline_not_beaten() -> None:
@@ -271,9 +293,15 @@ def test_the_worker_records_the_baselines_once_per_study(tmp_path: Path) -> None
         second = ws.start(*args)
         assert second.wait() == 0, second.describe()
     assert "fold_baselines" in first.output() and "study_complete" in first.output()
+    logged = next(
+        json.loads(line) for line in first.output().splitlines() if '"event": "fold_baselines"' in line
+    )
+    assert logged["zero_action_value"] == round(record["zero_action"]["value"], 4)
     assert "worker_started" not in first.output()  # no trial ran
     after = optuna.load_study(study_name="done", storage=reader(url)).user_attrs[FOLD_BASELINES_ATTR]
     assert after == record  # not recomputed: the same computed_at
-    expected = StudyData.load(None, TrainingConfig())
-    assert record["key"] == baselines_key(expected, TrainingConfig())
+    # what a worker started without design options uses: the recommended decision interval
+    config = TrainingConfig(design=DesignOptions(decision_intervals=RECOMMENDED_DECISION_INTERVALS))
+    expected = StudyData.load(None, config)
+    assert record["key"] == baselines_key(expected, config)
     assert len(record["baselines"]["cash"]["folds"]) == len(expected.folds)

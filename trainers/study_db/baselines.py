@@ -11,7 +11,12 @@ The attribute's schema (JSON)::
      "bars_per_year": int,
      "baselines": {"invested" | "cash": {"label", "score", "value",
                    "folds": [{"fold", "excess_sharpe", "sharpe", "benchmark_sharpe",
-                              "total_return"}, ...]}}}
+                              "total_return"}, ...]}},
+     "zero_action": {"label", "action_scheme", "value", "by_interval": {"<k>": value}}}
+
+``zero_action`` (absent from records written before it existed) is where the study's design
+starts, an untrained agent (:func:`trainers.fold_baselines.zero_action_record`): a reference
+shown next to the baselines, not part of the verdict.
 
 ``value`` is the objective formula of a trial (``mean - 0.1 * std`` of the per-fold
 excess Sharpe ratios, :func:`trainers.objective.objective_value`) on the same folds and
@@ -44,12 +49,15 @@ class StudyBaselines:
         cash: value of the always-in-cash policy.
         n_folds: folds they were computed on.
         computed_at: when (UTC, ISO 8601), or None when not recorded.
+        zero_action: value of the design's zero action (the untrained start), or None
+            when not recorded.
     """
 
     invested: float
     cash: float
     n_folds: int
     computed_at: str | None
+    zero_action: float | None = None
 
     def values(self) -> dict[str, float]:
         """``{"invested": value, "cash": value}`` (what :mod:`trainers.naming` compares)."""
@@ -61,8 +69,9 @@ class StudyBaselines:
         return max(self.invested, self.cash)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready ``{"invested", "cash", "n_folds", "computed_at"}``."""
-        return {**self.values(), "n_folds": self.n_folds, "computed_at": self.computed_at}
+        """JSON-ready ``{"invested", "cash", "n_folds", "computed_at", "zero_action"}``."""
+        out = {**self.values(), "n_folds": self.n_folds, "computed_at": self.computed_at}
+        return {**out, "zero_action": self.zero_action}
 
 
 def baseline_values(figures: Any) -> dict[str, float] | None:
@@ -86,13 +95,30 @@ def parse_baselines(record: Any) -> StudyBaselines | None:
     for name in BASELINE_NAMES:
         entry = record["baselines"].get(name)
         value = entry.get("value") if isinstance(entry, dict) else None
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        if not _finite(value):
             return None
         found[name] = float(value)
         folds = entry.get("folds")
         n_folds = len(folds) if isinstance(folds, list) else 0
     at = record.get("computed_at")
-    return StudyBaselines(found["invested"], found["cash"], n_folds, at if isinstance(at, str) else None)
+    zero = record.get("zero_action")
+    start = zero.get("value") if isinstance(zero, dict) else None
+    if not _finite(start):
+        start = None
+    return StudyBaselines(
+        found["invested"], found["cash"], n_folds, at if isinstance(at, str) else None, start
+    )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def zero_action_value(figures: Any) -> float | None:
+    """The untrained start's value from :meth:`StudyBaselines.as_dict` figures; None when
+    absent."""
+    value = figures.get("zero_action") if isinstance(figures, dict) else None
+    return float(value) if _finite(value) else None
 
 
 def study_baselines(conn: sa.Connection, study: StudyRow) -> StudyBaselines | None:
