@@ -9,7 +9,8 @@ backend (no display needed) and written atomically.
   so far as a step line, the grade thresholds (:data:`trainers.naming.DEFAULT_GRADE_THRESHOLDS`)
   and, once the study's first worker recorded them, the values of its two constant-policy
   baselines (always invested, always in cash; :mod:`trainers.fold_baselines`) as labelled
-  horizontal lines: a grade means little while the best value is below them.
+  horizontal lines: a grade means little while the best value is below them; and the
+  value of the design's zero action (where an untrained agent starts), dash-dotted.
   The objective value is ``mean - 0.1 * std`` of the walk-forward folds' excess Sharpe
   ratios (annualised with 8760 bars a year; :func:`trainers.objective.objective_value`).
 """
@@ -29,11 +30,12 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import numpy as np
 import sqlalchemy as sa
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from daemon.views.ledger import EquityCurve, LedgerReadError, equity_curve, ledger_path
 from trainers.atomic_io import atomic_write_bytes
-from trainers.naming import BASELINE_LABELS, DEFAULT_GRADE_THRESHOLDS, baseline_note
+from trainers.naming import BASELINE_LABELS, DEFAULT_GRADE_THRESHOLDS, ZERO_ACTION_LABEL, baseline_note
 from trainers.storage import redact_url
 from trainers.study_db import StudyDBError, StudyRow, open_engine
 from trainers.study_db.baselines import StudyBaselines, study_baselines
@@ -42,6 +44,7 @@ EQUITY_PNG = "equity.png"
 BEST_VALUE_PNG = "best_value.png"
 DPI = 110
 BASELINE_COLOURS = {"invested": "tab:red", "cash": "tab:purple"}
+ZERO_ACTION_COLOUR = "tab:olive"
 
 
 class ReportError(RuntimeError):
@@ -234,6 +237,22 @@ def plot_best_value(values: StudyValues, path: Path) -> Path:
     return save_png(best_value_figure(values), path)
 
 
+def _level_line(ax: Axes, level: float, name: str, colour: str, style: str, kind: str) -> None:
+    """A labelled horizontal line at ``level`` (legend ``"<kind>: <name> <level>"``)."""
+    label = f"{name} {level:+.4f}"
+    ax.axhline(level, color=colour, lw=1.1, ls=style, label=f"{kind}: {label}")
+    ax.annotate(
+        label,
+        (0.0, level),
+        xycoords=("axes fraction", "data"),
+        ha="left",
+        va="bottom",
+        fontsize=7,
+        color=colour,
+        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+    )
+
+
 def best_value_figure(values: StudyValues) -> Figure:
     """Every COMPLETE trial's value, the best value so far, the grade thresholds and the
     recorded baselines (dashed lines labelled ``always invested -0.2830``).
@@ -265,19 +284,10 @@ def best_value_figure(values: StudyValues) -> Figure:
     )
     baselines = values.baselines.values() if values.baselines is not None else {}
     for name, level in baselines.items():
-        colour = BASELINE_COLOURS[name]
-        label = f"{BASELINE_LABELS[name]} {level:+.4f}"
-        ax.axhline(level, color=colour, lw=1.1, ls="--", label=f"baseline: {label}")
-        ax.annotate(
-            label,
-            (0.0, level),
-            xycoords=("axes fraction", "data"),
-            ha="left",
-            va="bottom",
-            fontsize=7,
-            color=colour,
-            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
-        )
+        _level_line(ax, level, BASELINE_LABELS[name], BASELINE_COLOURS[name], "--", "baseline")
+    start = values.baselines.zero_action if values.baselines is not None else None
+    if start is not None:  # a reference, not a baseline of the verdict
+        _level_line(ax, start, ZERO_ACTION_LABEL, ZERO_ACTION_COLOUR, "-.", "reference")
     low, high = ax.get_ylim()
     for grade, threshold in DEFAULT_GRADE_THRESHOLDS.items():
         if low <= threshold <= high:

@@ -192,7 +192,7 @@ def test_the_best_value_plot_draws_the_studys_baselines(
     bare = study_values(url, name)
     assert bare.baselines is None
     fig = best_value_figure(bare)
-    assert not any("always" in t.get_text() for t in fig.axes[0].texts)
+    assert not any("always" in t.get_text() or "untrained" in t.get_text() for t in fig.axes[0].texts)
     assert "(baselines not recorded)" in fig.axes[0].get_title()
     plt.close(fig)
 
@@ -207,6 +207,9 @@ def test_the_best_value_plot_draws_the_studys_baselines(
     texts = [t.get_text() for t in ax.texts]
     assert f"always invested {want['invested']:+.4f}" in texts
     assert f"always in cash {want['cash']:+.4f}" in texts
+    start = record["zero_action"]["value"]  # the untrained start: a dash-dotted reference line
+    assert values.baselines.zero_action == start and start in flat
+    assert f"untrained start (zero action) {start:+.4f}" in texts
     low, high = ax.get_ylim()
     assert low < min(want.values()) and max(want.values()) < high  # both lines are in view
     best = float(values.values.max())
