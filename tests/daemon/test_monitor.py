@@ -262,6 +262,7 @@ def test_the_best_value_is_read_against_the_recorded_baselines(tmp_path: Path, a
         "cash": 1.34,
         "n_folds": 2,
         "computed_at": "2026-03-01T12:00:00+00:00",
+        "zero_action": None,  # a record written without the untrained start
     }
     assert got["best"]["beats_baselines"] is False
     (alert,) = monitor_alerts(tmp_path, got)
