@@ -76,7 +76,7 @@ def grade_for(value: float | None, thresholds: dict[str, float] | None = None) -
 
 BASELINE_LABELS: dict[str, str] = {"invested": "always invested", "cash": "always in cash"}
 """Display names of the constant-policy baselines (:mod:`trainers.fold_baselines`)."""
-ZERO_ACTION_LABEL = "untrained start (zero action)"
+ZERO_ACTION_LABEL = "untrained start"
 """Display name of where the study's design starts (:func:`trainers.fold_baselines.zero_action_folds`):
 a reference for reading values, not one of the baselines of the verdict."""
 

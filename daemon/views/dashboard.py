@@ -118,7 +118,7 @@ def header(snap: dict[str, Any], now: datetime, crop: bool = False) -> Text:
 
 
 def baselines_text(st: dict[str, Any]) -> Text:
-    """``best X · always invested Y · always in cash Z · untrained start (zero action) W (same
+    """``best X · always invested Y · always in cash Z · untrained start W (same
     n folds and costs)``, red while the best value does not beat both constants (the
     untrained start is a reference, not part of that verdict); a yellow line while the
     baselines are not recorded."""

@@ -369,7 +369,7 @@ def test_once_reads_the_best_value_and_grades_against_the_baselines(
     n_folds = len(study_data.folds)
     assert (
         f"vs baselines best {top:.4f} · always invested {want['invested']:.4f} · "
-        f"always in cash {want['cash']:.4f} · untrained start (zero action) "
+        f"always in cash {want['cash']:.4f} · untrained start "
         f"{record['zero_action']['value']:.4f} (same {n_folds} folds and costs)"
     ) in out
     assert f"grade {grade_for(top)} (beats both baselines) PPO-S-TOP" in out

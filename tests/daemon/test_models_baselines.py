@@ -49,7 +49,7 @@ def test_info_and_list_read_the_value_against_the_baselines(graded: Graded, stud
     start = record["zero_action"]["value"]
     assert _row(info.stdout, "vs baselines") == (
         f"value 0.3500 · always invested {want['invested']:.4f} · always in cash {want['cash']:.4f} "
-        f"· untrained start (zero action) {start:.4f} (same {len(study_data.folds)} folds and costs)"
+        f"· untrained start {start:.4f} (same {len(study_data.folds)} folds and costs)"
     )
     doc = json.loads(cli("models", "info", s_dir, "--root", root, "--json").stdout)["baselines"]
     assert doc["invested"] == want["invested"] and doc["cash"] == want["cash"]

@@ -209,7 +209,7 @@ def test_the_best_value_plot_draws_the_studys_baselines(
     assert f"always in cash {want['cash']:+.4f}" in texts
     start = record["zero_action"]["value"]  # the untrained start: a dash-dotted reference line
     assert values.baselines.zero_action == start and start in flat
-    assert f"untrained start (zero action) {start:+.4f}" in texts
+    assert f"untrained start {start:+.4f}" in texts
     low, high = ax.get_ylim()
     assert low < min(want.values()) and max(want.values()) < high  # both lines are in view
     best = float(values.values.max())
