@@ -115,13 +115,12 @@ def run_variant(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
     out["best_value"] = study.best_value if count["COMPLETE"] else None
     out["best_params"] = study.best_params if count["COMPLETE"] else None
     out["baselines"] = baselines.values() if baselines else None
-    if not count["COMPLETE"]:
-        return out
     out["zero_action"] = baselines.zero_action if baselines else None
     out["above_invested"] = sum(
-        t.state == TrialState.COMPLETE and out["baselines"] and t.value > out["baselines"]["invested"]
-        for t in trials
+        t.state == TrialState.COMPLETE and t.value > baselines.invested for t in trials if baselines
     )
+    if not count["COMPLETE"]:
+        return out
     panel = load_panel(args.data)
     sync_ensemble(root, url, STUDY, PipelineSpec(panel.symbols), top_n=10)
     for window in ("validation", "test"):

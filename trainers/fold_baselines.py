@@ -96,9 +96,7 @@ def _policy_folds(
     """One constant ``action`` ``(1, action_dim)`` on every fold's test slice, decided every
     ``decision_interval`` bars: ``(per-fold figures, objective value)``."""
     bars_per_year = _bars_per_year(data, config)
-    decide = None
-    if decision_interval > 1:
-        decide = decision_bars(data.panel.timestamps, data.panel.bar_seconds, decision_interval)
+    decide = decision_bars(data.panel.timestamps, data.panel.bar_seconds, decision_interval)
     folds = []
     for fold in data.folds:
         result = run_decisions(
@@ -151,7 +149,9 @@ def zero_action_folds(data: StudyData, config: TrainingConfig, design: Design) -
     every fold's test slice like a trained actor (its action scheme and decision interval,
     the study's costs). An untrained policy's deterministic action is about 0
     (Stable-Baselines3 initialises the action head with gain 0.01), so a trial value at or
-    below this one means training added nothing to the starting point. Under ``softmax``
+    below this one means training added nothing to the starting point. (That holds for PPO
+    and A2C, whose action head SB3 initialises orthogonally with gain 0.01; SAC's and TD3's
+    actors use PyTorch's default initialisation, so their start is only near it.) Under ``softmax``
     the zero action is equal weights over the assets and cash, ``1 / (n_assets + 1)`` each,
     rebalanced at decision bars (Jiang, Xu & Liang 2017); under ``scores`` it is no
     position (the same as always in cash).

@@ -37,13 +37,13 @@ from ensemble.registry import (
     registry_path,
 )
 from trainers.atomic_io import read_json_object
-from trainers.naming import BASELINE_LABELS, GRADES, ZERO_ACTION_LABEL, beats_baselines, grade_with_baselines
+from trainers.naming import GRADES, beats_baselines, grade_with_baselines
 from trainers.study_db import StudyDBError, open_engine
 from trainers.study_db.baselines import (
     StudyBaselines,
     baseline_values,
     read_study_baselines,
-    zero_action_value,
+    vs_baselines_line,
 )
 
 models_app = typer.Typer(
@@ -203,13 +203,9 @@ def _print_info(entry: ArchiveEntry, directory: Path, record: dict[str, Any], pr
     rows: list[tuple[str, Any]] = [
         (k, grade if k == "grade" else v) for k, v in entry.model_dump().items() if k != "metrics"
     ]
-    if values is not None:
-        parts = [f"value {entry.value:.4f}", *(f"{BASELINE_LABELS[k]} {v:.4f}" for k, v in values.items())]
-        start = zero_action_value(base)
-        if start is not None:
-            parts.append(f"{ZERO_ACTION_LABEL} {start:.4f}")
-        line = " · ".join(parts)
-        rows.append(("vs baselines", f"{line} (same {base.get('n_folds')} folds and costs)"))
+    line = vs_baselines_line(f"value {entry.value:.4f}", base)
+    if line is not None:
+        rows.append(("vs baselines", line))
     rows += [(f"metrics.{k}", v) for k, v in entry.metrics.items()]
     metadata = record.get("metadata") or {}
     rows += [(k, metadata.get(k)) for k in ("source", *PROVENANCE_KEYS) if k in metadata]

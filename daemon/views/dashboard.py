@@ -18,9 +18,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from trainers.naming import BASELINE_LABELS, ZERO_ACTION_LABEL, grade_with_baselines
+from trainers.naming import grade_with_baselines
 from trainers.study_db import ENDED_STATES
-from trainers.study_db.baselines import baseline_values, zero_action_value
+from trainers.study_db.baselines import baseline_values, vs_baselines_line
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -122,17 +122,10 @@ def baselines_text(st: dict[str, Any]) -> Text:
     n folds and costs)``, red while the best value does not beat both constants (the
     untrained start is a reference, not part of that verdict); a yellow line while the
     baselines are not recorded."""
-    values = baseline_values(st.get("baselines"))
-    if values is None:
-        return Text("not recorded yet (the study's first worker computes them)", style="yellow")
     best = st.get("best") or {}
-    parts = [f"best {num(best.get('value'))}"] if best else []
-    parts += [f"{BASELINE_LABELS[k]} {num(v)}" for k, v in values.items()]
-    start = zero_action_value(st.get("baselines"))
-    if start is not None:
-        parts.append(f"{ZERO_ACTION_LABEL} {num(start)}")
-    n_folds = (st.get("baselines") or {}).get("n_folds")
-    line = " · ".join(parts) + f" (same {n_folds} folds and costs)"
+    line = vs_baselines_line(f"best {num(best.get('value'))}" if best else "", st.get("baselines"))
+    if line is None:
+        return Text("not recorded yet (the study's first worker computes them)", style="yellow")
     return Text(line, style="red" if best.get("beats_baselines") is False else "")
 
 

@@ -262,6 +262,10 @@ def test_a_malformed_record_reads_as_unknown() -> None:
     assert parse_baselines(good).zero_action is None  # type: ignore[union-attr]
     assert parse_baselines({**good, "zero_action": {"value": -0.05}}).zero_action == -0.05  # type: ignore[union-attr]
     assert parse_baselines({**good, "zero_action": {"value": "x"}}).zero_action is None  # type: ignore[union-attr]
+    # the untrained start is a reference, never part of the verdict
+    above_start = parse_baselines({**good, "zero_action": {"value": 2.0}})
+    assert above_start is not None and above_start.values() == {"invested": -0.3, "cash": 1.3}
+    assert beats_baselines(1.5, above_start.values()) is True
 
 
 def test_the_verdict_names_every_baseline_not_beaten() -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from trainers.naming import BASELINE_LABELS, ZERO_ACTION_LABEL
 from trainers.study_db.engine import StudyRow, db_error, require_study, study_user_attrs
 
 FOLD_BASELINES_ATTR = "fold_baselines"
@@ -80,7 +81,7 @@ def baseline_values(figures: Any) -> dict[str, float] | None:
     if not isinstance(figures, dict):
         return None
     values = {k: figures.get(k) for k in BASELINE_NAMES}
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()):
+    if not all(_finite(v) for v in values.values()):
         return None
     return {k: float(v) for k, v in values.items()}  # type: ignore[arg-type]
 
@@ -119,6 +120,22 @@ def zero_action_value(figures: Any) -> float | None:
     absent."""
     value = figures.get("zero_action") if isinstance(figures, dict) else None
     return float(value) if _finite(value) else None
+
+
+def vs_baselines_line(head: str, figures: Any) -> str | None:
+    """The ``vs baselines`` row of ``models info`` and the dashboard: ``"<head> · always
+    invested Y · always in cash Z · untrained start W (same n folds and costs)"`` from
+    :meth:`StudyBaselines.as_dict` figures (the untrained start only when recorded); None
+    when the baselines are not recorded."""
+    values = baseline_values(figures)
+    if values is None:
+        return None
+    parts = [head] if head else []
+    parts += [f"{BASELINE_LABELS[k]} {v:.4f}" for k, v in values.items()]
+    start = zero_action_value(figures)
+    if start is not None:
+        parts.append(f"{ZERO_ACTION_LABEL} {start:.4f}")
+    return " · ".join(parts) + f" (same {figures.get('n_folds')} folds and costs)"
 
 
 def study_baselines(conn: sa.Connection, study: StudyRow) -> StudyBaselines | None:
