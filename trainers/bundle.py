@@ -178,11 +178,14 @@ class Bundle:
         """The predictor channel ``(T, n_assets)`` float32 of ``(T, n_assets, n_features)`` raw
         features (0 at bars with fewer than ``sequence_bars`` bars before them), or None for
         a bundle without a predictor."""
+        return self._channel(self.spec.norm.apply(raw_features))
+
+    def _channel(self, features: np.ndarray) -> np.ndarray | None:
+        """:meth:`predictor_channel` of already normalised features."""
         if self.predictor is None or self.spec.predictor is None:
             return None
         from trainers.predictor import predictor_channel
 
-        features = self.spec.norm.apply(raw_features)
         return predictor_channel(self.predictor, features, self.spec.predictor.sequence_bars)
 
     def observation_features(self, raw_features: np.ndarray) -> np.ndarray:
@@ -190,7 +193,7 @@ class Bundle:
         (:func:`trainers.features.compute_features`) -> ``(T, n_assets, n_channels)``
         float32, normalised, with :meth:`predictor_channel` appended when the bundle has one."""
         features = self.spec.norm.apply(raw_features)
-        channel = self.predictor_channel(raw_features)
+        channel = self._channel(features)
         if channel is None:
             return features
         from trainers.predictor import with_channel

@@ -147,14 +147,13 @@ def constant_policy_folds(data: StudyData, config: TrainingConfig) -> dict[str, 
 def zero_action_folds(data: StudyData, config: TrainingConfig, design: Design) -> dict[str, Any]:
     """Where an agent of ``design`` starts: the zero action at every decision bar, run on
     every fold's test slice like a trained actor (its action scheme and decision interval,
-    the study's costs). An untrained policy's deterministic action is about 0
-    (Stable-Baselines3 initialises the action head with gain 0.01), so a trial value at or
-    below this one means training added nothing to the starting point. (That holds for PPO
-    and A2C, whose action head SB3 initialises orthogonally with gain 0.01; SAC's and TD3's
-    actors use PyTorch's default initialisation, so their start is only near it.) Under ``softmax``
-    the zero action is equal weights over the assets and cash, ``1 / (n_assets + 1)`` each,
-    rebalanced at decision bars (Jiang, Xu & Liang 2017); under ``scores`` it is no
-    position (the same as always in cash).
+    the study's costs). An untrained policy's deterministic action is about 0, so a trial
+    value at or below this one means training added nothing to the starting point. (PPO's
+    and A2C's action head is initialised orthogonally with gain 0.01 by Stable-Baselines3;
+    SAC's and TD3's actors use PyTorch's default initialisation, so they start only near it.)
+    Under ``softmax`` the zero action is equal weights over the assets and cash,
+    ``1 / (n_assets + 1)`` each, rebalanced at decision bars (Jiang, Xu & Liang 2017);
+    under ``scores`` it is no position (the same as always in cash).
 
     This is a reference for reading trial values, recorded beside the baselines
     (:func:`zero_action_record`), not one of the two constant policies that the "beats
@@ -192,12 +191,9 @@ def zero_action_record(data: StudyData, config: TrainingConfig) -> dict[str, Any
         ValueError: a fold's test slice is shorter than 2 bars.
     """
     scheme = config.design.action_scheme
-    by_interval = {
-        str(k): zero_action_folds(data, config, Design(action_scheme=scheme, decision_interval=int(k)))[
-            "value"
-        ]
-        for k in sorted(int(k) for k in config.design.decision_intervals)
-    }
+    by_interval = {}
+    for k in sorted(int(k) for k in config.design.decision_intervals):
+        by_interval[str(k)] = zero_action_folds(data, config, Design(scheme, k))["value"]
     return {
         "label": ZERO_ACTION_LABEL,
         "action_scheme": scheme,

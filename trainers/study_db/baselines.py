@@ -71,8 +71,8 @@ class StudyBaselines:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready ``{"invested", "cash", "n_folds", "computed_at", "zero_action"}``."""
-        out = {**self.values(), "n_folds": self.n_folds, "computed_at": self.computed_at}
-        return {**out, "zero_action": self.zero_action}
+        figures = {"n_folds": self.n_folds, "computed_at": self.computed_at, "zero_action": self.zero_action}
+        return {**self.values(), **figures}
 
 
 def baseline_values(figures: Any) -> dict[str, float] | None:
