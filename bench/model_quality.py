@@ -65,6 +65,7 @@ VARIANTS: dict[str, list[str]] = {
     "softmax-penalty": _design("softmax", "1", "log_return", "--turnover-penalty", "0.002"),
     "softmax-ladder": _design("softmax", "24", "excess_log_return", "--budget-ladder", "10000,30000,90000"),
     "sac": _design("softmax", "24", "excess_log_return", "--algorithms", "sac"),
+    "long": ["--feature-set", "long"],  # the default, observing weeks of history too
     "predictor": ["--predictor-horizons", "24"],  # the default, observing a GRU's 24-bar forecast
     "predictor-search": ["--predictor-horizons", "0,4,24"],
     "softmax-search": _design("softmax", "1,4,24", "log_return,excess_log_return,differential_sharpe"),

@@ -88,6 +88,11 @@ class TrainingSection(_Section):
     predictor_horizons: list[int] = Field(
         [0], min_length=1, description="horizons (bars) of a GRU predictor channel; 0 = none"
     )
+    feature_set: Literal["base", "long"] = Field(
+        "base",
+        description="base: features over hours (at most 24 bars); long: also weeks (168- and "
+        "720-bar returns, the 1,200-bar SMA gap, 168-bar volatility). One per study",
+    )
     budget_ladder: list[int] = Field(
         [], description="successive halving: env steps per fold of each rung (replaces study.budget_steps)"
     )
@@ -116,6 +121,7 @@ class TrainingSection(_Section):
         args += ["--rewards", ",".join(self.rewards), "--turnover-penalty", str(self.turnover_penalty)]
         args += ["--algorithms", ",".join(self.algorithms)]
         args += ["--predictor-horizons", ",".join(map(str, self.predictor_horizons))]
+        args += ["--feature-set", self.feature_set]
         if self.budget_ladder:
             args += ["--budget-ladder", ",".join(map(str, self.budget_ladder))]
         return [*args, "--tensorboard"] if self.tensorboard else args

@@ -75,13 +75,15 @@ def run_checks(config: Config) -> list[Check]:
     )
     try:
         from trainers.data import load_panel, resolve_holdout_cut, split_holdout
-        from trainers.features import WARMUP_BARS
+        from trainers.features import feature_set_names, warmup_bars
         from trainers.splits import panel_folds
 
         panel = load_panel(config.study.data)
         cut = resolve_holdout_cut(panel, config.study.holdout_cut)
         study, holdout = split_holdout(panel, cut)
-        folds = panel_folds(study, config.study.mode, first_bar=WARMUP_BARS)
+        folds = panel_folds(
+            study, config.study.mode, first_bar=warmup_bars(feature_set_names(config.training.feature_set))
+        )
         checks.append(
             Check(
                 "dataset",

@@ -62,7 +62,7 @@ from ensemble.deploy_slot import (
 )
 from trainers.bundle import PipelineSpec
 from trainers.data import DataError, Panel, load_panel
-from trainers.features import compute_features
+from trainers.features import ALL_FEATURE_NAMES, compute_features
 from trainers.runtime.current_study import require_current_study
 from trainers.runtime.pidlock import holding
 from trainers.storage import default_storage_url, make_storage, redact_url
@@ -341,7 +341,7 @@ def run_deploy(
             panel = load_panel(data)
         except DataError as exc:
             raise DeployError(f"hold-out data: {exc}") from None
-        features = compute_features(panel.prices)
+        features = compute_features(panel.prices, ALL_FEATURE_NAMES)
         earlier: list[DeployDecision] = []
         for candidate in ranked:
             trial = loaded._storage.get_trial(candidate.trial_id)

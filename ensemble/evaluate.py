@@ -50,7 +50,7 @@ from trainers.accounting import Costs
 from trainers.artifact_store import ArtifactStoreUnavailable
 from trainers.bundle import Bundle, BundleError, PipelineSpec, bundle_costs, load_bundle
 from trainers.data import DataError, Panel, load_panel
-from trainers.features import compute_features
+from trainers.features import ALL_FEATURE_NAMES, compute_features
 from trainers.runtime.layout import Layout
 from trainers.storage import default_storage_url
 from trainers.study_db import StudyDBError, complete_attr, open_engine, trial_by_number
@@ -410,7 +410,7 @@ def _run(
         raise EvaluateError(f"hold-out windows: {exc}") from None
     per_year = study_bars_per_year(model.bundles[0])
     costs = model.costs
-    raw = compute_features(panel.prices)
+    raw = compute_features(panel.prices, ALL_FEATURE_NAMES)
     try:
         if model.policy is not None:
             result = ensemble_backtest(

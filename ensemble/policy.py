@@ -25,9 +25,11 @@ INTERFACE (stable):
 * ``policy.member_actions(raw_features, weights)`` -> ``(n_members, action_dim)`` float32,
   each member's deterministic action in [-1, 1], in ``bundles`` order.
 * ``policy.act(raw_features, weights)``: ``raw_features (L >= max_lookback, n_assets,
-  n_features)`` raw (un-normalised) features of the most recent bars, last row = decision
-  bar; ``weights (n_assets,)`` current weights -> combined action ``(action_dim,)`` float64
-  in [-1, 1].
+  F >= n_features)`` raw (un-normalised) features of the most recent bars, last row = decision
+  bar (``compute_features(prices, policy.feature_names)``; the members read the leading
+  ``n_features`` columns, since every feature set is a prefix of the pipeline's names);
+  ``weights (n_assets,)`` current weights -> combined action ``(action_dim,)`` float64 in
+  [-1, 1].
 
 Combine rules (``combine``), over the members' clipped actions ``a_i``:
 
@@ -100,7 +102,7 @@ from trainers.bundle import (
     load_bundle,
     trained_bar_seconds,
 )
-from trainers.features import NORM_CLIP
+from trainers.features import NORM_CLIP, history_bars
 
 COMBINE_RULES: tuple[str, ...] = ("mean", "median", "value_weighted")
 
@@ -494,6 +496,17 @@ class EnsemblePolicy:
         return self._n_features
 
     @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The features every member observes (a set of :data:`trainers.features.FEATURE_SETS`)."""
+        return self.bundles[0].spec.feature_names
+
+    @property
+    def history_bars(self) -> int:
+        """Bars of prices to compute :attr:`feature_names` from so that they equal training's
+        (:func:`trainers.features.history_bars`), at least :attr:`max_lookback`."""
+        return max(history_bars(self.feature_names), self._max_lookback)
+
+    @property
     def n_members(self) -> int:
         return len(self.bundles)
 
@@ -505,13 +518,14 @@ class EnsemblePolicy:
     def _check(self, raw_features: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raw = np.asarray(raw_features, dtype=np.float64)
         w = np.asarray(weights, dtype=np.float64)
-        shape = (self._n_assets, self._n_features)
-        if raw.ndim != 3 or raw.shape[1:] != shape:
-            raise ValueError(f"raw_features must have shape (L, {shape[0]}, {shape[1]}), got {raw.shape}")
+        if raw.ndim != 3 or raw.shape[1] != self._n_assets or raw.shape[2] < self._n_features:
+            raise ValueError(
+                f"raw_features must have shape (L, {self._n_assets}, >= {self._n_features}), got {raw.shape}"
+            )
         lookback = self._max_lookback
         if len(raw) < lookback:
             raise ValueError(f"need {lookback} bars of features, got {len(raw)}")
-        raw = raw[-lookback:]
+        raw = raw[-lookback:, :, : self._n_features]
         if not np.isfinite(raw).all():
             raise ValueError(f"raw_features contain NaN or inf in the last {lookback} bars")
         if w.shape != (self._n_assets,) or not np.isfinite(w).all():

@@ -281,17 +281,18 @@ def select_top_n(
     store = artifact_store_for(root)
     selected: list[SelectedTrial] = []
     skipped: list[SkippedTrial] = []
-    acting: tuple[str, int] | None = None
+    acting: tuple[str, int, str] | None = None
     for trial in iter_ranked(engine, study, n + max(5, n // 2)):
         try:
             chosen = _verify(trial, pipeline, root, staging, ens, store)
             design = Design.from_meta(chosen.meta)
-            acts = (design.action_scheme, design.decision_interval)
+            acts = (design.action_scheme, design.decision_interval, design.feature_set)
             if acting is not None and acts != acting:
                 raise BundleSkip(
                     "design",
-                    f"acts with {acts[0]} actions every {acts[1]} bars, the ensemble's best member "
-                    f"with {acting[0]} actions every {acting[1]} bars",
+                    f"acts with {acts[0]} actions every {acts[1]} bars on the {acts[2]} features, "
+                    f"the ensemble's best member with {acting[0]} actions every {acting[1]} bars "
+                    f"on the {acting[2]} features",
                 )
             acting = acts
             selected.append(chosen)

@@ -6,8 +6,9 @@ boundary and a restart resumes at the last processed bar + 1):
 1. the orders decided at the previous bar are filled at bar ``t``'s open (broker);
 2. the account is marked to market at ``close[t]``; high-water marks are updated
    (:func:`trainers.accounting.update_hwm`);
-3. decision: raw features of the last :data:`~trainers.features.HISTORY_BARS` bars ``<= t``
-   (:func:`trainers.features.compute_features`) and the current weights go to
+3. decision: raw features of the model's feature set over the last ``policy.history_bars``
+   bars ``<= t`` (:func:`trainers.features.history_bars`: 512, or 1,712 for the ``long``
+   set; :func:`trainers.features.compute_features`) and the current weights go to
    ``policy.act`` (at the model's decision bars only; between them ``action`` is None and
    only the risk rules act); :func:`paper_trader.risk.decide` turns it into orders;
 4. the orders are recorded in the outbox (``pending_submit``, deterministic client order
@@ -72,7 +73,7 @@ from paper_trader.risk import RiskDecision, decide
 from paper_trader.status import iso_ts, write_status, write_trader_heartbeat
 from paper_trader.stopping import StopSignal
 from trainers.accounting import Costs, update_hwm
-from trainers.features import HISTORY_BARS, compute_features
+from trainers.features import compute_features
 from trainers.runtime.memory import release_free_memory
 from trainers.runtime.pidlock import PidLock, holding
 
@@ -367,19 +368,20 @@ class Trader:
         policy = self.policy
         if policy is None:
             raise TraderError("no model to trade with yet")
-        history = self.broker.history(bar, HISTORY_BARS)
+        wanted = policy.history_bars
+        history = self.broker.history(bar, wanted)
         if len(history) < policy.max_lookback:
             raise TraderError(
                 f"bar {bar.iso}: {len(history)} bars of history, the model needs {policy.max_lookback}"
             )
-        if len(history) < HISTORY_BARS and not self._warned_history:
+        if len(history) < wanted and not self._warned_history:
             self._warned_history = True
-            self.log.warning("short_history", bars=len(history), wanted=HISTORY_BARS)
+            self.log.warning("short_history", bars=len(history), wanted=wanted)
         with self.ledger.bar(bar.ts) as tx:
             mark = settle(tx, self.broker, bar)
             action: np.ndarray | None = None  # between a model's decision bars it holds
             if policy.decides_at(bar.ts):
-                raw = compute_features(history)
+                raw = compute_features(history, policy.feature_names)
                 action = np.asarray(policy.act(raw, mark.weights), dtype=np.float64)
             min_notional = self.config.min_notional
             assert self.costs is not None  # set with the policy

@@ -38,7 +38,7 @@ import numpy as np
 from trainers.accounting import DEFAULT_MIN_TRADE, Costs, action_dim
 from trainers.atomic_io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from trainers.design import Design
-from trainers.features import FEATURE_NAMES, FEATURE_PIPELINE_VERSION, NormStats
+from trainers.features import ALL_FEATURE_NAMES, FEATURE_PIPELINE_VERSION, NormStats
 from trainers.observation import observation_dim
 from trainers.predictor_spec import PredictorSpec
 
@@ -126,10 +126,12 @@ class ObservationSpec:
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """What a consumer (the paper trader, the deployer) can feed a model."""
+    """What a consumer (the paper trader, the deployer) can feed a model: the features
+    ``feature_names`` (every feature set is a prefix of them, so a model whose names are a
+    prefix reads the leading columns)."""
 
     symbols: tuple[str, ...]
-    feature_names: tuple[str, ...] = FEATURE_NAMES
+    feature_names: tuple[str, ...] = ALL_FEATURE_NAMES
     feature_pipeline_version: str = FEATURE_PIPELINE_VERSION
     max_lookback: int = 256
 
@@ -143,10 +145,11 @@ class PipelineSpec:
         """Raise :class:`BundleError` naming both specs unless ``spec`` can be fed."""
         ok = (
             spec.symbols == self.symbols
-            and spec.feature_names == self.feature_names
+            and 0 < len(spec.feature_names) <= len(self.feature_names)
+            and spec.feature_names == self.feature_names[: len(spec.feature_names)]
             and spec.feature_pipeline_version == self.feature_pipeline_version
             and 1 <= spec.lookback <= self.max_lookback
-            and spec.norm.mean.shape == (len(self.symbols), len(self.feature_names))
+            and spec.norm.mean.shape == (len(self.symbols), len(spec.feature_names))
         )
         if not ok:
             raise BundleError(
@@ -175,10 +178,24 @@ class Bundle:
             raise BundleError(f"{self.path}: the observation spec and the predictor network disagree")
 
     def predictor_channel(self, raw_features: np.ndarray) -> np.ndarray | None:
-        """The predictor channel ``(T, n_assets)`` float32 of ``(T, n_assets, n_features)`` raw
+        """The predictor channel ``(T, n_assets)`` float32 of ``(T, n_assets, F)`` raw
         features (0 at bars with fewer than ``sequence_bars`` bars before them), or None for
-        a bundle without a predictor."""
-        return self._channel(self.spec.norm.apply(raw_features))
+        a bundle without a predictor. See :meth:`observation_features` for ``F``."""
+        return self._channel(self._normalised(raw_features))
+
+    def _normalised(self, raw_features: np.ndarray) -> np.ndarray:
+        """The spec's features (the leading columns) of raw features, normalised.
+
+        Raises:
+            ValueError: fewer columns than the spec's features.
+        """
+        n = len(self.spec.feature_names)
+        if raw_features.ndim != 3 or raw_features.shape[2] < n:
+            raise ValueError(
+                f"{self.path}: raw features {raw_features.shape} lack the model's {n} features "
+                f"({self.spec.feature_names[-1]} last)"
+            )
+        return self.spec.norm.apply(raw_features[:, :, :n])
 
     def _channel(self, features: np.ndarray) -> np.ndarray | None:
         """:meth:`predictor_channel` of already normalised features."""
@@ -189,10 +206,15 @@ class Bundle:
         return predictor_channel(self.predictor, features, self.spec.predictor.sequence_bars)
 
     def observation_features(self, raw_features: np.ndarray) -> np.ndarray:
-        """What the actor's window reads: ``(T, n_assets, n_features)`` raw features
-        (:func:`trainers.features.compute_features`) -> ``(T, n_assets, n_channels)``
-        float32, normalised, with :meth:`predictor_channel` appended when the bundle has one."""
-        features = self.spec.norm.apply(raw_features)
+        """What the actor's window reads: ``(T, n_assets, F)`` raw features
+        (:func:`trainers.features.compute_features`, ``F`` at least the spec's features, of
+        which it reads the leading columns) -> ``(T, n_assets, n_channels)`` float32,
+        normalised, with :meth:`predictor_channel` appended when the bundle has one.
+
+        Raises:
+            ValueError: fewer than the spec's features.
+        """
+        features = self._normalised(raw_features)
         channel = self._channel(features)
         if channel is None:
             return features

@@ -17,6 +17,7 @@ import optuna
 
 from trainers.accounting import ACTION_SCHEMES
 from trainers.algorithms import ALGORITHMS
+from trainers.features import DEFAULT_FEATURE_SET, feature_set_names
 
 REWARDS: tuple[str, ...] = ("log_return", "excess_log_return", "differential_sharpe")
 """The rewards an agent can learn from (defined in :mod:`trainers.env`)."""
@@ -46,10 +47,13 @@ class DesignOptions:
         algorithms: :data:`trainers.algorithms.ALGORITHMS`, searched when several.
         predictor_horizons: horizons (bars) of the supervised GRU predictor channel
             (:mod:`trainers.predictor`); 0 = no predictor; searched when several.
+        feature_set: the features every trial observes, a set of
+            :data:`trainers.features.FEATURE_SETS` (``base``: hours of history; ``long``:
+            also weeks). One per study, never searched: an ensemble's members share it.
 
     Raises:
-        ValueError: an unknown scheme, reward or algorithm, an interval < 1, an empty
-            choice, a negative penalty or horizon; the message names the option.
+        ValueError: an unknown scheme, reward, algorithm or feature set, an interval < 1,
+            an empty choice, a negative penalty or horizon; the message names the option.
     """
 
     action_scheme: str = DEFAULT_ACTION_SCHEME
@@ -58,8 +62,10 @@ class DesignOptions:
     turnover_penalty: float = 0.0
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     predictor_horizons: tuple[int, ...] = DEFAULT_PREDICTOR_HORIZONS
+    feature_set: str = DEFAULT_FEATURE_SET
 
     def __post_init__(self) -> None:
+        feature_set_names(self.feature_set)
         if self.action_scheme not in ACTION_SCHEMES:
             known = ", ".join(ACTION_SCHEMES)
             raise ValueError(f"action_scheme: {self.action_scheme!r} is not one of {known}")
@@ -102,13 +108,15 @@ class DesignOptions:
             predictor_horizons=tuple(
                 int(h) for h in data.get("predictor_horizons", DEFAULT_PREDICTOR_HORIZONS)
             ),
+            feature_set=str(data.get("feature_set", DEFAULT_FEATURE_SET)),
         )
 
 
 @dataclass(frozen=True)
 class Design:
-    """One trial's design: what :class:`trainers.env.PortfolioCore` takes, the algorithm, and
-    the horizon of its predictor channel (0 = none, :mod:`trainers.predictor`)."""
+    """One trial's design: what :class:`trainers.env.PortfolioCore` takes, the algorithm, the
+    horizon of its predictor channel (0 = none, :mod:`trainers.predictor`) and its feature
+    set (:data:`trainers.features.FEATURE_SETS`)."""
 
     action_scheme: str = DEFAULT_ACTION_SCHEME
     decision_interval: int = 1
@@ -116,10 +124,12 @@ class Design:
     turnover_penalty: float = 0.0
     algorithm: str = "ppo"
     predictor_horizon: int = 0
+    feature_set: str = DEFAULT_FEATURE_SET
 
     def env_kwargs(self) -> dict[str, Any]:
-        """What the environment takes (all but the algorithm and the predictor)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("algorithm", "predictor_horizon")}
+        """What the environment takes (all but the algorithm, the predictor and the features)."""
+        skip = ("algorithm", "predictor_horizon", "feature_set")
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,7 +137,7 @@ class Design:
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> Design:
         """The design recorded in a bundle's ``model.json`` (bundles before schema version 3
-        acted with scores at every bar)."""
+        acted with scores at every bar; bundles before feature sets observed ``base``)."""
         spec = meta.get("action_spec") if isinstance(meta.get("action_spec"), dict) else {}
         design = meta.get("design") if isinstance(meta.get("design"), dict) else {}
         return cls(
@@ -137,6 +147,7 @@ class Design:
             turnover_penalty=float(design.get("turnover_penalty", 0.0)),
             algorithm=str(meta.get("algorithm") or "PPO").lower(),
             predictor_horizon=int(design.get("predictor_horizon", 0)),
+            feature_set=str(design.get("feature_set", DEFAULT_FEATURE_SET)),
         )
 
 
@@ -159,4 +170,5 @@ def suggest_design(trial: optuna.Trial, options: DesignOptions) -> Design:
         predictor_horizon=horizons[0]
         if len(horizons) == 1
         else int(trial.suggest_categorical("predictor_horizon", horizons)),
+        feature_set=options.feature_set,
     )

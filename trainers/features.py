@@ -18,12 +18,30 @@ Formulas:
     * ATR-normalised range: (high - low) / ATR14 (Wilder-smoothed true range).
     * volume z-score: z-score of ln(1 + volume) over a rolling 48-bar window.
 
+The ``long`` feature set (:data:`FEATURE_SETS`) appends features that look back weeks, not
+hours, so that an agent deciding every 24 bars over 60-day folds can see the trend the 50-day
+trend filter reads:
+    * log returns ``ln(close_t / close_{t-h})`` for h in :data:`LONG_RETURN_HORIZONS` (168
+      and 720 bars: a week and 30 days of hourly bars), time-series momentum: Moskowitz, Ooi
+      & Pedersen (2012), "Time series momentum", J. Financial Economics 104(2).
+    * SMA gap ``ln(close_t / SMA1200(close)_t)``, the 50-day moving-average trend signal of
+      hourly bars: Faber (2007), "A Quantitative Approach to Tactical Asset Allocation",
+      J. Wealth Management 9(4) (:class:`trainers.baselines.TrendFilter` trades its sign).
+    * realised volatility: the standard deviation (ddof 0) of 1-bar log returns over the
+      last 168 bars, the input of volatility-managed portfolios: Moreira & Muir (2017),
+      "Volatility-Managed Portfolios", J. Finance 72(4).
+
+Feature sets are nested: each one's names are a prefix of :data:`ALL_FEATURE_NAMES`, so a
+model reads the first ``len(feature_names)`` columns of any raw-feature array that has at
+least that many (:func:`feature_columns`).
+
 Every window here is a number of bars, whatever the bar interval: the indicators are
 defined on bars (RSI(14) is 14 bars of hourly, 15-minute or daily data alike), so the
 feature warm-up :data:`WARMUP_BARS` is a bar count too, not a number of days. It is the
 longest window a feature needs (MACD's 26 + 9 bars, the 48-bar volume z-score, with
-margin); converting it from days would make daily data wait months, or intraday data
-lose windows, for no change in what the features mean.
+margin; :data:`LONG_WARMUP_BARS` adds the long set's 1,200-bar SMA); converting it from
+days would make daily data wait months, or intraday data lose windows, for no change in what
+the features mean.
 """
 
 from __future__ import annotations
@@ -48,8 +66,22 @@ FEATURE_NAMES: tuple[str, ...] = (
     "volume_z_48",
 )
 N_FEATURES = len(FEATURE_NAMES)
-WARMUP_BARS = 64  # bars (any interval): first bar whose features all rest on full windows
+LONG_RETURN_HORIZONS = (168, 720)
+SMA_GAP_BARS = 1200
+REALISED_VOL_BARS = 168
+LONG_FEATURE_NAMES: tuple[str, ...] = (
+    *(f"log_return_{h}" for h in LONG_RETURN_HORIZONS),
+    f"sma_gap_{SMA_GAP_BARS}",
+    f"realised_vol_{REALISED_VOL_BARS}",
+)
+ALL_FEATURE_NAMES: tuple[str, ...] = (*FEATURE_NAMES, *LONG_FEATURE_NAMES)
+FEATURE_SETS: dict[str, tuple[str, ...]] = {"base": FEATURE_NAMES, "long": ALL_FEATURE_NAMES}
+"""The feature sets a study can observe (``[training] feature_set``); ``base`` is the default."""
+DEFAULT_FEATURE_SET = "base"
+WARMUP_BARS = 64  # bars (any interval): first bar whose base features all rest on full windows
 HISTORY_BARS = 512  # bars a consumer feeds so exponential smoothings match training
+LONG_WARMUP_BARS = SMA_GAP_BARS + WARMUP_BARS  # the same for the long set (its longest window)
+LONG_HISTORY_BARS = SMA_GAP_BARS + HISTORY_BARS
 NORM_CLIP = 5.0
 _EPS = 1e-12
 
@@ -67,18 +99,90 @@ def _rolling(x: np.ndarray, window: int) -> pd.core.window.rolling.Rolling:
     return pd.DataFrame(x).rolling(window, min_periods=window)
 
 
-def compute_features(prices: np.ndarray) -> np.ndarray:
+def feature_set_names(feature_set: str) -> tuple[str, ...]:
+    """The feature names of a set of :data:`FEATURE_SETS`.
+
+    Raises:
+        ValueError: an unknown set (the message names the known ones).
+    """
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"feature_set: {feature_set!r} is not one of {', '.join(FEATURE_SETS)}")
+    return FEATURE_SETS[feature_set]
+
+
+def feature_columns(names: tuple[str, ...] | list[str]) -> int:
+    """How many leading columns of :data:`ALL_FEATURE_NAMES` ``names`` are.
+
+    Raises:
+        ValueError: ``names`` is empty or not a prefix of :data:`ALL_FEATURE_NAMES` (the
+            message names the first feature that differs).
+    """
+    names = tuple(names)
+    for i, name in enumerate(names):
+        if i >= len(ALL_FEATURE_NAMES) or ALL_FEATURE_NAMES[i] != name:
+            expected = ALL_FEATURE_NAMES[i] if i < len(ALL_FEATURE_NAMES) else "nothing"
+            raise ValueError(f"feature {i} is {name!r}, this pipeline computes {expected!r} there")
+    if not names:
+        raise ValueError("no feature names")
+    return len(names)
+
+
+def warmup_bars(names: tuple[str, ...] | list[str]) -> int:
+    """First bar whose features ``names`` all rest on full windows (:data:`WARMUP_BARS` or
+    :data:`LONG_WARMUP_BARS`)."""
+    return LONG_WARMUP_BARS if feature_columns(names) > N_FEATURES else WARMUP_BARS
+
+
+def history_bars(names: tuple[str, ...] | list[str]) -> int:
+    """Bars of prices a consumer feeds :func:`compute_features` so that the features
+    ``names`` equal training's (:data:`HISTORY_BARS` or :data:`LONG_HISTORY_BARS`)."""
+    return LONG_HISTORY_BARS if feature_columns(names) > N_FEATURES else HISTORY_BARS
+
+
+def compute_features(prices: np.ndarray, names: tuple[str, ...] = FEATURE_NAMES) -> np.ndarray:
     """Features of every asset at every bar.
 
     Args:
         prices: ``(T, n_assets, 5)`` OHLCV (see :data:`trainers.data.FIELDS`).
+        names: the features wanted, a prefix of :data:`ALL_FEATURE_NAMES` (a set of
+            :data:`FEATURE_SETS`; default the base set).
 
     Returns:
-        ``(T, n_assets, N_FEATURES)`` float64 in :data:`FEATURE_NAMES` order, not yet
-        normalised. Values that need more history than is available (the first bars) are 0.
+        ``(T, n_assets, len(names))`` float64 in ``names`` order, not yet normalised. Values
+        that need more history than is available (the first bars) are 0.
+
+    Raises:
+        ValueError: ``prices`` not ``(T, n_assets, 5)``; ``names`` not a prefix of
+            :data:`ALL_FEATURE_NAMES`.
     """
     if prices.ndim != 3 or prices.shape[2] != 5:
         raise ValueError(f"prices must have shape (T, n_assets, 5), got {prices.shape}")
+    columns = feature_columns(names)
+    base = _base_features(prices)
+    if columns <= N_FEATURES:
+        return base[:, :, :columns]
+    return np.concatenate([base, _long_features(prices[:, :, 3])], axis=2)[:, :, :columns]
+
+
+def _long_features(close: np.ndarray) -> np.ndarray:
+    """:data:`LONG_FEATURE_NAMES` of ``(T, n_assets)`` closes -> ``(T, n_assets, 4)``."""
+    T, n = close.shape
+    out = np.zeros((T, n, len(LONG_FEATURE_NAMES)), dtype=np.float64)
+    logc = np.log(close)
+    for k, hz in enumerate(LONG_RETURN_HORIZONS):
+        if hz < T:
+            out[hz:, :, k] = logc[hz:] - logc[:-hz]
+    k = len(LONG_RETURN_HORIZONS)
+    sma = _rolling(close, SMA_GAP_BARS).mean().to_numpy()
+    out[:, :, k] = np.nan_to_num(np.log(close / sma))
+    step = np.diff(logc, axis=0, prepend=logc[:1])
+    vol = _rolling(step, REALISED_VOL_BARS).std(ddof=0).to_numpy()
+    out[:, :, k + 1] = np.nan_to_num(vol)
+    return out
+
+
+def _base_features(prices: np.ndarray) -> np.ndarray:
+    """:data:`FEATURE_NAMES` of ``(T, n_assets, 5)`` OHLCV -> ``(T, n_assets, N_FEATURES)``."""
     o, h, low, c, v = (prices[:, :, k] for k in range(5))
     del o
     T, n = c.shape

@@ -62,9 +62,10 @@ from trainers.env import DEFAULT_EPISODE_DAYS, PortfolioVecEnv
 from trainers.features import (
     FEATURE_NAMES,
     FEATURE_PIPELINE_VERSION,
-    WARMUP_BARS,
     NormStats,
     compute_features,
+    feature_set_names,
+    warmup_bars,
 )
 from trainers.naming import grade_for, vin_for
 from trainers.predictor import FittedPredictor, fit_fold_predictor, with_channel
@@ -170,8 +171,10 @@ class TrainingConfig:
 class StudyData:
     """The study's bars (before the hold-out cut), their raw features and folds.
 
-    ``holdout_cut`` is the resolved cut (UTC ISO 8601) and ``embargo`` the resolved embargo
-    in bars; ``panel.timeframe`` holds the bar interval and bars per year.
+    ``features`` is ``(T, n_assets, len(feature_names))``, the study's feature set
+    (:data:`trainers.features.FEATURE_SETS`). ``holdout_cut`` is the resolved cut (UTC ISO
+    8601) and ``embargo`` the resolved embargo in bars; ``panel.timeframe`` holds the bar
+    interval and bars per year.
     """
 
     panel: Panel
@@ -180,6 +183,7 @@ class StudyData:
     fingerprint: str
     holdout_cut: str = ""
     embargo: int = 0
+    feature_names: tuple[str, ...] = FEATURE_NAMES
 
     @classmethod
     def load(cls, data_dir: str | Path | None, config: TrainingConfig) -> StudyData:
@@ -194,10 +198,12 @@ class StudyData:
         cut = resolve_holdout_cut(whole, config.holdout_cut)
         panel, _ = split_holdout(whole, cut)
         embargo = panel.timeframe.bars(EMBARGO_DAYS) if config.embargo is None else config.embargo
-        folds = panel_folds(panel, config.mode, embargo, first_bar=WARMUP_BARS)
+        names = feature_set_names(config.design.feature_set)
+        folds = panel_folds(panel, config.mode, embargo, first_bar=warmup_bars(names))
         first = min(f.train_start for f in folds)
         fingerprint = panel.fingerprint(first, len(panel))
-        return cls(panel, compute_features(panel.prices), folds, fingerprint, cut, embargo)
+        features = compute_features(panel.prices, names)
+        return cls(panel, features, folds, fingerprint, cut, embargo, names)
 
 
 class _TrainingCallback(BaseCallback):
@@ -612,7 +618,7 @@ class Objective:
         )
         spec = ObservationSpec(
             self.data.panel.symbols,
-            FEATURE_NAMES,
+            self.data.feature_names,
             params.lookback,
             FEATURE_PIPELINE_VERSION,
             result.norm,

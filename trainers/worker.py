@@ -53,6 +53,7 @@ from trainers.design import (
     RECOMMENDED_REWARDS,
     DesignOptions,
 )
+from trainers.features import DEFAULT_FEATURE_SET
 from trainers.runtime.heartbeat import Heartbeat
 from trainers.runtime.layout import Layout
 from trainers.runtime.logs import configure_logging
@@ -493,6 +494,11 @@ def main(
         help="Horizons (bars) of a supervised GRU predictor channel fitted per fold, comma-separated "
         "(0 = none); several are searched.",
     ),
+    feature_set: str = typer.Option(
+        DEFAULT_FEATURE_SET,
+        help="Features the agents observe: base (hours of history) or long (also 168- and "
+        "720-bar returns, the 1,200-bar SMA gap and 168-bar volatility). One per study.",
+    ),
 ) -> None:
     """Run a training worker."""
     if mode not in ("quick", "full"):
@@ -530,6 +536,7 @@ def main(
             turnover_penalty=turnover_penalty,
             algorithms=tuple(a.strip().lower() for a in algorithms.split(",")),
             predictor_horizons=horizons,
+            feature_set=feature_set,
         )
     except ValueError as exc:
         option = str(exc).split(":")[0].replace("_", "-")

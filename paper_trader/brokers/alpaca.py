@@ -42,7 +42,7 @@ from paper_trader.config import TraderConfig
 from paper_trader.ledger import CANCELLED, Order
 from trainers.accounting import DEFAULT_FEE, Costs
 from trainers.data import BAR_SECONDS, embedded_dataset_dir, symbol_from_path
-from trainers.features import HISTORY_BARS
+from trainers.features import LONG_HISTORY_BARS
 
 FETCH_MARGIN_BARS = 48  # extra hours fetched so gaps dropped by the alignment still leave full history
 REFRESH_RETRY_S = 5.0  # a bar due but not yet published by Alpaca is asked for again after this
@@ -121,7 +121,8 @@ class AlpacaBroker:
 
     def _refresh(self) -> None:
         now = self.clock()
-        start = np.datetime64(int(now.timestamp()) - (HISTORY_BARS + FETCH_MARGIN_BARS) * BAR_SECONDS, "s")
+        back = LONG_HISTORY_BARS + FETCH_MARGIN_BARS  # the longest history any feature set needs
+        start = np.datetime64(int(now.timestamp()) - back * BAR_SECONDS, "s")
         try:
             ts, px = self.client.closed_bars(self.symbols, start, now=now)
         except (AlpacaError, ValueError) as exc:

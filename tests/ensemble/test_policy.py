@@ -255,8 +255,10 @@ def test_act_rejects_bad_inputs(tmp_path: Path, panel: Panel, raw_features: np.n
     raw, w = decision_points(raw_features, 3, 1)[0]
     with pytest.raises(ValueError, match="need 30 bars of features, got 29"):
         policy.act(raw[-29:], w)
-    with pytest.raises(ValueError, match=r"must have shape \(L, 3, 12\)"):
+    with pytest.raises(ValueError, match=r"must have shape \(L, 3, >= 12\)"):
         policy.act(raw[:, :2], w)
+    with pytest.raises(ValueError, match=r"must have shape \(L, 3, >= 12\), got \(\d+, 3, 11\)"):
+        policy.act(raw[:, :, :11], w)
     bad = raw.copy()
     bad[-3, 1, 4] = np.nan
     with pytest.raises(ValueError, match="NaN or inf in the last 30 bars"):
