@@ -206,6 +206,22 @@ class StudyData:
         return cls(panel, features, folds, fingerprint, cut, embargo, names)
 
 
+def study_features(data: StudyData, feature_set: str) -> np.ndarray:
+    """The raw features ``(T, n_assets, F)`` of a feature set
+    (:data:`trainers.features.FEATURE_SETS`): the leading columns of the study's.
+
+    Raises:
+        ValueError: an unknown set, or one the study's features do not include.
+    """
+    names = feature_set_names(feature_set)
+    if data.feature_names[: len(names)] != names or data.features.shape[2] < len(names):
+        raise ValueError(
+            f"feature_set {feature_set!r}: the study's data carry {len(data.feature_names)} "
+            f"features, not the set's {len(names)}"
+        )
+    return data.features[:, :, : len(names)]
+
+
 class _TrainingCallback(BaseCallback):
     """Stops PPO when ``stop`` is set; beats the heartbeat after every rollout."""
 
@@ -261,8 +277,9 @@ class FoldLearner:
         self.design = design or Design()
         self.seconds = 0.0
         t0 = time.perf_counter()
-        self.norm = NormStats.fit(data.features[fold.train_start : fold.train_stop])
-        self.features = self.norm.apply(data.features)
+        raw = study_features(data, self.design.feature_set)
+        self.norm = NormStats.fit(raw[fold.train_start : fold.train_stop])
+        self.features = self.norm.apply(raw)
         self.predictor: FittedPredictor | None = None
         if self.design.predictor_horizon > 0:
             # fitted on the fold's training slice only; its channel is computed for the bars
@@ -618,7 +635,7 @@ class Objective:
         )
         spec = ObservationSpec(
             self.data.panel.symbols,
-            self.data.feature_names,
+            feature_set_names(design.feature_set),
             params.lookback,
             FEATURE_PIPELINE_VERSION,
             result.norm,

@@ -40,6 +40,11 @@ CASES = {
         {},
         ["training.rewards.1", "c.toml"],
     ),
+    "training_bad_feature_set": (
+        {"training": {"feature_set": "weekly"}},
+        {},
+        ["training.feature_set", "'base' or 'long'", "c.toml"],
+    ),
     "training_bad_ladder": (
         {"training": {"budget_ladder": [30000, 10000]}},
         {},
@@ -110,6 +115,7 @@ def test_training_section_reaches_the_worker_command_line(tmp_path: Path) -> Non
         "budget_ladder": [10000, 30000, 90000],
         "tensorboard": True,
         "predictor_horizons": [0, 24],
+        "feature_set": "long",
     }
     cfg = load_config(write_config(tmp_path / "c.toml", tmp_path / "root", training=training))
     (spec,) = worker_specs(cfg, "s", "sqlite:///x.db")[:1]
@@ -119,6 +125,7 @@ def test_training_section_reaches_the_worker_command_line(tmp_path: Path) -> Non
     assert pairs["--rewards"] == "log_return,differential_sharpe" and pairs["--algorithms"] == "ppo,sac"
     assert pairs["--turnover-penalty"] == "0.01" and pairs["--budget-ladder"] == "10000,30000,90000"
     assert "--tensorboard" in argv and pairs["--predictor-horizons"] == "0,24"
+    assert pairs["--feature-set"] == "long"
     # and the worker's own parser knows every option it is given
     from typer.main import get_command
 

@@ -149,9 +149,17 @@ def test_design_options_validate_and_round_trip() -> None:
         ({"decision_intervals": (0,)}, "decision_intervals"),
         ({"rewards": ("sortino",)}, "rewards"),
         ({"turnover_penalty": -1.0}, "turnover_penalty"),
+        ({"feature_set": "weekly"}, "feature_set: 'weekly' is not one of base, long"),
     ):
         with pytest.raises(ValueError, match=where):
             DesignOptions(**bad)  # type: ignore[arg-type]
+    long = DesignOptions(feature_set="long")
+    assert DesignOptions.from_dict(long.as_dict()) == long and long.as_dict()["feature_set"] == "long"
+    assert DesignOptions.from_dict({}).feature_set == "base"  # a study recorded before feature sets
+    # one per study: the set is fixed in every trial's design, never a searched parameter
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    assert suggest_design(trial, long).feature_set == "long" and trial.params == {}
 
 
 def test_several_choices_are_searched_one_is_fixed() -> None:
@@ -176,3 +184,6 @@ def test_design_from_a_bundle_record() -> None:
     assert Design.from_meta(meta) == Design("softmax", 24, "excess_log_return", 0.02)
     # bundles before schema version 3 acted with scores at every bar
     assert Design.from_meta({"action_spec": {"shape": [3]}}) == Design("scores", 1, "log_return", 0.0)
+    # bundles before feature sets observed the base set
+    assert Design.from_meta(meta).feature_set == "base"
+    assert Design.from_meta({**meta, "design": {"feature_set": "long"}}).feature_set == "long"

@@ -21,7 +21,7 @@ from trainers.accounting import COST_FIELDS, Costs
 from trainers.algorithms import model_kwargs
 from trainers.design import Design
 from trainers.env import PortfolioCore, PortfolioVecEnv
-from trainers.features import FEATURE_NAMES
+from trainers.features import ALL_FEATURE_NAMES, FEATURE_NAMES, compute_features
 from trainers.objective import FoldResult, StudyData, TrainingConfig, train_fold
 from trainers.search_space import (
     ACTIVATIONS,
@@ -173,19 +173,44 @@ DESIGN_CHANGES: dict[str, object] = {
     "reward": "differential_sharpe",
     "turnover_penalty": 0.05,
     "predictor_horizon": 4,  # the observation gains the predictor channel (test_predictor_trading.py)
+    "feature_set": "long",  # trained on study data that carry the long set (long_study_data)
 }
+
+
+@pytest.fixture(scope="module")
+def long_study_data(study_data: StudyData) -> StudyData:
+    """The same study with the long feature set computed: base designs read its leading columns."""
+    features = compute_features(study_data.panel.prices, ALL_FEATURE_NAMES)
+    return dataclasses.replace(study_data, features=features, feature_names=ALL_FEATURE_NAMES)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(DESIGN_CHANGES))
 def test_each_design_item_changes_the_trained_actor(
-    study_data: StudyData, base_actor: dict[str, torch.Tensor], name: str
+    study_data: StudyData, long_study_data: StudyData, base_actor: dict[str, torch.Tensor], name: str
 ) -> None:
     assert set(DESIGN_CHANGES) == {f.name for f in dataclasses.fields(Design)} - {"algorithm"}
     assert getattr(Design(), name) != DESIGN_CHANGES[name]
     design = dataclasses.replace(Design(), **{name: DESIGN_CHANGES[name]})
-    state = train_fold(study_data, study_data.folds[0], BASE, CONFIG, SEED, design=design).state
+    data = long_study_data if name == "feature_set" else study_data
+    state = train_fold(data, data.folds[0], BASE, CONFIG, SEED, design=design).state
     assert not _same_actor(state, base_actor), f"{name}={DESIGN_CHANGES[name]} trained the same actor"
+
+
+@pytest.mark.slow
+def test_a_base_design_reads_only_the_base_columns_of_long_study_data(
+    long_study_data: StudyData, base_actor: dict[str, torch.Tensor]
+) -> None:
+    result = train_fold(long_study_data, long_study_data.folds[0], BASE, CONFIG, SEED, design=Design())
+    assert _same_actor(result.state, base_actor)
+    assert result.norm.mean.shape == (3, len(FEATURE_NAMES))
+
+
+def test_a_long_design_on_base_study_data_is_refused(study_data: StudyData) -> None:
+    with pytest.raises(
+        ValueError, match="feature_set 'long': the study's data carry 12 features, not the set's 16"
+    ):
+        train_fold(study_data, study_data.folds[0], BASE, CONFIG, SEED, design=Design(feature_set="long"))
 
 
 @pytest.mark.slow
