@@ -90,7 +90,7 @@ class TrainingSection(_Section):
     )
     feature_set: Literal["base", "long"] = Field(
         "base",
-        description="base: features over hours (at most 24 bars); long: also weeks (168- and "
+        description="base: feature windows of at most 48 bars; long: also weeks (168- and "
         "720-bar returns, the 1,200-bar SMA gap, 168-bar volatility). One per study",
     )
     budget_ladder: list[int] = Field(

@@ -48,8 +48,8 @@ class DesignOptions:
         predictor_horizons: horizons (bars) of the supervised GRU predictor channel
             (:mod:`trainers.predictor`); 0 = no predictor; searched when several.
         feature_set: the features every trial observes, a set of
-            :data:`trainers.features.FEATURE_SETS` (``base``: hours of history; ``long``:
-            also weeks). One per study, never searched: an ensemble's members share it.
+            :data:`trainers.features.FEATURE_SETS` (``base``: windows of at most 48 bars;
+            ``long``: also weeks). One per study, never searched: an ensemble's members share it.
 
     Raises:
         ValueError: an unknown scheme, reward, algorithm or feature set, an interval < 1,

@@ -496,7 +496,7 @@ def main(
     ),
     feature_set: str = typer.Option(
         DEFAULT_FEATURE_SET,
-        help="Features the agents observe: base (hours of history) or long (also 168- and "
+        help="Features the agents observe: base (windows of at most 48 bars) or long (also 168- and "
         "720-bar returns, the 1,200-bar SMA gap and 168-bar volatility). One per study.",
     ),
 ) -> None:
