@@ -12,6 +12,7 @@ unreadable registry, unknown model) or a failed integrity check; 2 for a bad opt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ from ensemble.registry import (
     registry_path,
 )
 from trainers.atomic_io import read_json_object
+from trainers.design import Design
 from trainers.naming import GRADES, beats_baselines, grade_with_baselines
 from trainers.study_db import StudyDBError, open_engine
 from trainers.study_db.baselines import (
@@ -107,13 +109,20 @@ def _baselines(storage: str, study: str) -> StudyBaselines | str | None:
         return str(exc)
 
 
-def _baselines_record(found: StudyBaselines | str | None, value: float) -> dict[str, Any]:
+def _baselines_record(
+    found: StudyBaselines | str | None, value: float, meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """``models info --json``'s ``baselines``: ``{"invested", "cash", "n_folds",
-    "computed_at", "zero_action", "beats_baselines"}``, ``{"error"}`` or ``{"recorded": False}``."""
+    "computed_at", "zero_action", "beats_baselines"}`` (with the model's ``model.json``
+    ``meta``, the untrained start at its own decision interval, ``zero_action_interval``),
+    ``{"error"}`` or ``{"recorded": False}``."""
     if isinstance(found, str):
         return {"error": found}
     if found is None:
         return {"recorded": False}
+    if meta:
+        with contextlib.suppress(TypeError, ValueError):  # a bad model.json: the study's best start
+            found = found.at_interval(Design.from_meta(meta).decision_interval)
     return {**found.as_dict(), "beats_baselines": beats_baselines(value, found.values())}
 
 
@@ -252,14 +261,15 @@ def info(
     directory = archive_dir(root) / entry.dir
     problems = check_integrity(root, entry)
     same_vin = [e.dir for e in registry.models if e.vin == entry.vin and e.dir != entry.dir]
+    model = read_json_object(directory / META_FILE)
     record = {
         "entry": entry.model_dump(mode="json"),
         "same_vin": same_vin,
         "metadata": read_json_object(directory / METADATA_FILE),
         "hyperparams": read_json_object(directory / HYPERPARAMS_FILE),
-        "model": read_json_object(directory / META_FILE),
+        "model": model,
         "integrity": problems or "ok",
-        "baselines": _baselines_record(_baselines(storage, entry.study), entry.value),
+        "baselines": _baselines_record(_baselines(storage, entry.study), entry.value, model),
     }
     if as_json:
         typer.echo(json.dumps(record, indent=2, sort_keys=True))

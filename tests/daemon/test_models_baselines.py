@@ -47,14 +47,29 @@ def test_info_and_list_read_the_value_against_the_baselines(graded: Graded, stud
     beats = max(want.values()) < 0.35
     assert _row(info.stdout, "grade").startswith("S (beats both baselines)" if beats else "S (below ")
     start = record["zero_action"]["value"]
+    assert record["zero_action"]["by_interval"] == {"1": start}  # the model decides every bar
     assert _row(info.stdout, "vs baselines") == (
         f"value 0.3500 · always invested {want['invested']:.4f} · always in cash {want['cash']:.4f} "
-        f"· untrained start {start:.4f} (same {len(study_data.folds)} folds and costs)"
+        f"· untrained start (1-bar interval) {start:.4f} (same {len(study_data.folds)} folds and costs)"
     )
     doc = json.loads(cli("models", "info", s_dir, "--root", root, "--json").stdout)["baselines"]
     assert doc["invested"] == want["invested"] and doc["cash"] == want["cash"]
-    assert doc["zero_action"] == start
+    assert doc["zero_action"] == start and doc["zero_action_interval"] == 1
     assert doc["beats_baselines"] is beats and doc["n_folds"] == len(study_data.folds)
+
+    # a study that searches intervals: the model's own interval's start, not the best one's
+    searched = {**record["zero_action"], "value": start + 0.5, "by_interval": {"1": start, "24": start + 0.5}}
+    graded.study.set_user_attr(FOLD_BASELINES_ATTR, {**record, "zero_action": searched})
+    doc = json.loads(cli("models", "info", s_dir, "--root", root, "--json").stdout)["baselines"]
+    assert (doc["zero_action"], doc["zero_action_interval"]) == (start, 1)
+    assert f"untrained start (1-bar interval) {start:.4f}" in _row(
+        cli("models", "info", s_dir, "--root", root).stdout, "vs baselines"
+    )
+    # a record without values per interval: the recorded start, for no interval in particular
+    bare_start = {k: v for k, v in searched.items() if k != "by_interval"}
+    graded.study.set_user_attr(FOLD_BASELINES_ATTR, {**record, "zero_action": bare_start})
+    doc = json.loads(cli("models", "info", s_dir, "--root", root, "--json").stdout)["baselines"]
+    assert doc["zero_action"] == start + 0.5 and "zero_action_interval" not in doc
 
     # a study whose cash baseline sits between the S (0.35) and the B (0.16) model
     graded.study.set_user_attr(

@@ -26,7 +26,7 @@ execution model, so it compares directly with trial values.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -51,7 +51,11 @@ class StudyBaselines:
         n_folds: folds they were computed on.
         computed_at: when (UTC, ISO 8601), or None when not recorded.
         zero_action: value of the design's zero action (the untrained start), or None
-            when not recorded.
+            when not recorded: the best over the study's decision intervals, or the one of
+            :meth:`at_interval`.
+        zero_action_by_interval: the untrained start per decision interval (bars), empty
+            for records written before it.
+        zero_action_interval: the interval ``zero_action`` is for, None for the best of them.
     """
 
     invested: float
@@ -59,6 +63,18 @@ class StudyBaselines:
     n_folds: int
     computed_at: str | None
     zero_action: float | None = None
+    zero_action_by_interval: dict[int, float] = field(default_factory=dict, compare=False)
+    zero_action_interval: int | None = None
+
+    def at_interval(self, interval: int) -> StudyBaselines:
+        """These baselines with the untrained start of a model deciding every ``interval``
+        bars (its bundle's ``action_spec.decision_interval``): that interval's value, None
+        when the record has values per interval but not this one; unchanged for a record
+        without values per interval."""
+        if not self.zero_action_by_interval:
+            return self
+        start = self.zero_action_by_interval.get(int(interval))
+        return replace(self, zero_action=start, zero_action_interval=int(interval))
 
     def values(self) -> dict[str, float]:
         """``{"invested": value, "cash": value}`` (what :mod:`trainers.naming` compares)."""
@@ -70,8 +86,11 @@ class StudyBaselines:
         return max(self.invested, self.cash)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready ``{"invested", "cash", "n_folds", "computed_at", "zero_action"}``."""
+        """JSON-ready ``{"invested", "cash", "n_folds", "computed_at", "zero_action"}``, and
+        ``"zero_action_interval"`` when the start is one interval's (:meth:`at_interval`)."""
         figures = {"n_folds": self.n_folds, "computed_at": self.computed_at, "zero_action": self.zero_action}
+        if self.zero_action_interval is not None:
+            figures["zero_action_interval"] = self.zero_action_interval
         return {**self.values(), **figures}
 
 
@@ -106,9 +125,14 @@ def parse_baselines(record: Any) -> StudyBaselines | None:
     start = zero.get("value") if isinstance(zero, dict) else None
     if not _finite(start):
         start = None
-    return StudyBaselines(
-        found["invested"], found["cash"], n_folds, at if isinstance(at, str) else None, start
-    )
+    by_interval = zero.get("by_interval") if isinstance(zero, dict) else None
+    per_interval = {
+        int(k): float(v)
+        for k, v in (by_interval.items() if isinstance(by_interval, dict) else [])
+        if str(k).isdigit() and _finite(v)
+    }
+    at = at if isinstance(at, str) else None
+    return StudyBaselines(found["invested"], found["cash"], n_folds, at, start, per_interval)
 
 
 def _finite(value: Any) -> bool:
@@ -125,8 +149,8 @@ def zero_action_value(figures: Any) -> float | None:
 def vs_baselines_line(head: str, figures: Any) -> str | None:
     """The ``vs baselines`` row of ``models info`` and the dashboard: ``"<head> · always
     invested Y · always in cash Z · untrained start W (same n folds and costs)"`` from
-    :meth:`StudyBaselines.as_dict` figures (the untrained start only when recorded); None
-    when the baselines are not recorded."""
+    :meth:`StudyBaselines.as_dict` figures (the untrained start only when recorded, with
+    ``(k-bar interval)`` when it is one interval's); None when the baselines are not recorded."""
     values = baseline_values(figures)
     if values is None:
         return None
@@ -134,7 +158,9 @@ def vs_baselines_line(head: str, figures: Any) -> str | None:
     parts += [f"{BASELINE_LABELS[k]} {v:.4f}" for k, v in values.items()]
     start = zero_action_value(figures)
     if start is not None:
-        parts.append(f"{ZERO_ACTION_LABEL} {start:.4f}")
+        interval = figures.get("zero_action_interval")
+        label = ZERO_ACTION_LABEL + (f" ({interval}-bar interval)" if isinstance(interval, int) else "")
+        parts.append(f"{label} {start:.4f}")
     return " · ".join(parts) + f" (same {figures.get('n_folds')} folds and costs)"
 
 
