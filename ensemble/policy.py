@@ -501,7 +501,7 @@ class EnsemblePolicy:
         return self.bundles[0].spec.feature_names
 
     @property
-    def history_bars(self) -> int:
+    def price_history_bars(self) -> int:
         """Bars of prices to compute :attr:`feature_names` from so that they equal training's
         (:func:`trainers.features.history_bars`), at least :attr:`max_lookback`."""
         return max(history_bars(self.feature_names), self._max_lookback)

@@ -6,7 +6,7 @@ boundary and a restart resumes at the last processed bar + 1):
 1. the orders decided at the previous bar are filled at bar ``t``'s open (broker);
 2. the account is marked to market at ``close[t]``; high-water marks are updated
    (:func:`trainers.accounting.update_hwm`);
-3. decision: raw features of the model's feature set over the last ``policy.history_bars``
+3. decision: raw features of the model's feature set over the last ``policy.price_history_bars``
    bars ``<= t`` (:func:`trainers.features.history_bars`: 512, or 1,712 for the ``long``
    set; :func:`trainers.features.compute_features`) and the current weights go to
    ``policy.act`` (at the model's decision bars only; between them ``action`` is None and
@@ -368,7 +368,7 @@ class Trader:
         policy = self.policy
         if policy is None:
             raise TraderError("no model to trade with yet")
-        wanted = policy.history_bars
+        wanted = policy.price_history_bars
         history = self.broker.history(bar, wanted)
         if len(history) < policy.max_lookback:
             raise TraderError(

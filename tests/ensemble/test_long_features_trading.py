@@ -76,7 +76,7 @@ def test_the_kernel_equals_each_members_own_actor_and_refuses_another_set(
 ) -> None:
     panel = load_panel(None)
     policy = EnsemblePolicy.from_manifest(long_root.joinpath(*MANIFEST), PIPELINE)
-    assert policy.feature_names == ALL_FEATURE_NAMES and policy.history_bars == LONG_HISTORY_BARS
+    assert policy.feature_names == ALL_FEATURE_NAMES and policy.price_history_bars == LONG_HISTORY_BARS
     raw = compute_features(panel.prices[-3000:], ALL_FEATURE_NAMES)
     rng = np.random.default_rng(0)
     for t in (1800, 2500, 2999):
