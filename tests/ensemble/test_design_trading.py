@@ -18,6 +18,7 @@ from ensemble.evaluate import evaluate
 from ensemble.policy import EnsemblePolicy
 from ensemble.sync import sync_ensemble
 from paper_trader.ledger import Ledger
+from tests.ensemble.designed_study import designed_root as train_designed_root
 from tests.paper_trader.ensemble_root import PIPELINE, REPO
 from trainers.accounting import Costs
 from trainers.backtest import decision_bars
@@ -25,7 +26,7 @@ from trainers.bundle import load_bundle
 from trainers.design import Design, DesignOptions
 from trainers.objective import Objective, StudyData, TrainingConfig
 from trainers.storage import default_storage_url, make_storage
-from trainers.worker import check_study_design, create_study
+from trainers.worker import create_study
 
 STUDY = "designed"
 INTERVAL = 4
@@ -37,17 +38,8 @@ COSTS = Costs(trailing_stop=0.0)  # without the stop every order is a decision's
 
 @pytest.fixture(scope="module")
 def designed_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("designed") / "root"
-    root.mkdir()
     config = TrainingConfig(budget_steps=256, n_envs=2, seed=0, costs=COSTS, design=DESIGN)
-    url = default_storage_url(root)
-    study = create_study(make_storage(url, heartbeat_interval=None), STUDY, seed=0, costs=COSTS)
-    check_study_design(study, DESIGN)
-    study.optimize(Objective(StudyData.load(None, config), config, root), n_trials=2)
-    (root / ".current_study").write_text(STUDY + "\n")
-    sync_ensemble(root, url, STUDY, PIPELINE, top_n=2)
-    return root
+    return train_designed_root(tmp_path_factory.mktemp("designed"), STUDY, config)
 
 
 @pytest.mark.slow

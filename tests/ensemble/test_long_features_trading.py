@@ -7,28 +7,22 @@ bars only, decides exactly what the kernel decides on features of the whole pane
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ensemble.backtests import bundle_backtest
 from ensemble.policy import EnsembleError, EnsemblePolicy
-from ensemble.sync import sync_ensemble
-from paper_trader.ledger import Ledger
+from tests.ensemble.designed_study import designed_root, trade_replay
 from tests.ensemble.test_policy import make_bundle
 from tests.ensemble.test_predictor_trading import MANIFEST, own_action
-from tests.paper_trader.ensemble_root import PIPELINE, REPO
+from tests.paper_trader.ensemble_root import PIPELINE
 from trainers.bundle import load_bundle
 from trainers.data import load_panel
 from trainers.design import DesignOptions
 from trainers.features import ALL_FEATURE_NAMES, LONG_HISTORY_BARS, compute_features
-from trainers.objective import Objective, StudyData, TrainingConfig
-from trainers.storage import default_storage_url, make_storage
-from trainers.worker import check_study_design, create_study
+from trainers.objective import StudyData, TrainingConfig
 
 STUDY = "long_view"
 DESIGN = DesignOptions("softmax", (1,), ("log_return",), feature_set="long")
@@ -36,19 +30,10 @@ DESIGN = DesignOptions("softmax", (1,), ("log_return",), feature_set="long")
 
 @pytest.fixture(scope="module")
 def long_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("long") / "root"
-    root.mkdir()
     config = TrainingConfig(budget_steps=256, n_envs=2, seed=0, design=DESIGN)
-    url = default_storage_url(root)
-    study = create_study(make_storage(url, heartbeat_interval=None), STUDY, seed=0)
-    check_study_design(study, DESIGN)
     data = StudyData.load(None, config)
     assert data.feature_names == ALL_FEATURE_NAMES and data.features.shape[2] == 16
-    study.optimize(Objective(data, config, root), n_trials=2)
-    (root / ".current_study").write_text(STUDY + "\n")
-    sync_ensemble(root, url, STUDY, PIPELINE, top_n=2)
-    return root
+    return designed_root(tmp_path_factory.mktemp("long"), STUDY, config)
 
 
 @pytest.mark.slow
@@ -100,14 +85,9 @@ def test_the_kernel_equals_each_members_own_actor_and_refuses_another_set(
 
 @pytest.mark.slow
 def test_the_paper_trader_decides_what_the_kernel_decides_on_the_whole_panel(long_root: Path) -> None:
-    n_bars = 6
-    argv = [sys.executable, "-m", "daemon.cli", "trade", "--root", str(long_root), "--broker", "sim"]
-    argv += ["--speed", "0", "--max-bars", str(n_bars), "--min-notional", "0"]
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done, decisions = trade_replay(long_root, 6)
     assert "short_history" not in done.stdout + done.stderr
-    decisions = Ledger(long_root / "paper_trader" / "ledger.db").decisions()
-    assert len(decisions) == n_bars
+    assert len(decisions) == 6
     panel = load_panel(None)
     raw = compute_features(panel.prices, ALL_FEATURE_NAMES)
     policy = EnsemblePolicy.from_manifest(long_root.joinpath(*MANIFEST), PIPELINE)

@@ -6,8 +6,6 @@ paper trader trades the ensemble."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +14,15 @@ import torch
 
 from ensemble.backtests import bundle_backtest
 from ensemble.policy import EnsemblePolicy
-from ensemble.sync import sync_ensemble
-from paper_trader.ledger import Ledger
+from tests.ensemble.designed_study import designed_root, trade_replay
 from tests.ensemble.test_policy import make_bundle
-from tests.paper_trader.ensemble_root import PIPELINE, REPO
+from tests.paper_trader.ensemble_root import PIPELINE
 from trainers.bundle import SCHEMA_VERSION, Bundle, load_bundle
 from trainers.data import load_panel
 from trainers.design import DesignOptions
 from trainers.features import compute_features
-from trainers.objective import Objective, StudyData, TrainingConfig
+from trainers.objective import StudyData, TrainingConfig
 from trainers.observation import build_observations
-from trainers.storage import default_storage_url, make_storage
-from trainers.worker import check_study_design, create_study
 
 STUDY = "predicted"
 HORIZON = 4
@@ -37,17 +32,8 @@ MANIFEST = ("ensemble", "ensemble_manifest.json")
 
 @pytest.fixture(scope="module")
 def predicted_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("predicted") / "root"
-    root.mkdir()
     config = TrainingConfig(budget_steps=256, n_envs=2, seed=0, design=DESIGN)
-    url = default_storage_url(root)
-    study = create_study(make_storage(url, heartbeat_interval=None), STUDY, seed=0)
-    check_study_design(study, DESIGN)
-    study.optimize(Objective(StudyData.load(None, config), config, root), n_trials=2)
-    (root / ".current_study").write_text(STUDY + "\n")
-    sync_ensemble(root, url, STUDY, PIPELINE, top_n=2)
-    return root
+    return designed_root(tmp_path_factory.mktemp("predicted"), STUDY, config)
 
 
 def own_action(bundle: Bundle, raw: np.ndarray, t: int, weights: np.ndarray) -> np.ndarray:
@@ -133,13 +119,8 @@ def test_no_observation_or_action_depends_on_a_later_bar(predicted_root: Path) -
 
 @pytest.mark.slow
 def test_the_paper_trader_trades_a_predictor_ensemble(predicted_root: Path) -> None:
-    n_bars = 30
-    argv = [sys.executable, "-m", "daemon.cli", "trade", "--root", str(predicted_root), "--broker", "sim"]
-    argv += ["--speed", "0", "--max-bars", str(n_bars), "--min-notional", "0"]
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    decisions = Ledger(predicted_root / "paper_trader" / "ledger.db").decisions()
-    assert len(decisions) == n_bars and all(d.action is not None for d in decisions)
+    _, decisions = trade_replay(predicted_root, 30)
+    assert len(decisions) == 30 and all(d.action is not None for d in decisions)
 
 
 @pytest.mark.slow
