@@ -352,6 +352,7 @@ class EnsemblePolicy:
         extra = [b.spec.predictor.sequence_bars - 1 for b in self.bundles if b.spec.predictor]
         self._max_lookback = self._window_bars + max(extra, default=0)
         self._channels = self._n_features + bool(extra)
+        self._price_history_bars = max(history_bars(self.feature_names), self._max_lookback)
         if self.combine not in COMBINE_RULES:
             raise EnsembleError(f"unknown combine rule {self.combine!r}; known: {list(COMBINE_RULES)}")
         n = len(self.bundles)
@@ -504,7 +505,7 @@ class EnsemblePolicy:
     def price_history_bars(self) -> int:
         """Bars of prices to compute :attr:`feature_names` from so that they equal training's
         (:func:`trainers.features.history_bars`), at least :attr:`max_lookback`."""
-        return max(history_bars(self.feature_names), self._max_lookback)
+        return self._price_history_bars
 
     @property
     def n_members(self) -> int:

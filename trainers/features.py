@@ -127,16 +127,21 @@ def feature_columns(names: tuple[str, ...] | list[str]) -> int:
     return len(names)
 
 
+def _long_window(names: tuple[str, ...] | list[str]) -> int:
+    """Bars the long set's longest window adds to the base set's needs (0 without it)."""
+    return SMA_GAP_BARS if feature_columns(names) > N_FEATURES else 0
+
+
 def warmup_bars(names: tuple[str, ...] | list[str]) -> int:
     """First bar whose features ``names`` all rest on full windows (:data:`WARMUP_BARS` or
     :data:`LONG_WARMUP_BARS`)."""
-    return LONG_WARMUP_BARS if feature_columns(names) > N_FEATURES else WARMUP_BARS
+    return WARMUP_BARS + _long_window(names)
 
 
 def history_bars(names: tuple[str, ...] | list[str]) -> int:
     """Bars of prices a consumer feeds :func:`compute_features` so that the features
     ``names`` equal training's (:data:`HISTORY_BARS` or :data:`LONG_HISTORY_BARS`)."""
-    return LONG_HISTORY_BARS if feature_columns(names) > N_FEATURES else HISTORY_BARS
+    return HISTORY_BARS + _long_window(names)
 
 
 def compute_features(prices: np.ndarray, names: tuple[str, ...] = FEATURE_NAMES) -> np.ndarray:

@@ -214,7 +214,7 @@ def study_features(data: StudyData, feature_set: str) -> np.ndarray:
         ValueError: an unknown set, or one the study's features do not include.
     """
     names = feature_set_names(feature_set)
-    if data.feature_names[: len(names)] != names or data.features.shape[2] < len(names):
+    if data.feature_names[: len(names)] != names:
         raise ValueError(
             f"feature_set {feature_set!r}: the study's data carry {len(data.feature_names)} "
             f"features, not the set's {len(names)}"
