@@ -62,7 +62,7 @@ VARIANTS: dict[str, list[str]] = {
     "softmax-k": _design("softmax", "1,4,24", "log_return"),
     "softmax-k24": _design("softmax", "24", "log_return"),
     "softmax-k24-excess": _design("softmax", "24", "excess_log_return"),
-    "softmax-penalty": _design("softmax", "1", "log_return", "--turnover-penalty", "0.002"),
+    "softmax-penalty": _design("softmax", "24", "excess_log_return", "--turnover-penalty", "0.0025"),
     "softmax-ladder": _design("softmax", "24", "excess_log_return", "--budget-ladder", "10000,30000,90000"),
     "sac": _design("softmax", "24", "excess_log_return", "--algorithms", "sac"),
     "long": ["--feature-set", "long"],  # the default, observing weeks of history too
