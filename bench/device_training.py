@@ -28,6 +28,12 @@ import time
 from pathlib import Path
 
 import optuna
+import torch
+
+from ensemble.backtests import bundle_backtest
+from trainers.bundle import PipelineSpec, load_bundle
+from trainers.data import load_panel
+from trainers.features import ALL_FEATURE_NAMES, compute_features
 
 STUDY = "bench_device_training"
 
@@ -46,13 +52,6 @@ def train(root: Path, algorithm: str, device: str, budget_steps: int, seed: int)
 
 def replay(roots: list[Path]) -> list[dict]:
     """In a process that sees no GPU: each root's bundles against their recorded fold Sharpe."""
-    import torch
-
-    from ensemble.backtests import bundle_backtest
-    from trainers.bundle import PipelineSpec, load_bundle
-    from trainers.data import load_panel
-    from trainers.features import ALL_FEATURE_NAMES, compute_features
-
     panel = load_panel(None)
     raw = compute_features(panel.prices, ALL_FEATURE_NAMES)
     out = []
@@ -88,8 +87,6 @@ def main() -> None:
     if args.replay is not None:  # the child: no GPU visible
         print(json.dumps(replay(args.replay)))
         return
-
-    import torch
 
     devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     gpu = torch.cuda.get_device_name(0) if "cuda" in devices else "none"

@@ -53,6 +53,9 @@ def _design(scheme: str, intervals: str, rewards: str, *extra: str) -> list[str]
     return ["--action-scheme", scheme, "--decision-intervals", intervals, "--rewards", rewards, *extra]
 
 
+# the worker's default design, spelled out: the variants below change one item of it
+DEFAULT_DESIGN = _design("softmax", "24", "excess_log_return")
+
 VARIANTS: dict[str, list[str]] = {
     "default": [],  # the worker's defaults: softmax, a 24-bar interval, the excess reward, PPO
     "scores": _design("scores", "1", "log_return"),  # the first design
@@ -62,9 +65,9 @@ VARIANTS: dict[str, list[str]] = {
     "softmax-k": _design("softmax", "1,4,24", "log_return"),
     "softmax-k24": _design("softmax", "24", "log_return"),
     "softmax-k24-excess": _design("softmax", "24", "excess_log_return"),
-    "softmax-penalty": _design("softmax", "24", "excess_log_return", "--turnover-penalty", "0.0025"),
-    "softmax-ladder": _design("softmax", "24", "excess_log_return", "--budget-ladder", "10000,30000,90000"),
-    "sac": _design("softmax", "24", "excess_log_return", "--algorithms", "sac"),
+    "softmax-penalty": [*DEFAULT_DESIGN, "--turnover-penalty", "0.0025"],
+    "softmax-ladder": [*DEFAULT_DESIGN, "--budget-ladder", "10000,30000,90000"],
+    "sac": [*DEFAULT_DESIGN, "--algorithms", "sac"],
     "long": ["--feature-set", "long"],  # the default, observing weeks of history too
     "predictor": ["--predictor-horizons", "24"],  # the default, observing a GRU's 24-bar forecast
     "predictor-search": ["--predictor-horizons", "0,4,24"],
