@@ -68,6 +68,8 @@ VARIANTS: dict[str, list[str]] = {
     "softmax-penalty": [*DEFAULT_DESIGN, "--turnover-penalty", "0.0025"],
     "softmax-ladder": [*DEFAULT_DESIGN, "--budget-ladder", "10000,30000,90000"],
     "sac": [*DEFAULT_DESIGN, "--algorithms", "sac"],
+    "a2c": [*DEFAULT_DESIGN, "--algorithms", "a2c"],
+    "td3": [*DEFAULT_DESIGN, "--algorithms", "td3"],
     "long": ["--feature-set", "long"],  # the default, observing weeks of history too
     "predictor": ["--predictor-horizons", "24"],  # the default, observing a GRU's 24-bar forecast
     "predictor-search": ["--predictor-horizons", "0,4,24"],
