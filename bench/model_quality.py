@@ -43,8 +43,15 @@ from optuna.trial import TrialState
 
 from ensemble.evaluate import evaluate
 from ensemble.sync import sync_ensemble
+from trainers.algorithms import ALGORITHMS
 from trainers.bundle import PipelineSpec
 from trainers.data import load_panel
+from trainers.design import (
+    DEFAULT_ACTION_SCHEME,
+    DEFAULT_ALGORITHMS,
+    RECOMMENDED_DECISION_INTERVALS,
+    RECOMMENDED_REWARDS,
+)
 from trainers.study_db import open_engine
 from trainers.study_db.baselines import read_study_baselines
 
@@ -53,8 +60,12 @@ def _design(scheme: str, intervals: str, rewards: str, *extra: str) -> list[str]
     return ["--action-scheme", scheme, "--decision-intervals", intervals, "--rewards", rewards, *extra]
 
 
-# the worker's default design, spelled out: the variants below change one item of it
-DEFAULT_DESIGN = _design("softmax", "24", "excess_log_return")
+# the worker's default design, spelled out from its defaults: the variants below change one item
+DEFAULT_DESIGN = _design(
+    DEFAULT_ACTION_SCHEME,
+    ",".join(map(str, RECOMMENDED_DECISION_INTERVALS)),
+    ",".join(RECOMMENDED_REWARDS),
+)
 
 VARIANTS: dict[str, list[str]] = {
     "default": [],  # the worker's defaults: softmax, a 24-bar interval, the excess reward, PPO
@@ -67,9 +78,8 @@ VARIANTS: dict[str, list[str]] = {
     "softmax-k24-excess": _design("softmax", "24", "excess_log_return"),
     "softmax-penalty": [*DEFAULT_DESIGN, "--turnover-penalty", "0.0025"],
     "softmax-ladder": [*DEFAULT_DESIGN, "--budget-ladder", "10000,30000,90000"],
-    "sac": [*DEFAULT_DESIGN, "--algorithms", "sac"],
-    "a2c": [*DEFAULT_DESIGN, "--algorithms", "a2c"],
-    "td3": [*DEFAULT_DESIGN, "--algorithms", "td3"],
+    # each other algorithm on the default design
+    **{a: [*DEFAULT_DESIGN, "--algorithms", a] for a in ALGORITHMS if a not in DEFAULT_ALGORITHMS},
     "long": ["--feature-set", "long"],  # the default, observing weeks of history too
     "predictor": ["--predictor-horizons", "24"],  # the default, observing a GRU's 24-bar forecast
     "predictor-search": ["--predictor-horizons", "0,4,24"],
